@@ -1,0 +1,81 @@
+"""Library-wide settings: random seed, default minibatch size and verbosity."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyro
+import torch
+
+_logger = logging.getLogger("pyrovi")
+
+
+class Settings:
+    """Settings shared by every pyrovi model.
+
+    Attributes
+    ----------
+    seed
+        Seed of torch, numpy and Pyro's random number generators. Setting it seeds all three at once;
+        data splits and minibatch shuffling are derived from it, so a run is reproducible.
+    batch_size
+        Default minibatch size of training and of posterior queries.
+    verbosity
+        Logging level of pyrovi (and of Lightning's messages), e.g. ``logging.INFO`` or ``"WARNING"``.
+    progress_bar
+        Whether training shows an epoch progress bar.
+
+    Examples
+    --------
+    >>> import pyrovi
+    >>> pyrovi.settings.seed = 1
+    >>> pyrovi.settings.batch_size = 256
+    """
+
+    def __init__(self, seed: int = 0, batch_size: int = 128, verbosity: int | str = logging.INFO):
+        self._seed = seed
+        self.batch_size = batch_size
+        self.progress_bar = True
+        self.verbosity = verbosity
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {value!r}.")
+        self._seed = int(value)
+        pyro.set_rng_seed(self._seed)  # seeds torch, numpy and python's random together
+
+    @property
+    def verbosity(self) -> int:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, level: int | str) -> None:
+        level = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
+        if not isinstance(level, int):
+            raise ValueError(f"unknown verbosity {level!r}; use e.g. 'INFO' or 'WARNING'.")
+        self._verbosity = level
+        _logger.setLevel(level)
+        if not _logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s (pyrovi) %(message)s"))
+            _logger.addHandler(handler)
+            _logger.propagate = False
+        # Lightning reports its device choices at INFO; show them only when asked for detail.
+        logging.getLogger("lightning.pytorch").setLevel(max(level, logging.WARNING))
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(seed={self.seed}, batch_size={self.batch_size}, "
+            f"verbosity={logging.getLevelName(self.verbosity)}, progress_bar={self.progress_bar})"
+        )
+
+
+settings = Settings()
+
+__all__ = ["settings", "Settings"]
