@@ -1,0 +1,47 @@
+"""The data layer: how a model reads an AnnData.
+
+A model declares its *fields* (counts in ``X`` or a layer, batch and label columns, size factors,
+extra covariates, ``obsm`` matrices). An :class:`AnnDataManager` registers them on an AnnData:
+every field validates its data (raw counts, no missing values, known categories) and records a
+JSON-serialisable state (gene order, category mappings). The resulting *registry* is stored in
+``adata.uns[UNS_REGISTRY_KEY]`` as a JSON string, the only change made to the user's AnnData, so it
+survives ``copy()`` and ``write_h5ad``/``read_h5ad``. Query data and data given when a model is
+loaded are *transferred*: validated against the registered states, with genes reordered and
+categories mapped (or extended) accordingly. The loader reads :meth:`AnnDataManager.get_arrays`.
+
+Examples
+--------
+>>> from pyrovi.data import AnnDataManager, CategoricalObsField, LayerField, read_registry
+>>> fields = [LayerField("X", None), CategoricalObsField("batch", "batch", "n_batch")]
+>>> manager = AnnDataManager(fields, {"batch_key": "batch"}, "SCVI").register_fields(adata)  # doctest: +SKIP
+>>> manager.summary_stats["n_batch"]  # doctest: +SKIP
+2
+"""
+
+from ._errors import MissingKeyError
+from ._manager import AnnDataManager
+from ._registry import read_registry
+from .fields import (
+    CONSTANT_CATEGORY,
+    BaseField,
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+    NumericalObsField,
+    ObsmField,
+)
+
+__all__ = [
+    "AnnDataManager",
+    "read_registry",
+    "BaseField",
+    "LayerField",
+    "CategoricalObsField",
+    "NumericalObsField",
+    "CategoricalJointObsField",
+    "NumericalJointObsField",
+    "ObsmField",
+    "MissingKeyError",
+    "CONSTANT_CATEGORY",
+]

@@ -1,0 +1,11 @@
+"""Minibatch loading of registered AnnData.
+
+:class:`AnnDataLoader` turns the arrays an ``AnnDataManager`` registered into minibatches (dicts of torch
+tensors keyed by registry key, plus the cells' ``"indices"``); :class:`DataSplitter` splits the cells into
+training, validation and test sets and serves a loader for each to Lightning.
+"""
+
+from ._ann_dataloader import AnnDataLoader
+from ._data_splitting import DataSplitter
+
+__all__ = ["AnnDataLoader", "DataSplitter"]

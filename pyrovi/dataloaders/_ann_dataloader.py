@@ -1,0 +1,164 @@
+"""Minibatches of registered AnnData arrays as dicts of torch tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from pyrovi._constants import REGISTRY_KEYS
+from pyrovi._settings import settings
+
+from ._minibatch_dataset import _MinibatchDataset
+
+# The loader builds its own sampler and collation around whole-minibatch access; these would undo it.
+_RESERVED_KWARGS = ("sampler", "batch_sampler", "collate_fn", "generator")
+
+
+def _n_cells(adata_manager: Any) -> int:
+    try:
+        return int(adata_manager.summary_stats["n_cells"])
+    except (AttributeError, KeyError, TypeError) as err:
+        raise TypeError(
+            "adata_manager must provide summary_stats['n_cells'] and get_arrays(), as AnnDataManager does; "
+            f"got {type(adata_manager).__name__}. Register the AnnData with the model's setup_anndata first."
+        ) from err
+
+
+def _resolve_indices(indices: Sequence[int] | np.ndarray | None, n_cells: int) -> np.ndarray:
+    """Check user indices and return them as int64 row positions."""
+    if indices is None:
+        return np.arange(n_cells, dtype=np.int64)
+    indices = np.asarray(indices)
+    if indices.dtype == np.bool_:
+        if indices.shape != (n_cells,):
+            raise ValueError(
+                f"a boolean indices mask must have one entry per cell ({n_cells}), got shape {indices.shape}."
+            )
+        return np.flatnonzero(indices).astype(np.int64)
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be one-dimensional, got shape {indices.shape}.")
+    if indices.size == 0:
+        raise ValueError("indices is empty; a loader needs at least one cell to iterate over.")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(
+            f"indices must hold integer row positions (or be a boolean mask), got dtype {indices.dtype}. "
+            "To select by obs name use np.flatnonzero(adata.obs_names.isin(names))."
+        )
+    if indices.min() < 0 or indices.max() >= n_cells:
+        raise IndexError(
+            f"indices must lie in [0, {n_cells}) (row positions in the AnnData), "
+            f"got values from {indices.min()} to {indices.max()}."
+        )
+    return indices.astype(np.int64)
+
+
+def _select_arrays(arrays: dict, data_and_attributes: list[str] | None, n_cells: int) -> dict:
+    """Keep the requested registry arrays and check they have one row per cell."""
+    if data_and_attributes is not None:
+        # The indices are always served, so asking for them explicitly is harmless.
+        wanted = [key for key in data_and_attributes if key != REGISTRY_KEYS.INDICES_KEY]
+        missing = [key for key in wanted if key not in arrays]
+        if missing:
+            raise KeyError(
+                f"data_and_attributes asks for {missing}, which are not registered; "
+                f"registered keys are {sorted(arrays)}."
+            )
+        arrays = {key: arrays[key] for key in wanted}
+    for key, array in arrays.items():
+        if array.shape[0] != n_cells:
+            raise ValueError(
+                f"registry array {key!r} has {array.shape[0]} rows but the AnnData has {n_cells} cells."
+            )
+    return arrays
+
+
+class AnnDataLoader(DataLoader):
+    """Iterate over minibatches of cells of a registered AnnData.
+
+    Each minibatch is one dict of torch tensors keyed by registry key (``"X"``, ``"batch"``, ...) plus
+    ``"indices"``, the cells' row positions in the AnnData (int64, shape ``(B,)``). Measurements are float32
+    and category codes int64. The arrays are fetched once from ``adata_manager.get_arrays()``; sparse counts
+    stay sparse in memory and only a minibatch's rows are densified. A minibatch is gathered in one indexing
+    operation per array, never cell by cell.
+
+    Parameters
+    ----------
+    adata_manager
+        Any object with ``get_arrays()`` (registry key -> array with one row per cell) and
+        ``summary_stats["n_cells"]``, e.g. a model's ``AnnDataManager``.
+    indices
+        Row positions (or a boolean mask) of the cells to iterate over; all cells when ``None``.
+    batch_size
+        Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
+    shuffle
+        Visit the cells in a random order. The order is drawn from a generator seeded with ``seed``, so a
+        loader built with the same seed repeats the same sequence of orders, while successive epochs differ.
+    drop_last
+        Skip the last minibatch when it holds fewer than ``batch_size`` cells.
+    data_and_attributes
+        Registry keys to load (``"indices"`` is always included); all registered keys when ``None``.
+    seed
+        Seed of the shuffling; ``pyrovi.settings.seed`` when ``None``.
+    **kwargs
+        Passed to :class:`torch.utils.data.DataLoader`, e.g. ``num_workers`` (default 0) or ``pin_memory``.
+
+    Attributes
+    ----------
+    indices
+        Row positions (int64) of the cells the loader iterates over.
+    n_obs
+        Number of those cells.
+
+    Examples
+    --------
+    >>> loader = AnnDataLoader(model.adata_manager, batch_size=64, shuffle=True)
+    >>> for batch in loader:
+    ...     x, idx = batch["X"], batch["indices"]  # (64, n_genes) float32, (64,) int64
+    """
+
+    def __init__(
+        self,
+        adata_manager: Any,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        data_and_attributes: list[str] | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ):
+        reserved = [key for key in _RESERVED_KWARGS if key in kwargs]
+        if reserved:
+            raise TypeError(
+                f"AnnDataLoader builds its own sampler and collation; do not pass {reserved}. "
+                "Use indices, shuffle, seed and batch_size instead."
+            )
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        seed = settings.seed if seed is None else seed
+
+        n_cells = _n_cells(adata_manager)
+        self.indices = _resolve_indices(indices, n_cells)
+        self.n_obs = len(self.indices)
+        self.seed = int(seed)
+        self.minibatch_size = int(batch_size)
+        arrays = _select_arrays(dict(adata_manager.get_arrays()), data_and_attributes, n_cells)
+        self.data_and_attributes = list(arrays)
+        dataset = _MinibatchDataset(arrays, self.indices)
+
+        if shuffle:
+            # One generator for the loader's lifetime: every epoch draws a fresh permutation from it.
+            generator = torch.Generator().manual_seed(self.seed)
+            positions = RandomSampler(dataset, generator=generator)
+        else:
+            positions = SequentialSampler(dataset)
+        sampler = BatchSampler(positions, batch_size=self.minibatch_size, drop_last=drop_last)
+        kwargs.setdefault("num_workers", 0)
+        # batch_size=None turns off per-item collation: the dataset receives a minibatch's positions at once
+        # and already returns tensors, which the default (no-op) conversion passes through.
+        super().__init__(dataset, sampler=sampler, batch_size=None, **kwargs)

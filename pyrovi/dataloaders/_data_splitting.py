@@ -1,0 +1,210 @@
+"""Split the cells of a registered AnnData into training, validation and test sets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+
+from pyrovi._settings import settings
+
+from ._ann_dataloader import AnnDataLoader, _n_cells
+
+#: Smallest training minibatch that is kept. BatchNorm in training mode needs more than one value per
+#: channel to estimate a variance (one cell raises an error) and two give a very noisy estimate.
+_MIN_LAST_TRAIN_BATCH = 3
+
+
+def _round_count(value: float, how: str) -> int:
+    # Rounding first keeps float noise from moving a count: 0.7 * 10 is 7.000000000000001, whose ceil is 8.
+    value = round(value, 8)
+    return math.ceil(value) if how == "ceil" else math.floor(value)
+
+
+def _validate_sizes(train_size: float, validation_size: float | None) -> None:
+    if not 0.0 < train_size <= 1.0:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
+    if validation_size is None:
+        return
+    if not 0.0 <= validation_size < 1.0:
+        raise ValueError(f"validation_size must be in [0, 1) or None, got {validation_size}.")
+    if train_size + validation_size > 1.0 + 1e-8:
+        raise ValueError(
+            f"train_size + validation_size must not exceed 1, got {train_size} + {validation_size} = "
+            f"{train_size + validation_size}; lower one of them (the rest of the cells form the test set)."
+        )
+
+
+def _split_sizes(n_cells: int, train_size: float, validation_size: float | None) -> tuple[int, int]:
+    """Numbers of training and validation cells; the remaining cells are the test set."""
+    n_train = _round_count(train_size * n_cells, "ceil")
+    if validation_size is None:
+        return n_train, n_cells - n_train
+    return n_train, min(_round_count(validation_size * n_cells, "floor"), n_cells - n_train)
+
+
+def _check_explicit(name: str, idx: Sequence[int] | np.ndarray | None, n_cells: int) -> np.ndarray:
+    idx = np.asarray([] if idx is None else idx)
+    if idx.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name} must be a one-dimensional array of integer row positions, got {idx!r}.")
+    if idx.min() < 0 or idx.max() >= n_cells:
+        raise IndexError(f"{name} must lie in [0, {n_cells}), got values from {idx.min()} to {idx.max()}.")
+    return idx.astype(np.int64)
+
+
+class DataSplitter(LightningDataModule):
+    """Training, validation and test loaders over one registered AnnData.
+
+    The split is computed at construction, so ``train_idx``, ``val_idx`` and ``test_idx`` can be read (and
+    saved with a model) right away. With ``n`` cells, ``ceil(train_size * n)`` cells train; the validation
+    set holds the rest, or ``floor(validation_size * n)`` cells when ``validation_size`` is given, in which
+    case the remaining cells form the test set. Cells are assigned from a permutation seeded with ``seed``
+    when ``shuffle_set_split``, else in their AnnData order.
+
+    Parameters
+    ----------
+    adata_manager
+        Any object with ``get_arrays()`` and ``summary_stats["n_cells"]``, e.g. a model's ``AnnDataManager``.
+    train_size
+        Fraction of cells in the training set, in (0, 1].
+    validation_size
+        Fraction of cells in the validation set; all cells not used for training when ``None``.
+    shuffle_set_split
+        Assign cells to sets at random (seeded) rather than in order.
+    batch_size
+        Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
+    seed
+        Seed of the split and of the training loader's shuffling; ``pyrovi.settings.seed`` when ``None``.
+    train_idx, val_idx, test_idx
+        Explicit row positions of each set, keyword only, e.g. the split a saved model was trained on. When
+        ``train_idx`` is given, ``train_size``, ``validation_size`` and ``shuffle_set_split`` are ignored, an
+        omitted ``val_idx`` or ``test_idx`` means an empty set, and the sets must be disjoint (they need not
+        cover every cell).
+    **loader_kwargs
+        Passed to every :class:`~pyrovi.dataloaders.AnnDataLoader`, e.g. ``data_and_attributes``,
+        ``num_workers``; ``drop_last=True`` applies to the training loader only.
+
+    Attributes
+    ----------
+    train_idx, val_idx, test_idx
+        Row positions (int64) of the cells in each set.
+    n_train, n_val, n_test
+        Sizes of the sets.
+
+    Examples
+    --------
+    >>> splitter = DataSplitter(model.adata_manager, train_size=0.8, validation_size=0.1, seed=0)
+    >>> splitter.n_train, splitter.n_val, len(splitter.test_idx)
+    >>> trainer.fit(training_plan, datamodule=splitter)
+    >>> same = DataSplitter(model.adata_manager, train_idx=splitter.train_idx, val_idx=splitter.val_idx)
+    """
+
+    def __init__(
+        self,
+        adata_manager: Any,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        *,
+        train_idx: Sequence[int] | np.ndarray | None = None,
+        val_idx: Sequence[int] | np.ndarray | None = None,
+        test_idx: Sequence[int] | np.ndarray | None = None,
+        **loader_kwargs: Any,
+    ):
+        super().__init__()
+        if "shuffle" in loader_kwargs:
+            raise TypeError(
+                "DataSplitter chooses shuffling itself (training shuffled, validation and test in order); "
+                "remove the 'shuffle' argument."
+            )
+        self.adata_manager = adata_manager
+        self.train_size = float(train_size)
+        self.validation_size = None if validation_size is None else float(validation_size)
+        self.shuffle_set_split = shuffle_set_split
+        self.batch_size = settings.batch_size if batch_size is None else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        self.seed = settings.seed if seed is None else int(seed)
+        self.loader_kwargs = loader_kwargs
+
+        n_cells = _n_cells(adata_manager)
+        if train_idx is not None:
+            self._use_explicit(train_idx, val_idx, test_idx, n_cells)
+        elif val_idx is not None or test_idx is not None:
+            raise ValueError("val_idx and test_idx need train_idx too; pass all the sets of the split.")
+        else:
+            _validate_sizes(self.train_size, self.validation_size)
+            self._split(n_cells)
+
+    def _split(self, n_cells: int) -> None:
+        n_train, n_val = _split_sizes(n_cells, self.train_size, self.validation_size)
+        if self.shuffle_set_split:
+            order = np.random.default_rng(self.seed).permutation(n_cells)
+        else:
+            order = np.arange(n_cells)
+        order = order.astype(np.int64)
+        self.train_idx = order[:n_train]
+        self.val_idx = order[n_train : n_train + n_val]
+        self.test_idx = order[n_train + n_val :]
+
+    def _use_explicit(self, train_idx, val_idx, test_idx, n_cells: int) -> None:
+        self.train_idx = _check_explicit("train_idx", train_idx, n_cells)
+        self.val_idx = _check_explicit("val_idx", val_idx, n_cells)
+        self.test_idx = _check_explicit("test_idx", test_idx, n_cells)
+        if self.train_idx.size == 0:
+            raise ValueError("train_idx is empty; the training set needs at least one cell.")
+        joined = np.concatenate([self.train_idx, self.val_idx, self.test_idx])
+        if np.unique(joined).size != joined.size:
+            raise ValueError("train_idx, val_idx and test_idx must be disjoint and free of repeated cells.")
+
+    @property
+    def n_train(self) -> int:
+        """Number of training cells."""
+        return len(self.train_idx)
+
+    @property
+    def n_val(self) -> int:
+        """Number of validation cells."""
+        return len(self.val_idx)
+
+    @property
+    def n_test(self) -> int:
+        """Number of test cells."""
+        return len(self.test_idx)
+
+    def _loader(self, indices: np.ndarray, **kwargs: Any) -> AnnDataLoader:
+        options = {**self.loader_kwargs, **kwargs}
+        return AnnDataLoader(
+            self.adata_manager, indices=indices, batch_size=self.batch_size, seed=self.seed, **options
+        )
+
+    def train_dataloader(self) -> AnnDataLoader:
+        """Shuffled minibatches of the training cells.
+
+        The last minibatch is dropped when it would hold fewer than 3 cells (and at least one full minibatch
+        remains), because BatchNorm in training mode cannot normalise a single cell and two cells give a
+        poor variance estimate.
+        """
+        remainder = self.n_train % self.batch_size
+        tiny_last = 0 < remainder < _MIN_LAST_TRAIN_BATCH and self.n_train > self.batch_size
+        drop_last = bool(self.loader_kwargs.get("drop_last", False)) or tiny_last
+        return self._loader(self.train_idx, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> AnnDataLoader | list:
+        """Validation minibatches in order; an empty list (which Lightning skips) when there are none."""
+        if self.n_val == 0:
+            return []
+        return self._loader(self.val_idx, shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> AnnDataLoader | list:
+        """Test minibatches in order; an empty list (which Lightning skips) when there are none."""
+        if self.n_test == 0:
+            return []
+        return self._loader(self.test_idx, shuffle=False, drop_last=False)

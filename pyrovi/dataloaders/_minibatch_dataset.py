@@ -1,0 +1,80 @@
+"""A map-style dataset that returns a whole minibatch of cells per access."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+
+from pyrovi._constants import REGISTRY_KEYS
+
+#: Registry keys that hold category codes; everything else numeric is a measurement.
+_CATEGORICAL_KEYS = frozenset(
+    {REGISTRY_KEYS.BATCH_KEY, REGISTRY_KEYS.LABELS_KEY, REGISTRY_KEYS.CAT_COVS_KEY}
+)
+
+
+def _target_dtype(key: str, array: np.ndarray | sp.spmatrix) -> np.dtype:
+    """The numpy dtype a registry array is served as.
+
+    Category codes become int64 because embeddings and ``one_hot`` need integer indices; measurements become
+    float32, the dtype of every network weight. An unknown key keeps integer codes integer.
+    """
+    if key in _CATEGORICAL_KEYS:
+        return np.dtype(np.int64)
+    if key in {
+        REGISTRY_KEYS.X_KEY,
+        REGISTRY_KEYS.SIZE_FACTOR_KEY,
+        REGISTRY_KEYS.CONT_COVS_KEY,
+        REGISTRY_KEYS.PROTEIN_EXP_KEY,
+    }:
+        return np.dtype(np.float32)
+    if np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_):
+        return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def _prepare(key: str, array: object) -> np.ndarray | sp.csr_matrix:
+    """Convert one registry array once, so that serving a minibatch is only row selection."""
+    if sp.issparse(array):
+        # CSR makes row selection cheap; the cast happens on the sparse data, never on a dense copy.
+        return array.tocsr().astype(_target_dtype(key, array), copy=False)
+    array = np.asarray(array)
+    return np.ascontiguousarray(array, dtype=_target_dtype(key, array))
+
+
+class _MinibatchDataset(Dataset):
+    """Registry arrays of a set of cells, served a whole minibatch at a time.
+
+    ``dataset[positions]`` takes the positions (into ``indices``) of every cell of a minibatch at once and
+    returns one dict of tensors: one fancy-indexing per array instead of one access per cell, and no AnnData
+    indexing at all. Sparse arrays stay sparse in memory and only the selected rows are densified.
+
+    Parameters
+    ----------
+    arrays
+        Registry key -> array with one row per cell of the AnnData (numpy or scipy sparse).
+    indices
+        Row positions in the AnnData of the cells this dataset serves.
+    """
+
+    def __init__(self, arrays: Mapping[str, object], indices: np.ndarray):
+        self.arrays = {key: _prepare(key, value) for key, value in arrays.items()}
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        batch = {}
+        for key, array in self.arrays.items():
+            selected = array[rows]
+            if sp.issparse(selected):
+                selected = selected.toarray()
+            batch[key] = torch.from_numpy(np.ascontiguousarray(selected))
+        batch[REGISTRY_KEYS.INDICES_KEY] = torch.from_numpy(rows.copy())
+        return batch

@@ -1,0 +1,11 @@
+"""Datasets for examples and tests.
+
+:func:`pbmc68k_reduced` and :func:`pbmc_small` load small real PBMC count matrices bundled with pyrovi
+(origin and licences in ``pyrovi/datasets/data/PROVENANCE.md``); :func:`synthetic_iid` simulates counts from
+scVI's generative process with known labels, batches and latent positions.
+"""
+
+from ._pbmc import pbmc68k_reduced, pbmc_small
+from ._synthetic import synthetic_iid
+
+__all__ = ["synthetic_iid", "pbmc68k_reduced", "pbmc_small"]

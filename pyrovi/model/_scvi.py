@@ -1,0 +1,354 @@
+"""SCVI: single-cell variational inference (Lopez et al. 2018) with a Pyro model/guide pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from pyro import poutine
+
+from .._constants import REGISTRY_KEYS
+from ..data import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+    NumericalObsField,
+)
+from ..module import VAE
+from ..module.base import trace_pair
+from .base import BaseModelClass, VAEMixin
+
+
+def _library_log_prior(manager) -> tuple[np.ndarray, np.ndarray]:
+    """Per-batch mean and variance of log library sizes: the prior of a latent library."""
+    arrays = manager.get_arrays()
+    x, batch = arrays[REGISTRY_KEYS.X_KEY], arrays[REGISTRY_KEYS.BATCH_KEY]
+    totals = np.asarray(x.sum(axis=1)).reshape(-1)
+    n_batch = manager.summary_stats["n_batch"]
+    means, variances = np.zeros(n_batch, np.float32), np.ones(n_batch, np.float32)
+    for b in range(n_batch):
+        log_totals = np.log(totals[(batch == b) & (totals > 0)])
+        if log_totals.size:
+            means[b] = log_totals.mean()
+            variances[b] = max(log_totals.var(), 1e-4) if log_totals.size > 1 else 1.0
+    return means, variances
+
+
+class SCVI(VAEMixin, BaseModelClass):
+    """single-cell Variational Inference: a deep generative model of UMI counts.
+
+    Each cell has a low-dimensional latent state ``z ~ N(0, I)``; a decoder maps it, with the cell's
+    batch and covariates, to normalised expression ``rho`` (a softmax over genes); counts follow a
+    (zero-inflated) negative binomial with mean ``library * rho``. The amortized guide encodes a cell's
+    counts into ``q(z | x)``. See :class:`~pyrovi.module.VAE` for the model's maths.
+
+    Parameters
+    ----------
+    adata
+        AnnData set up with :meth:`setup_anndata`.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network sizes (scVI's defaults: 128, 10, 1, 0.1).
+    dispersion
+        ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
+    gene_likelihood
+        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+    use_observed_lib_size
+        Library size observed (total counts or the registered size factor) rather than latent.
+    **module_kwargs
+        Further arguments of :class:`~pyrovi.module.VAE` (``encode_covariates``, ``use_batch_norm``...).
+
+    Examples
+    --------
+    >>> import pyrovi
+    >>> adata = pyrovi.datasets.synthetic_iid()
+    >>> pyrovi.model.SCVI.setup_anndata(adata, batch_key="batch")
+    >>> model = pyrovi.model.SCVI(adata, n_latent=5)
+    >>> model.train(max_epochs=2, progress_bar=False)  # doctest: +SKIP
+    >>> model.get_latent_representation().shape  # doctest: +SKIP
+    (400, 5)
+    """
+
+    _module_cls = VAE
+
+    def __init__(
+        self,
+        adata: AnnData,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
+        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        use_observed_lib_size: bool = True,
+        **module_kwargs: Any,
+    ):
+        super().__init__(adata)
+        self._record_init_params(locals())
+        stats = self.summary_stats
+        cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
+        library_log_means = library_log_vars = None
+        if not use_observed_lib_size:
+            library_log_means, library_log_vars = _library_log_prior(self.adata_manager)
+        self.module = self._module_cls(
+            n_input=stats["n_vars"],
+            n_batch=stats["n_batch"],
+            n_labels=stats["n_labels"],
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            n_continuous_cov=stats.get("n_extra_continuous_covs", 0),
+            n_cats_per_cov=(cat_state or {}).get("n_cats_per_key"),
+            dropout_rate=dropout_rate,
+            dispersion=dispersion,
+            gene_likelihood=gene_likelihood,
+            use_observed_lib_size=use_observed_lib_size,
+            library_log_means=library_log_means,
+            library_log_vars=library_log_vars,
+            **module_kwargs,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # setup
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """Register an AnnData for SCVI: validate it and record how to read it in ``adata.uns``.
+
+        Parameters
+        ----------
+        adata
+            Raw UMI counts in ``X`` or in ``layers[layer]`` (not normalised or log-transformed).
+        layer
+            Layer holding the counts (default ``X``).
+        batch_key
+            ``obs`` column of batches to correct for (default: one batch).
+        labels_key
+            ``obs`` column of labels (used by ``dispersion="gene-label"``).
+        size_factor_key
+            ``obs`` column of positive size factors used in place of the observed library size.
+        categorical_covariate_keys, continuous_covariate_keys
+            Further ``obs`` columns injected into the decoder.
+
+        Examples
+        --------
+        >>> SCVI.setup_anndata(adata, layer="counts", batch_key="sample")  # doctest: +SKIP
+        """
+        setup_args = {
+            "layer": layer,
+            "batch_key": batch_key,
+            "labels_key": labels_key,
+            "size_factor_key": size_factor_key,
+            "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
+            "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+        }
+        cls._register(adata, setup_args)
+
+    @classmethod
+    def _anndata_fields(
+        cls,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> list:
+        return [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, "n_batch"),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, "n_labels"),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, positive=True),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+
+    # ----------------------------------------------------------------------------------------------
+    # queries specific to scVI's generative model
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Any | Sequence[Any] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["latent"] = 1,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Denoised expression ``library_size * rho`` of each cell, under the posterior of ``z``.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to use (default: all training data).
+        transform_batch
+            Decode as if every cell came from this batch (a category of ``batch_key``); a list averages
+            over those batches. Default: each cell's own batch.
+        gene_list
+            Genes to return (default: all).
+        library_size
+            Scale of the expression: rows sum to it over all genes (1: proportions; 1e4: counts per
+            10k). ``"latent"`` returns the model's mean counts ``library * rho`` instead.
+        n_samples
+            Draws of ``z ~ q(z | x)``; averaged when ``return_mean``.
+        return_mean
+            Average over draws; otherwise return an array ``(n_samples, n_cells, n_genes)``.
+        return_numpy
+            Return an array rather than a DataFrame (cells x genes).
+
+        Examples
+        --------
+        >>> rho = model.get_normalized_expression(library_size=1e4)  # doctest: +SKIP
+        """
+        manager = self._validate_anndata(adata)
+        batches: list[int | None]
+        if transform_batch is None:
+            batches = [None]
+        else:
+            listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
+            batches = [self._batch_code_of(manager, b) for b in listed]
+        gene_idx = self._gene_indices(gene_list)
+        self.module.eval()
+        chunks = []
+        loader = self._make_data_loader(adata, indices, batch_size)
+        for batch in loader:
+            args, kwargs = self._fn_args(batch)
+            draws = []
+            for _ in range(n_samples):
+                guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                per_batch = []
+                for code in batches:
+                    batch_kwargs = dict(kwargs)
+                    if code is not None:
+                        batch_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
+                    model_trace = poutine.trace(poutine.replay(self.module.model, trace=guide_trace)).get_trace(
+                        *args, **batch_kwargs
+                    )
+                    if library_size == "latent":
+                        per_batch.append(self._mean_counts(model_trace))
+                    else:
+                        per_batch.append(model_trace.nodes["rho"]["value"] * library_size)
+                draws.append(torch.stack(per_batch).mean(0))
+            values = torch.stack(draws)
+            if gene_idx is not None:
+                values = values[..., gene_idx]
+            chunks.append(values)
+        values = torch.cat(chunks, dim=1).cpu().numpy()  # (n_samples, n_cells, n_genes)
+        if return_mean:
+            values = values.mean(0)
+        elif n_samples > 1:
+            return values
+        if return_numpy or (return_numpy is None and values.ndim != 2):
+            return values
+        var_names = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+        columns = var_names if gene_idx is None else var_names[gene_idx]
+        obs_names = manager.adata.obs_names[loader.indices]
+        return pd.DataFrame(values.reshape(len(obs_names), -1), index=obs_names, columns=columns)
+
+    @staticmethod
+    def _mean_counts(model_trace) -> torch.Tensor:
+        # mean of the NB part (library * rho), excluding zero inflation, as scvi-tools' "latent" scale
+        fn = model_trace.nodes["x"]["fn"].base_dist
+        fn = getattr(fn, "base_dist", fn)  # unwrap a zero-inflated distribution
+        return fn.mean
+
+    @torch.inference_mode()
+    def get_latent_library_size(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Library size of each cell: observed total counts (or size factor), or its latent posterior.
+
+        With a latent library, ``give_mean`` returns the posterior mean of the log-normal
+        ``exp(loc + scale^2 / 2)``, otherwise one draw.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, 1)``.
+
+        Examples
+        --------
+        >>> model.get_latent_library_size()[:3]  # doctest: +SKIP
+        """
+        self.module.eval()
+        out = []
+        for batch in self._make_data_loader(adata, indices, batch_size):
+            args, kwargs = self._fn_args(batch)
+            if self.module.use_observed_lib_size:
+                out.append(self.module._observed_library(args[0], kwargs.get("size_factor")))
+                continue
+            fn = poutine.trace(self.module.guide).get_trace(*args, **kwargs).nodes["log_library"]["fn"]
+            normal = fn.base_dist
+            out.append((normal.loc + normal.scale**2 / 2).exp() if give_mean else fn.sample().exp())
+        return torch.cat(out).cpu().numpy()
+
+    @torch.inference_mode()
+    def get_likelihood_parameters(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        give_mean: bool = False,
+        batch_size: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Parameters of the count likelihood for each cell and gene, under draws of ``z ~ q``.
+
+        Returns
+        -------
+        dict with ``"mean"`` (NB mean ``library * rho``), ``"dispersions"`` (inverse dispersion
+        ``theta``; absent for Poisson) and ``"dropout"`` (zero-inflation probability; ZINB only). Each is
+        ``(n_cells, n_genes)``, averaged over draws when ``give_mean`` or ``n_samples == 1``, else
+        ``(n_samples, n_cells, n_genes)``.
+
+        Examples
+        --------
+        >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
+        >>> params["mean"].shape  # doctest: +SKIP
+        """
+        self.module.eval()
+        chunks: dict[str, list[torch.Tensor]] = {}
+        for batch in self._make_data_loader(adata, indices, batch_size):
+            args, kwargs = self._fn_args(batch)
+            draws: dict[str, list[torch.Tensor]] = {}
+            for _ in range(n_samples):
+                model_trace, _ = trace_pair(self.module.model, self.module.guide, args, kwargs)
+                for key, value in self._likelihood_parameters(model_trace).items():
+                    draws.setdefault(key, []).append(value.expand(args[0].shape))
+            for key, values in draws.items():
+                chunks.setdefault(key, []).append(torch.stack(values))
+        out = {key: torch.cat(values, dim=1).cpu().numpy() for key, values in chunks.items()}
+        if give_mean or n_samples == 1:
+            out = {key: value.mean(0) for key, value in out.items()}
+        return out
+
+    @staticmethod
+    def _likelihood_parameters(model_trace) -> dict[str, torch.Tensor]:
+        fn = model_trace.nodes["x"]["fn"].base_dist  # strip .to_event(1)
+        params: dict[str, torch.Tensor] = {}
+        if hasattr(fn, "gate"):  # zero-inflated negative binomial
+            params["dropout"] = fn.gate
+            fn = fn.base_dist
+        if hasattr(fn, "total_count"):
+            params["dispersions"] = fn.total_count
+        params["mean"] = fn.mean
+        return params

@@ -1,0 +1,320 @@
+"""What every pyrovi model shares: AnnData setup, training, devices, data loading, save and load."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from ..._constants import REGISTRY_KEYS
+from ..._settings import settings
+from ...data import AnnDataManager, read_registry
+from ...dataloaders import AnnDataLoader, DataSplitter
+from ...module.base import BaseModuleClass
+from ...train import Trainer, TrainingPlan
+from ._save_load import load_model, save_model
+
+logger = logging.getLogger("pyrovi")
+
+
+def _max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) -> int:
+    """400 epochs up to 20k cells, then fewer so that larger data sets see a similar number of steps."""
+    return max(1, min(cap, round(decay_at / max(n_cells, 1) * cap)))
+
+
+class BaseModelClass:
+    """Base of every pyrovi model: wraps a Pyro module with AnnData setup, training and persistence.
+
+    A subclass declares its AnnData fields in :meth:`_anndata_fields`, offers a ``setup_anndata``
+    classmethod with its arguments, and builds ``self.module`` (a :class:`BaseModuleClass`) in
+    ``__init__`` from ``self.summary_stats``; it records its hyperparameters with
+    :meth:`_record_init_params` so that :meth:`save`/:meth:`load` can rebuild it.
+
+    Attributes
+    ----------
+    adata
+        The AnnData the model was created on.
+    adata_manager
+        Its :class:`~pyrovi.data.AnnDataManager`.
+    module
+        The Pyro model/guide pair.
+    is_trained
+        Whether :meth:`train` has run (or a trained model was loaded).
+    history
+        Per-epoch training metrics, one DataFrame per metric (``elbo_train``, ``elbo_validation``...).
+    train_indices, validation_indices, test_indices
+        The cells of each set in the last training run.
+
+    Examples
+    --------
+    >>> SCVI.setup_anndata(adata, batch_key="batch")  # doctest: +SKIP
+    >>> model = SCVI(adata)  # doctest: +SKIP
+    >>> model.train(max_epochs=20)  # doctest: +SKIP
+    >>> model.history["elbo_validation"].tail(1)  # doctest: +SKIP
+    """
+
+    _training_plan_cls = TrainingPlan
+    _data_splitter_cls = DataSplitter
+
+    def __init__(self, adata: AnnData):
+        registry = read_registry(adata)
+        name = type(self).__name__
+        if registry is None:
+            raise ValueError(
+                f"This AnnData has not been set up for {name}: call "
+                f"`{name}.setup_anndata(adata, ...)` before creating the model."
+            )
+        if registry["model_name"] != name:
+            raise ValueError(
+                f"This AnnData was set up for {registry['model_name']}, not {name}: call "
+                f"`{name}.setup_anndata(adata, ...)` first."
+            )
+        self.adata = adata
+        self.adata_manager = self._manager(registry["setup_args"]).register_fields(
+            adata, source_registry=registry
+        )
+        self.summary_stats: dict[str, int] = dict(self.adata_manager.summary_stats)
+        self.module: BaseModuleClass
+        self.init_params_: dict[str, Any] = {}
+        self.is_trained_ = False
+        self.history_: dict[str, pd.DataFrame] | None = None
+        self.train_indices: np.ndarray | None = None
+        self.validation_indices: np.ndarray | None = None
+        self.test_indices: np.ndarray | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # setup
+
+    @classmethod
+    def _anndata_fields(cls, **setup_args: Any) -> list:
+        """The fields this model reads from an AnnData, given the ``setup_anndata`` arguments."""
+        raise NotImplementedError
+
+    @classmethod
+    def _manager(cls, setup_args: dict[str, Any]) -> AnnDataManager:
+        return AnnDataManager(cls._anndata_fields(**setup_args), setup_args, cls.__name__)
+
+    @classmethod
+    def _register(cls, adata: AnnData, setup_args: dict[str, Any]) -> None:
+        """Validate ``adata`` against this model's fields and store the registry in ``adata.uns``."""
+        cls._manager(setup_args).register_fields(adata)
+
+    def _record_init_params(self, frame_locals: dict[str, Any]) -> None:
+        """Keep the constructor's arguments (JSON values) so that :meth:`load` can rebuild the model."""
+        signature = inspect.signature(type(self).__init__)
+        params: dict[str, Any] = {}
+        for name, parameter in signature.parameters.items():
+            if name in ("self", "adata"):
+                continue
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                params.update(frame_locals.get(name, {}))
+            elif name in frame_locals:
+                params[name] = frame_locals[name]
+        self.init_params_ = params
+
+    def view_anndata_setup(self, adata: AnnData | None = None) -> None:
+        """Print how the model reads its AnnData: setup arguments, summary and field mappings."""
+        self._validate_anndata(adata).view_registry()
+
+    def _validate_anndata(self, adata: AnnData | None = None) -> AnnDataManager:
+        """The manager of ``adata``: the model's own, or one transferred to new data with the same genes."""
+        if adata is None or adata is self.adata:
+            return self.adata_manager
+        return self.adata_manager.transfer_fields(adata)
+
+    # ----------------------------------------------------------------------------------------------
+    # training
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        batch_size: int = 128,
+        early_stopping: bool = False,
+        plan_kwargs: dict[str, Any] | None = None,
+        datasplitter_kwargs: dict[str, Any] | None = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Fit the model by stochastic variational inference.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; default ``min(400, round(20000 / n_cells * 400))``.
+        accelerator, devices
+            Lightning's device selection (``"auto"`` uses a GPU when there is one).
+        train_size, validation_size
+            Fractions of cells for training and validation (default: the rest); the split is seeded by
+            ``pyrovi.settings.seed`` and kept in ``train_indices``/``validation_indices``.
+        shuffle_set_split
+            Split at random (otherwise in order).
+        batch_size
+            Minibatch size.
+        early_stopping
+            Stop when ``elbo_validation`` stops improving (see :class:`~pyrovi.train.Trainer`).
+        plan_kwargs
+            Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``loss``...).
+        datasplitter_kwargs
+            Further arguments of the :class:`~pyrovi.dataloaders.DataSplitter`.
+        **trainer_kwargs
+            Further arguments of the :class:`~pyrovi.train.Trainer` (and Lightning's).
+
+        Examples
+        --------
+        >>> model.train(max_epochs=100, early_stopping=True, plan_kwargs={"lr": 2e-3})  # doctest: +SKIP
+        """
+        n_cells = self.summary_stats["n_cells"]
+        max_epochs = max_epochs if max_epochs is not None else _max_epochs_heuristic(n_cells)
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            shuffle_set_split=shuffle_set_split,
+            batch_size=batch_size,
+            **(datasplitter_kwargs or {}),
+        )
+        plan = self._training_plan_cls(self.module, **(plan_kwargs or {}))
+        trainer = Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            **trainer_kwargs,
+        )
+        # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
+        self.module.train()
+        trainer.fit(plan, datamodule=splitter)
+        self.train_indices = splitter.train_idx
+        self.validation_indices = splitter.val_idx
+        self.test_indices = splitter.test_idx
+        self.history_ = trainer.history_logger.history()
+        self.is_trained_ = True
+        self.module.eval()
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model has been trained."""
+        return self.is_trained_
+
+    @property
+    def history(self) -> dict[str, pd.DataFrame]:
+        """Training metrics per epoch, one DataFrame per metric (empty before training)."""
+        return self.history_ if self.history_ is not None else {}
+
+    # ----------------------------------------------------------------------------------------------
+    # devices and data
+
+    @property
+    def device(self) -> torch.device:
+        """The device holding the module's parameters."""
+        return self.module.device
+
+    def to_device(self, device: str | int | torch.device) -> None:
+        """Move the module to ``device`` (``"cpu"``, ``"cuda:0"``, ``0``...).
+
+        Examples
+        --------
+        >>> model.to_device("cpu")  # doctest: +SKIP
+        """
+        if isinstance(device, int):
+            device = f"cuda:{device}"
+        self.module.to(torch.device(device))
+
+    def _make_data_loader(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+    ) -> AnnDataLoader:
+        manager = self._validate_anndata(adata)
+        if indices is not None:
+            indices = np.asarray(indices)
+            if indices.dtype == bool:
+                indices = np.flatnonzero(indices)
+        return AnnDataLoader(
+            manager, indices=indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle
+        )
+
+    def _fn_args(self, batch: dict[str, torch.Tensor], **overrides: Any) -> tuple[tuple, dict]:
+        """Model/guide arguments of a loader minibatch, on the module's device."""
+        device = self.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
+        kwargs.update(overrides)
+        return args, kwargs
+
+    @staticmethod
+    def _indices_of(loader: AnnDataLoader) -> np.ndarray:
+        return np.asarray(loader.indices)
+
+    # ----------------------------------------------------------------------------------------------
+    # persistence
+
+    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False) -> None:
+        """Save the model to a directory: weights as safetensors, everything else as JSON. No pickle.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to create.
+        overwrite
+            Replace an existing directory (written next to it first, so a failure leaves it intact).
+        save_anndata
+            Also write the AnnData as ``adata.h5ad``.
+
+        Examples
+        --------
+        >>> model.save("my_model/", overwrite=True)  # doctest: +SKIP
+        """
+        save_model(self, dir_path, overwrite=overwrite, save_anndata=save_anndata)
+
+    @classmethod
+    def load(cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto"):
+        """Load a model saved with :meth:`save`.
+
+        The AnnData must hold the same genes (any order); its setup is replayed from the saved registry
+        so category codes match the training data.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            Data to attach; default the ``adata.h5ad`` saved with ``save_anndata=True``.
+        accelerator
+            ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
+
+        Examples
+        --------
+        >>> model = SCVI.load("my_model/", adata)  # doctest: +SKIP
+        """
+        return load_model(cls, dir_path, adata=adata, accelerator=accelerator)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.init_params_.items())
+        stats = self.summary_stats
+        status = "trained" if self.is_trained else "not trained"
+        return (
+            f"{type(self).__name__}({params})\n"
+            f"  module: {type(self.module).__name__} on {self.device}, {status}\n"
+            f"  data: {stats.get('n_cells')} cells x {stats.get('n_vars')} genes, "
+            f"{stats.get('n_batch', 1)} batch(es), {stats.get('n_labels', 1)} label(s)"
+        )
+
+    @staticmethod
+    def _batch_code_of(manager: AnnDataManager, category: Any) -> int:
+        categories = manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]
+        if str(category) not in categories:
+            raise ValueError(f"transform_batch={category!r} is not a batch; batches are {categories}.")
+        return categories.index(str(category))

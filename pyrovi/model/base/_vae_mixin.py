@@ -1,0 +1,239 @@
+"""Posterior queries shared by every model whose module has a per-cell latent site ``z``.
+
+They read the guide and model through Pyro's effect handlers rather than a module-specific API:
+a query traces the guide on a minibatch, replays the model on the guide's draws, and reads sites.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from anndata import AnnData
+from pyro import poutine
+from pyro.infer import Predictive
+
+from ...module.base import per_cell_elbo_terms, per_cell_log_weights, trace_pair
+
+
+class VAEMixin:
+    """Latent representation, ELBO, marginal likelihood and posterior predictive sampling.
+
+    Sign conventions follow scvi-tools: :meth:`get_elbo`, :meth:`get_marginal_ll` and
+    :meth:`get_reconstruction_error` return log-densities (higher is better), per cell, while the
+    training history logs the loss (the negative ELBO per cell, lower is better).
+    """
+
+    #: the latent site returned by get_latent_representation
+    _latent_site = "z"
+    #: the observed sites replicated by posterior_predictive_sample
+    _observed_sites: tuple[str, ...] = ("x",)
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        mc_samples: int = 5000,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Posterior of the latent ``z`` of each cell: its mean, or one draw.
+
+        Parameters
+        ----------
+        adata
+            Data with the model's genes (default: the training data).
+        indices
+            Cells to use (default: all).
+        give_mean
+            Return the posterior mean (otherwise one sample of ``q(z | x)``).
+        mc_samples
+            Draws averaged for the mean when the posterior has no closed-form mean.
+        batch_size
+            Minibatch size (default ``pyrovi.settings.batch_size``).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+
+        Examples
+        --------
+        >>> z = model.get_latent_representation()  # doctest: +SKIP
+        >>> adata.obsm["X_pyrovi"] = z  # doctest: +SKIP
+        """
+        self.module.eval()
+        out = []
+        for batch in self._make_data_loader(adata, indices, batch_size):
+            args, kwargs = self._fn_args(batch)
+            fn = poutine.trace(self.module.guide).get_trace(*args, **kwargs).nodes[self._latent_site]["fn"]
+            if not give_mean:
+                out.append(fn.sample())
+                continue
+            try:
+                out.append(fn.mean)
+            except NotImplementedError:
+                out.append(fn.sample((mc_samples,)).mean(0))
+        return torch.cat(out).cpu().numpy()
+
+    @torch.inference_mode()
+    def get_elbo(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+    ) -> float | np.ndarray:
+        """Evidence lower bound per cell, ``E_q[log p(x | z)] - KL(q(z | x) || p(z))``. Higher is better.
+
+        The KL term is analytic where torch knows it, so the estimate has the variance of a single
+        draw of the reconstruction term only. This is the negative of the ``elbo_*`` loss in ``history``.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to evaluate (default: all training data).
+        return_mean
+            Average over cells (otherwise one value per cell).
+
+        Examples
+        --------
+        >>> model.get_elbo(indices=model.validation_indices)  # doctest: +SKIP
+        -312.4
+        """
+        values = self._per_cell(adata, indices, batch_size, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
+        return float(values.mean()) if return_mean else values
+
+    @torch.inference_mode()
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """Expected log-likelihood ``E_q[log p(x | z)]`` per cell (one posterior draw; higher is better).
+
+        Returned as ``{"reconstruction_loss": value}`` with scvi-tools' key and sign.
+
+        Examples
+        --------
+        >>> model.get_reconstruction_error()["reconstruction_loss"]  # doctest: +SKIP
+        """
+        values = self._per_cell(
+            adata, indices, batch_size, lambda mt, gt: per_cell_elbo_terms(mt, gt)["reconstruction"]
+        )
+        return {"reconstruction_loss": float(values.mean())}
+
+    @torch.inference_mode()
+    def get_marginal_ll(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_mc_samples: int = 1000,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+    ) -> float | np.ndarray:
+        """Importance-sampling estimate of ``log p(x)`` per cell, with the guide as proposal.
+
+        ``log p(x) ≈ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K`` with ``z_k ~ q(z | x)``.
+        By Jensen's inequality its expectation lies between the ELBO and ``log p(x)``, so it is at
+        least :meth:`get_elbo` up to Monte Carlo noise and tightens as ``n_mc_samples`` grows.
+
+        Examples
+        --------
+        >>> model.get_marginal_ll(n_mc_samples=200)  # doctest: +SKIP
+        """
+        if n_mc_samples < 1:
+            raise ValueError(f"n_mc_samples must be at least 1, got {n_mc_samples}.")
+
+        def log_px(batch_args: tuple, batch_kwargs: dict) -> torch.Tensor:
+            weights = torch.stack(
+                [
+                    per_cell_log_weights(*trace_pair(self.module.model, self.module.guide, batch_args, batch_kwargs))
+                    for _ in range(n_mc_samples)
+                ]
+            )
+            return torch.logsumexp(weights, 0) - math.log(n_mc_samples)
+
+        values = self._per_cell_from_args(adata, indices, batch_size, log_px)
+        return float(values.mean()) if return_mean else values
+
+    @torch.inference_mode()
+    def posterior_predictive_sample(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        gene_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Replicate counts from the posterior predictive ``p(x_rep | x)``.
+
+        Built on :class:`pyro.infer.Predictive` over ``poutine.uncondition(model)``: each replicate draws
+        the latents from the guide given the cell's data, then new counts from the likelihood.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to replicate (default: all training data).
+        n_samples
+            Replicates per cell.
+        gene_list
+            Genes to return (default: all).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_genes)`` for one sample, ``(n_cells, n_genes, n_samples)`` otherwise.
+
+        Examples
+        --------
+        >>> x_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
+        """
+        site = self._observed_sites[0]
+        gene_idx = self._gene_indices(gene_list)
+        predictive = Predictive(
+            poutine.uncondition(self.module.model),
+            guide=self.module.guide,
+            num_samples=n_samples,
+            return_sites=[site],
+        )
+        self.module.eval()
+        out = []
+        for batch in self._make_data_loader(adata, indices, batch_size):
+            args, kwargs = self._fn_args(batch)
+            samples = predictive(*args, **kwargs)[site]  # (n_samples, n_cells, n_genes)
+            if gene_idx is not None:
+                samples = samples[..., gene_idx]
+            out.append(samples.permute(1, 2, 0))
+        result = torch.cat(out).cpu().numpy()
+        return result[..., 0] if n_samples == 1 else result
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _gene_indices(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
+        if gene_list is None:
+            return None
+        var_names = list(self.adata_manager.get_state("X")["var_names"])
+        lookup = {g: i for i, g in enumerate(var_names)}
+        missing = [g for g in gene_list if g not in lookup]
+        if missing:
+            raise ValueError(f"gene_list holds genes the model does not know: {missing[:10]}.")
+        return np.array([lookup[g] for g in gene_list], dtype=np.int64)
+
+    def _per_cell_from_args(self, adata, indices, batch_size, fn) -> np.ndarray:
+        self.module.eval()
+        out = []
+        for batch in self._make_data_loader(adata, indices, batch_size):
+            args, kwargs = self._fn_args(batch)
+            out.append(fn(args, kwargs))
+        return torch.cat(out).cpu().numpy()
+
+    def _per_cell(self, adata, indices, batch_size, reduce) -> np.ndarray:
+        return self._per_cell_from_args(
+            adata,
+            indices,
+            batch_size,
+            lambda args, kwargs: reduce(*trace_pair(self.module.model, self.module.guide, args, kwargs)),
+        )

@@ -1,0 +1,259 @@
+"""scVI (Lopez et al. 2018) as a Pyro model/guide pair.
+
+Generative model, for cell :math:`n` and gene :math:`g`, with batch :math:`s_n`:
+
+.. math::
+
+    z_n &\\sim \\mathcal{N}(0, I) \\\\
+    \\ell_n &= \\textstyle\\sum_g x_{ng} \\quad\\text{(observed library), or}\\quad
+        \\log \\ell_n \\sim \\mathcal{N}(\\mu^{\\ell}_{s_n}, (\\sigma^{\\ell}_{s_n})^2) \\\\
+    \\rho_n &= \\mathrm{softmax}(f_\\theta(z_n, s_n, \\text{covariates})) \\\\
+    x_{ng} &\\sim \\mathrm{ZINB}(\\mu = \\ell_n \\rho_{ng},\\ \\theta_g,\\ \\pi_{ng})
+        \\quad\\text{(or NB, Poisson)}
+
+Guide (amortized mean field): :math:`q(z_n \\mid x_n) = \\mathcal{N}(g_\\phi(x_n))` and, for a latent
+library, :math:`q(\\log \\ell_n \\mid x_n)` Normal. Cells live in a subsampled plate, so a minibatch's
+ELBO estimates the full-data ELBO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from .._constants import REGISTRY_KEYS
+from .base import CELL_PLATE, BaseModuleClass
+from .distributions import COUNT_LIKELIHOODS
+from .nn import DecoderSCVI, Encoder
+
+Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
+GeneLikelihood = Literal["zinb", "nb", "poisson"]
+
+
+class VAE(BaseModuleClass):
+    """The scVI generative model and its amortized guide.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch
+        Number of batches (1: no batch correction).
+    n_labels
+        Number of labels (used by ``dispersion="gene-label"``).
+    n_hidden, n_latent, n_layers
+        Width of hidden layers, latent dimension and number of layers of encoder and decoder.
+    n_continuous_cov
+        Number of continuous covariates injected into the decoder.
+    n_cats_per_cov
+        Number of categories of each extra categorical covariate injected into the decoder.
+    dropout_rate
+        Dropout in the encoder.
+    dispersion
+        Inverse dispersion ``theta`` per ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or
+        ``"gene-cell"`` (a decoder head).
+    gene_likelihood
+        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+    use_observed_lib_size
+        Use the observed library size (or the registered size factor) instead of a latent library.
+    library_log_means, library_log_vars
+        Per-batch mean and variance of log library sizes: the prior of a latent library.
+    encode_covariates
+        Feed batch and categorical covariates to the encoder too.
+    use_batch_norm, use_layer_norm
+        Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
+
+    Examples
+    --------
+    >>> vae = VAE(n_input=100, n_batch=2)
+    >>> x = torch.poisson(torch.full((8, 100), 2.0))
+    >>> args, kwargs = VAE._get_fn_args_from_batch({"X": x, "batch": torch.zeros(8, dtype=torch.long),
+    ...                                              "indices": torch.arange(8)})
+    >>> loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, *args, **kwargs)
+    >>> bool(torch.isfinite(loss))
+    True
+    """
+
+    local_latent_sites = ("z", "log_library")
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_hidden: int = 128,
+        n_latent: int = 10,
+        n_layers: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: Sequence[int] | None = None,
+        dropout_rate: float = 0.1,
+        dispersion: Dispersion = "gene",
+        gene_likelihood: GeneLikelihood = "zinb",
+        use_observed_lib_size: bool = True,
+        library_log_means: np.ndarray | None = None,
+        library_log_vars: np.ndarray | None = None,
+        encode_covariates: bool = False,
+        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
+        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+    ):
+        super().__init__()
+        if dispersion not in ("gene", "gene-batch", "gene-label", "gene-cell"):
+            raise ValueError(
+                f"dispersion={dispersion!r} is not one of 'gene', 'gene-batch', 'gene-label', 'gene-cell'."
+            )
+        if gene_likelihood not in COUNT_LIKELIHOODS:
+            raise ValueError(
+                f"gene_likelihood={gene_likelihood!r} is not one of {sorted(COUNT_LIKELIHOODS)}."
+            )
+        self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
+        self.dispersion = dispersion
+        self.gene_likelihood = gene_likelihood
+        self.use_observed_lib_size = use_observed_lib_size
+        self.encode_covariates = encode_covariates
+        self.n_continuous_cov = n_continuous_cov
+
+        if not use_observed_lib_size:
+            if library_log_means is None or library_log_vars is None:
+                raise ValueError("a latent library needs library_log_means and library_log_vars.")
+            # buffers, not parameters: the prior comes from the data and is saved with the weights
+            self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float().reshape(-1))
+            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float().reshape(-1))
+
+        # Inverse dispersion on the log scale, as in scVI; "gene-cell" is a decoder head instead.
+        shapes = {"gene": (n_input,), "gene-batch": (n_batch, n_input), "gene-label": (n_labels, n_input)}
+        if dispersion in shapes:
+            self.log_theta = nn.Parameter(torch.randn(shapes[dispersion]))
+
+        cat_list = [n_batch, *(n_cats_per_cov or [])]
+        enc_cats = cat_list if encode_covariates else None
+        enc_cont = n_continuous_cov if encode_covariates else 0
+        bn_enc = use_batch_norm in ("encoder", "both")
+        bn_dec = use_batch_norm in ("decoder", "both")
+        ln_enc = use_layer_norm in ("encoder", "both")
+        ln_dec = use_layer_norm in ("decoder", "both")
+        self.z_encoder = Encoder(
+            n_input, n_latent, n_cat_list=enc_cats, n_cont=enc_cont, n_layers=n_layers, n_hidden=n_hidden,
+            dropout_rate=dropout_rate, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
+        )
+        if not use_observed_lib_size:
+            self.l_encoder = Encoder(
+                n_input, 1, n_cat_list=enc_cats, n_cont=enc_cont, n_layers=1, n_hidden=n_hidden,
+                dropout_rate=dropout_rate, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
+            )
+        self.decoder = DecoderSCVI(
+            n_latent, n_input, n_cat_list=cat_list, n_cont=n_continuous_cov, n_layers=n_layers,
+            n_hidden=n_hidden, use_batch_norm=bn_dec, use_layer_norm=ln_dec,
+        )
+
+    @staticmethod
+    def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
+        x = batch[REGISTRY_KEYS.X_KEY]
+        cat_covs = batch.get(REGISTRY_KEYS.CAT_COVS_KEY)
+        kwargs = {
+            "batch_index": batch.get(REGISTRY_KEYS.BATCH_KEY),
+            "labels": batch.get(REGISTRY_KEYS.LABELS_KEY),
+            "cat_covs": tuple(cat_covs.unbind(-1)) if cat_covs is not None else (),
+            "cont_covs": batch.get(REGISTRY_KEYS.CONT_COVS_KEY),
+            "size_factor": batch.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
+            "indices": batch.get(REGISTRY_KEYS.INDICES_KEY),
+        }
+        return (x,), kwargs
+
+    # ----------------------------------------------------------------------------------------------
+    # the generative model, top to bottom
+
+    def model(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+        size_factor: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        n_obs: int | None = None,
+        kl_weight: float = 1.0,
+    ) -> None:
+        """p(x, z, l): the scVI generative process; ``x`` is observed."""
+        batch_index = self._batch_codes(batch_index, x)
+        with self._cells(x, indices, n_obs):
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample(
+                    "z", dist.Normal(x.new_zeros(x.shape[0], self.n_latent), 1.0).to_event(1)
+                )
+                if self.use_observed_lib_size:
+                    library = self._observed_library(x, size_factor)
+                else:
+                    prior_loc = self.library_log_means[batch_index].unsqueeze(-1)
+                    prior_scale = self.library_log_vars[batch_index].sqrt().unsqueeze(-1)
+                    library = pyro.sample(
+                        "log_library", dist.Normal(prior_loc, prior_scale).to_event(1)
+                    ).exp()
+            rho, log_theta_cell, zi_logits = self.decoder(z, batch_index, *cat_covs, cont=cont_covs)
+            pyro.deterministic("rho", rho, event_dim=1)
+            mu = library * rho
+            theta = self._theta(log_theta_cell, batch_index, labels)
+            likelihood = COUNT_LIKELIHOODS[self.gene_likelihood](mu, theta, zi_logits)
+            pyro.sample("x", likelihood.to_event(1), obs=x)
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+        size_factor: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        n_obs: int | None = None,
+        kl_weight: float = 1.0,
+    ) -> None:
+        """q(z, l | x): amortized Normal posteriors computed by the encoders."""
+        batch_index = self._batch_codes(batch_index, x)
+        enc_cats = (batch_index, *cat_covs) if self.encode_covariates else ()
+        enc_cont = cont_covs if self.encode_covariates else None
+        with self._cells(x, indices, n_obs), poutine.scale(scale=kl_weight):
+            z_loc, z_scale = self.z_encoder(x, *enc_cats, cont=enc_cont)
+            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            if not self.use_observed_lib_size:
+                l_loc, l_scale = self.l_encoder(x, *enc_cats, cont=enc_cont)
+                pyro.sample("log_library", dist.Normal(l_loc, l_scale).to_event(1))
+
+    # ----------------------------------------------------------------------------------------------
+    # helpers
+
+    @staticmethod
+    def _cells(x: torch.Tensor, indices: torch.Tensor | None, n_obs: int | None) -> pyro.plate:
+        """The cell plate: subsampled from ``n_obs`` cells so the ELBO is a full-data estimate."""
+        size = n_obs if n_obs is not None else x.shape[0]
+        return pyro.plate(CELL_PLATE, size, subsample=indices, dim=-1)
+
+    @staticmethod
+    def _batch_codes(batch_index: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        if batch_index is None:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return batch_index.reshape(-1)
+
+    @staticmethod
+    def _observed_library(x: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:
+        library = size_factor if size_factor is not None else x.sum(-1)
+        return library.reshape(-1, 1)
+
+    def _theta(
+        self, log_theta_cell: torch.Tensor, batch_index: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.dispersion == "gene-cell":
+            return log_theta_cell.exp()
+        if self.dispersion == "gene":
+            return self.log_theta.exp()
+        if self.dispersion == "gene-batch":
+            return self.log_theta[batch_index].exp()
+        label_codes = labels.reshape(-1) if labels is not None else torch.zeros_like(batch_index)
+        return self.log_theta[label_codes].exp()

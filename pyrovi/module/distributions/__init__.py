@@ -1,0 +1,11 @@
+"""Count likelihoods in scVI's parameterisation (mean, inverse dispersion, gate logits) over Pyro's
+own distributions."""
+
+from ._count_likelihoods import (
+    COUNT_LIKELIHOODS,
+    negative_binomial,
+    poisson,
+    zero_inflated_negative_binomial,
+)
+
+__all__ = ["negative_binomial", "zero_inflated_negative_binomial", "poisson", "COUNT_LIKELIHOODS"]

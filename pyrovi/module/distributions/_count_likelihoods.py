@@ -1,0 +1,74 @@
+"""Count likelihoods in scVI's parameterisation, built on Pyro's own distributions.
+
+scVI writes the negative binomial with its mean ``mu`` and inverse dispersion ``theta``:
+
+.. math::
+
+    \\mathrm{NB}(x; \\mu, \\theta) = \\frac{\\Gamma(x + \\theta)}{\\Gamma(\\theta)\\, x!}
+        \\left(\\frac{\\theta}{\\theta + \\mu}\\right)^{\\theta}
+        \\left(\\frac{\\mu}{\\theta + \\mu}\\right)^{x},
+
+so that :math:`\\mathbb{E}[x] = \\mu` and :math:`\\mathrm{Var}[x] = \\mu + \\mu^2 / \\theta`. This is
+Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``. The zero-inflated
+version mixes a point mass at zero with gate probability ``sigmoid(zi_logits)``. These functions only
+translate parameters; the log-densities are Pyro's.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+
+_EPS = 1e-8
+
+
+def _nb_logits(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    # eps guards log(0) for genes with (numerically) zero expression
+    return torch.log(mu + _EPS) - torch.log(theta + _EPS)
+
+
+def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> dist.NegativeBinomial:
+    """Negative binomial with mean ``mu`` and inverse dispersion ``theta``.
+
+    Examples
+    --------
+    >>> d = negative_binomial(torch.tensor([5.0]), torch.tensor([2.0]))
+    >>> float(d.mean)  # doctest: +ELLIPSIS
+    5.0...
+    """
+    return dist.NegativeBinomial(total_count=theta, logits=_nb_logits(mu, theta))
+
+
+def zero_inflated_negative_binomial(
+    mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
+) -> dist.ZeroInflatedNegativeBinomial:
+    """Zero-inflated negative binomial: zero with probability ``sigmoid(zi_logits)``, else NB(mu, theta).
+
+    Examples
+    --------
+    >>> d = zero_inflated_negative_binomial(torch.tensor([5.0]), torch.tensor([2.0]), torch.tensor([0.0]))
+    >>> round(float(d.mean), 4)  # half the mass is the zero gate
+    2.5
+    """
+    return dist.ZeroInflatedNegativeBinomial(
+        total_count=theta, logits=_nb_logits(mu, theta), gate_logits=zi_logits
+    )
+
+
+def poisson(mu: torch.Tensor) -> dist.Poisson:
+    """Poisson with mean ``mu``.
+
+    Examples
+    --------
+    >>> float(poisson(torch.tensor(3.0)).mean)
+    3.0
+    """
+    return dist.Poisson(mu)
+
+
+#: gene_likelihood name -> constructor taking (mu, theta, zi_logits); unused arguments are ignored.
+COUNT_LIKELIHOODS = {
+    "nb": lambda mu, theta, zi_logits: negative_binomial(mu, theta),
+    "zinb": zero_inflated_negative_binomial,
+    "poisson": lambda mu, theta, zi_logits: poisson(mu),
+}

@@ -1,0 +1,81 @@
+"""Amortized encoder: a cell's counts (and covariates) to the parameters of a Normal posterior."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._fc_layers import FCLayers
+
+
+class Encoder(nn.Module):
+    """Map ``log1p`` counts to the location and scale of a diagonal Normal, ``q(z | x)``.
+
+    The scale is ``sqrt(exp(v) + var_eps)``: the small variance floor keeps the posterior from
+    collapsing to a point, as in scVI.
+
+    Parameters
+    ----------
+    n_input
+        Number of input features (genes).
+    n_output
+        Dimension of the latent variable.
+    n_cat_list, n_cont
+        Categorical covariates' category counts and number of continuous covariates fed to the network.
+    n_layers, n_hidden, dropout_rate, use_batch_norm, use_layer_norm, inject_covariates
+        See :class:`FCLayers`.
+    var_eps
+        Variance floor.
+    log1p_input
+        Transform counts with ``log1p`` before the network (scVI's default).
+
+    Examples
+    --------
+    >>> enc = Encoder(n_input=100, n_output=10)
+    >>> loc, scale = enc(torch.poisson(torch.full((4, 100), 3.0)))
+    >>> tuple(loc.shape), bool((scale > 0).all())
+    ((4, 10), True)
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_cat_list: Sequence[int] | None = None,
+        n_cont: int = 0,
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+        inject_covariates: bool = True,
+        var_eps: float = 1e-4,
+        log1p_input: bool = True,
+    ):
+        super().__init__()
+        self.var_eps = var_eps
+        self.log1p_input = log1p_input
+        self.encoder = FCLayers(
+            n_input,
+            n_hidden,
+            n_cat_list=n_cat_list,
+            n_cont=n_cont,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            use_batch_norm=use_batch_norm,
+            use_layer_norm=use_layer_norm,
+            inject_covariates=inject_covariates,
+        )
+        self.loc = nn.Linear(n_hidden, n_output)
+        self.log_var = nn.Linear(n_hidden, n_output)
+
+    def forward(
+        self, x: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of the Normal posterior for each cell."""
+        h = self.encoder(torch.log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
+        scale = torch.sqrt(torch.exp(self.log_var(h)) + self.var_eps)
+        return self.loc(h), scale

@@ -1,0 +1,92 @@
+"""Lightning callbacks and logger: an epoch progress bar and the history kept on the model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+from tqdm.auto import tqdm
+
+
+class HistoryLogger(Logger):
+    """Collect every epoch-level metric into ``{metric: {epoch: value}}``.
+
+    :meth:`history` turns it into scvi-tools' layout: one DataFrame per metric, indexed by epoch.
+
+    Examples
+    --------
+    >>> logger = HistoryLogger()
+    >>> logger.log_metrics({"elbo_train": 3.0, "epoch": 0})
+    >>> logger.history()["elbo_train"].iloc[0, 0]
+    3.0
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._metrics: dict[str, dict[int, float]] = defaultdict(dict)
+
+    @property
+    def name(self) -> str:
+        return "pyrovi"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> None:
+        return None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", step or 0))
+        for key, value in metrics.items():
+            if key == "epoch":
+                continue
+            self._metrics[key][epoch] = float(value.item() if torch.is_tensor(value) else value)
+
+    def history(self) -> dict[str, pd.DataFrame]:
+        """One DataFrame per metric, indexed by epoch."""
+        out = {}
+        for key, values in self._metrics.items():
+            frame = pd.DataFrame({key: pd.Series(values, dtype=float)})
+            frame.index.name = "epoch"
+            out[key] = frame.sort_index()
+        return out
+
+
+class EpochProgressBar(pl.Callback):
+    """A tqdm bar over epochs whose postfix shows the latest training and validation ELBO."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch", dynamic_ncols=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is None:
+            return
+        shown = {}
+        for key in ("elbo_train", "elbo_validation"):
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                shown[key] = f"{float(value):.4g}"
+        self._bar.set_postfix(shown, refresh=False)
+        self._bar.update(1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

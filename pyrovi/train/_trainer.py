@@ -1,0 +1,102 @@
+"""Lightning's Trainer with pyrovi's defaults."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping
+
+from .._settings import settings
+from ._callbacks import EpochProgressBar, HistoryLogger
+
+
+class Trainer(pl.Trainer):
+    """A :class:`lightning.pytorch.Trainer` configured for variational inference of pyrovi models.
+
+    Defaults: accelerator and devices ``"auto"``; an epoch progress bar showing the ELBO (in place of
+    Lightning's per-step bar); no checkpoint files unless ``enable_checkpointing=True``; every
+    epoch-level metric collected by a :class:`HistoryLogger` (``trainer.history_logger``); optional
+    early stopping on ``elbo_validation``. Any other keyword goes to Lightning.
+
+    Parameters
+    ----------
+    max_epochs
+        Number of passes over the training cells.
+    accelerator, devices
+        Where to train (``"cpu"``, ``"gpu"``, ``"auto"``...).
+    early_stopping
+        Stop when ``early_stopping_monitor`` has not improved by ``early_stopping_min_delta`` for
+        ``early_stopping_patience`` epochs.
+    progress_bar
+        Show the epoch bar (default: ``pyrovi.settings.progress_bar``).
+
+    Examples
+    --------
+    >>> trainer = Trainer(max_epochs=20, accelerator="cpu", progress_bar=False)
+    >>> trainer.fit(plan, datamodule=splitter)  # doctest: +SKIP
+    >>> trainer.history_logger.history()["elbo_validation"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        max_epochs: int = 400,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        early_stopping: bool = False,
+        early_stopping_monitor: str = "elbo_validation",
+        early_stopping_patience: int = 45,
+        early_stopping_min_delta: float = 0.0,
+        progress_bar: bool | None = None,
+        enable_checkpointing: bool = False,
+        **kwargs: Any,
+    ):
+        # Lightning announces device choices and product tips at INFO: show them only in debug mode.
+        logging.getLogger("lightning.pytorch").setLevel(
+            logging.INFO if settings.verbosity <= logging.DEBUG else logging.WARNING
+        )
+        self.history_logger = HistoryLogger()
+        callbacks = list(kwargs.pop("callbacks", []) or [])
+        if early_stopping:
+            callbacks.append(
+                EarlyStopping(
+                    monitor=early_stopping_monitor,
+                    patience=early_stopping_patience,
+                    min_delta=early_stopping_min_delta,
+                    mode="min",
+                )
+            )
+        if settings.progress_bar if progress_bar is None else progress_bar:
+            callbacks.append(EpochProgressBar())
+        loggers = [self.history_logger, *_as_list(kwargs.pop("logger", None))]
+        kwargs.setdefault("num_sanity_val_steps", 0)
+        kwargs.setdefault("enable_model_summary", False)
+        kwargs.setdefault("log_every_n_steps", 1)
+        super().__init__(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            callbacks=callbacks,
+            logger=loggers,
+            enable_checkpointing=enable_checkpointing,
+            enable_progress_bar=False,
+            **kwargs,
+        )
+
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``fit``, without two warnings that do not apply to pyrovi's loaders."""
+        with warnings.catch_warnings():
+            # Minibatches are indexed whole in the main process, so worker processes would not help.
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # Raised inside Lightning for newer torch releases; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+            return super().fit(*args, **kwargs)
+
+
+def _as_list(value: Any) -> list:
+    if value is None or value is False or value is True:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,85 @@
+"""SCVI options, setup errors and reproducibility, on small data and few epochs."""
+
+import json
+
+import numpy as np
+import pytest
+
+import pyrovi
+from pyrovi.model import SCVI
+
+
+@pytest.fixture
+def adata():
+    data = pyrovi.datasets.synthetic_iid(n_cells=120, n_genes=30, seed=1)
+    data.obs["cont"] = np.linspace(0, 1, data.n_obs)
+    data.obs["cat"] = np.where(np.arange(data.n_obs) % 3 == 0, "a", "b")
+    data.obs["sf"] = np.asarray(data.X.sum(1)).ravel() / 1000
+    return data
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"gene_likelihood": "zinb", "dispersion": "gene-batch"},
+        {"gene_likelihood": "poisson"},
+        {"gene_likelihood": "nb", "dispersion": "gene-cell", "use_observed_lib_size": False},
+        {"gene_likelihood": "zinb", "dispersion": "gene-label", "encode_covariates": True, "n_layers": 2},
+    ],
+)
+def test_variants_train_and_answer_queries(adata, kwargs):
+    SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels",
+                       categorical_covariate_keys=["cat"], continuous_covariate_keys=["cont"])
+    model = SCVI(adata, n_latent=3, **kwargs)
+    model.train(max_epochs=3, progress_bar=False)
+    assert np.isfinite(model.history["elbo_validation"].to_numpy()).all()
+    assert model.get_latent_representation().shape == (120, 3)
+    assert model.posterior_predictive_sample(indices=np.arange(10)).shape == (10, 30)
+    params = model.get_likelihood_parameters(indices=np.arange(5))
+    assert ("dropout" in params) == (kwargs["gene_likelihood"] == "zinb")
+    if kwargs.get("use_observed_lib_size") is False:
+        library = model.get_latent_library_size(indices=np.arange(5))
+        assert library.shape == (5, 1) and (library > 0).all()
+
+
+def test_size_factor_replaces_the_library(adata):
+    SCVI.setup_anndata(adata, size_factor_key="sf")
+    model = SCVI(adata, n_latent=2)
+    np.testing.assert_allclose(model.get_latent_library_size()[:, 0], adata.obs["sf"], rtol=1e-6)
+    rho = model.get_normalized_expression(library_size="latent", indices=np.arange(4), return_numpy=True)
+    assert rho.shape == (4, 30)
+
+
+def test_model_needs_setup_for_its_own_class(adata):
+    with pytest.raises(ValueError, match=r"SCVI.setup_anndata\(adata"):
+        SCVI(adata)
+    SCVI.setup_anndata(adata)
+    registry = json.loads(adata.uns["_pyrovi_registry"])
+    registry["model_name"] = "TOTALVI"
+    adata.uns["_pyrovi_registry"] = json.dumps(registry)
+    with pytest.raises(ValueError, match="set up for TOTALVI, not SCVI"):
+        SCVI(adata)
+
+
+def test_same_seed_same_training(adata):
+    runs = []
+    for _ in range(2):
+        pyrovi.settings.seed = 7
+        SCVI.setup_anndata(adata)
+        model = SCVI(adata, n_latent=2)
+        model.train(max_epochs=2, progress_bar=False)
+        runs.append((model.history["elbo_train"].to_numpy(), model.get_latent_representation()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_early_stopping_and_default_epochs(adata):
+    from pyrovi.model.base._base_model import _max_epochs_heuristic
+
+    assert _max_epochs_heuristic(700) == 400
+    assert _max_epochs_heuristic(200_000) == 40
+    SCVI.setup_anndata(adata)
+    model = SCVI(adata, n_latent=2)
+    model.train(max_epochs=300, early_stopping=True, progress_bar=False,
+                plan_kwargs={"lr": 0.05}, early_stopping_patience=3)
+    assert len(model.history["elbo_validation"]) < 300
