@@ -35,10 +35,9 @@ def _plot_latent(z, labels, path: Path) -> bool:
         ax.scatter(xy[mask, 0], xy[mask, 1], s=8, label=f"{label} ({mask.sum()})", color=plt.cm.tab10(i % 10))
     ax.set_xlabel("latent PC 1")
     ax.set_ylabel("latent PC 2")
-    ax.set_title("SCVI latent space of 700 PBMCs (posterior means, first two PCs)")
+    ax.set_title(f"SCVI latent space of {len(labels)} PBMCs\n(posterior means, first two PCs)", fontsize=10)
     ax.legend(fontsize=7, markerscale=2, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True
 

@@ -147,6 +147,8 @@ class TrainingPlan(pl.LightningModule):
     def _materialise_lazy_parameters(self, batch: dict[str, torch.Tensor]) -> None:
         # Pyro creates some parameters (e.g. of autoguides) on first use; run the ELBO once so they
         # exist when configure_optimizers collects parameters.
+        device = self.module.device  # a second fit may find the module already on an accelerator
+        batch = {key: value.to(device) for key, value in batch.items()}
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
             self._elbo(*args, **kwargs)

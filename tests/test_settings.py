@@ -1,0 +1,35 @@
+"""pyrovi.settings: one seed for torch, numpy and Pyro; validated values."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import pyrovi
+
+
+def test_seed_seeds_torch_and_numpy_together():
+    pyrovi.settings.seed = 11
+    a = (torch.rand(3), np.random.rand(3))
+    pyrovi.settings.seed = 11
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert pyrovi.settings.seed == 11
+    with pytest.raises(ValueError, match="non-negative integer"):
+        pyrovi.settings.seed = -1
+
+
+def test_verbosity_accepts_names_and_levels():
+    old = pyrovi.settings.verbosity
+    try:
+        pyrovi.settings.verbosity = "warning"
+        assert pyrovi.settings.verbosity == logging.WARNING
+        assert logging.getLogger("pyrovi").level == logging.WARNING
+        pyrovi.settings.verbosity = logging.DEBUG
+        assert logging.getLogger("pyrovi").level == logging.DEBUG
+        with pytest.raises(ValueError, match="verbosity"):
+            pyrovi.settings.verbosity = "chatty"
+    finally:
+        pyrovi.settings.verbosity = old
+    assert "batch_size=128" in repr(pyrovi.settings)
