@@ -83,3 +83,17 @@ def test_early_stopping_and_default_epochs(adata):
     model.train(max_epochs=300, early_stopping=True, progress_bar=False,
                 plan_kwargs={"lr": 0.05}, early_stopping_patience=3)
     assert len(model.history["elbo_validation"]) < 300
+
+
+def test_plateau_scheduler_gradient_clipping_and_train_terms(adata):
+    SCVI.setup_anndata(adata, batch_key="batch")
+    model = SCVI(adata, n_latent=2)
+    model.train(max_epochs=3, progress_bar=False, gradient_clip_val=1.0,
+                plan_kwargs={"reduce_lr_on_plateau": True, "log_train_terms": True,
+                             "n_steps_kl_warmup": 5})
+    history = model.history
+    assert {"reconstruction_loss_train", "kl_local_train"} <= set(history)
+    # 108 training cells make one minibatch per epoch: three steps of a five-step warm-up
+    assert history["kl_weight"]["kl_weight"].to_numpy() == pytest.approx([0.0, 0.2, 0.4], abs=1e-6)
+    one = model.get_normalized_expression(indices=np.arange(3), return_mean=False)
+    assert one.shape == (3, 30)  # a single draw is still a cells x genes table

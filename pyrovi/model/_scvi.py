@@ -190,7 +190,7 @@ class SCVI(VAEMixin, BaseModelClass):
         n_samples: int = 1,
         batch_size: int | None = None,
         return_mean: bool = True,
-        return_numpy: bool | None = None,
+        return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
         """Denoised expression ``library_size * rho`` of each cell, under the posterior of ``z``.
 
@@ -209,9 +209,14 @@ class SCVI(VAEMixin, BaseModelClass):
         n_samples
             Draws of ``z ~ q(z | x)``; averaged when ``return_mean``.
         return_mean
-            Average over draws; otherwise return an array ``(n_samples, n_cells, n_genes)``.
+            Average over draws; otherwise, with ``n_samples > 1``, return an array
+            ``(n_samples, n_cells, n_genes)``.
         return_numpy
             Return an array rather than a DataFrame (cells x genes).
+
+        Returns
+        -------
+        DataFrame (cells x genes), or an array as described above.
 
         Examples
         --------
@@ -251,16 +256,15 @@ class SCVI(VAEMixin, BaseModelClass):
                 values = values[..., gene_idx]
             chunks.append(values)
         values = torch.cat(chunks, dim=1).cpu().numpy()  # (n_samples, n_cells, n_genes)
-        if return_mean:
-            values = values.mean(0)
-        elif n_samples > 1:
+        if not return_mean and n_samples > 1:
             return values
-        if return_numpy or (return_numpy is None and values.ndim != 2):
+        values = values.mean(0)
+        if return_numpy:
             return values
         var_names = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         columns = var_names if gene_idx is None else var_names[gene_idx]
         obs_names = manager.adata.obs_names[loader.indices]
-        return pd.DataFrame(values.reshape(len(obs_names), -1), index=obs_names, columns=columns)
+        return pd.DataFrame(values, index=obs_names, columns=columns)
 
     @staticmethod
     def _mean_counts(model_trace) -> torch.Tensor:

@@ -168,9 +168,11 @@ class TrainingPlan(pl.LightningModule):
         self.log(f"kl_local_{suffix}", terms["kl_local"].mean(), on_epoch=True, on_step=False, batch_size=n)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch, self.n_obs_training, self.kl_weight)
+        kl_weight = self.kl_weight
+        loss = self._loss(batch, self.n_obs_training, kl_weight)
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
         self.log("elbo_train", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
+        self.log("kl_weight", kl_weight, on_epoch=True, on_step=False, batch_size=n)  # epoch mean
         if self.log_train_terms:
             self._log_terms(batch, "train")
         return loss
@@ -180,9 +182,6 @@ class TrainingPlan(pl.LightningModule):
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
         self.log("elbo_validation", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
         self._log_terms(batch, "validation")
-
-    def on_train_epoch_end(self) -> None:
-        self.log("kl_weight", self.kl_weight, on_epoch=True, on_step=False)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.module.parameters() if p.requires_grad]
