@@ -66,7 +66,12 @@ class HistoryLogger(Logger):
 
 
 class EpochProgressBar(pl.Callback):
-    """A tqdm bar over epochs whose postfix shows the latest training and validation ELBO."""
+    """A tqdm bar over epochs whose postfix shows the latest training and validation ELBO.
+
+    Examples
+    --------
+    >>> trainer = lightning.pytorch.Trainer(callbacks=[EpochProgressBar()], enable_progress_bar=False)  # doctest: +SKIP
+    """
 
     def __init__(self) -> None:
         self._bar: tqdm | None = None

@@ -119,7 +119,12 @@ class BaseModelClass:
         self.init_params_ = params
 
     def view_anndata_setup(self, adata: AnnData | None = None) -> None:
-        """Print how the model reads its AnnData: setup arguments, summary and field mappings."""
+        """Print how the model reads its AnnData: setup arguments, summary and field mappings.
+
+        Examples
+        --------
+        >>> model.view_anndata_setup()  # doctest: +SKIP
+        """
         self._validate_anndata(adata).view_registry()
 
     def _validate_anndata(self, adata: AnnData | None = None) -> AnnDataManager:
@@ -238,10 +243,6 @@ class BaseModelClass:
         shuffle: bool = False,
     ) -> AnnDataLoader:
         manager = self._validate_anndata(adata)
-        if indices is not None:
-            indices = np.asarray(indices)
-            if indices.dtype == bool:
-                indices = np.flatnonzero(indices)
         return AnnDataLoader(
             manager, indices=indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle
         )
@@ -253,10 +254,6 @@ class BaseModelClass:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         kwargs.update(overrides)
         return args, kwargs
-
-    @staticmethod
-    def _indices_of(loader: AnnDataLoader) -> np.ndarray:
-        return np.asarray(loader.indices)
 
     # ----------------------------------------------------------------------------------------------
     # persistence

@@ -15,6 +15,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.infer import Predictive
 
+from ..._constants import REGISTRY_KEYS
 from ...module.base import per_cell_elbo_terms, per_cell_log_weights, trace_pair
 
 
@@ -215,7 +216,7 @@ class VAEMixin:
     def _gene_indices(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
         if gene_list is None:
             return None
-        var_names = list(self.adata_manager.get_state("X")["var_names"])
+        var_names = list(self.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         lookup = {g: i for i, g in enumerate(var_names)}
         missing = [g for g in gene_list if g not in lookup]
         if missing:

@@ -36,7 +36,14 @@ def _per_cell(value: torch.Tensor, site: dict, cell_dim: int) -> torch.Tensor:
 def trace_pair(
     model: Callable, guide: Callable, args: tuple, kwargs: dict[str, Any]
 ) -> tuple[poutine.Trace, poutine.Trace]:
-    """Trace ``guide``, then ``model`` replayed on the guide's draws; returns ``(model_trace, guide_trace)``."""
+    """Trace ``guide``, then ``model`` replayed on the guide's draws; returns ``(model_trace, guide_trace)``.
+
+    Examples
+    --------
+    >>> model_trace, guide_trace = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})  # doctest: +SKIP
+    >>> model_trace.nodes["z"]["value"] is guide_trace.nodes["z"]["value"]  # doctest: +SKIP
+    True
+    """
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -83,6 +90,11 @@ def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace)
     """``log p(x, z) - log q(z | x)`` per cell for one draw ``z ~ q``: the importance weight of the draw.
 
     Averaging ``exp`` of these over draws estimates the marginal likelihood ``p(x)`` of each cell.
+
+    Examples
+    --------
+    >>> w = torch.stack([per_cell_log_weights(*trace_pair(m, g, args, kw)) for _ in range(100)])  # doctest: +SKIP
+    >>> log_px = torch.logsumexp(w, 0) - math.log(100)  # doctest: +SKIP
     """
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
