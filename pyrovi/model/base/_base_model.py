@@ -18,6 +18,7 @@ from ...data import AnnDataManager, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
+from ._posterior_sampling import PosteriorSamplingMixin
 from ._save_load import load_model, save_model
 
 logger = logging.getLogger("pyrovi")
@@ -28,7 +29,7 @@ def _max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) 
     return max(1, min(cap, round(decay_at / max(n_cells, 1) * cap)))
 
 
-class BaseModelClass:
+class BaseModelClass(PosteriorSamplingMixin):
     """Base of every pyrovi model: wraps a Pyro module with AnnData setup, training and persistence.
 
     A subclass declares its AnnData fields in :meth:`_anndata_fields`, offers a ``setup_anndata``

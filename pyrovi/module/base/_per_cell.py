@@ -19,7 +19,8 @@ from torch.distributions import kl_divergence
 CELL_PLATE = "cells"
 
 
-def _cell_dim(site: dict) -> int | None:
+def cell_plate_dim(site: dict) -> int | None:
+    """The batch dimension of the ``"cells"`` plate at a trace site, ``None`` for a global site."""
     for frame in site["cond_indep_stack"]:
         if frame.name == CELL_PLATE:
             return frame.dim
@@ -68,7 +69,7 @@ def per_cell_elbo_terms(
     """
     reconstruction, kl = 0.0, 0.0
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or (dim := _cell_dim(site)) is None:
+        if site["type"] != "sample" or (dim := cell_plate_dim(site)) is None:
             continue
         fn = site["fn"]
         if site["is_observed"]:
@@ -99,10 +100,10 @@ def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace)
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():
-            if site["type"] != "sample" or (dim := _cell_dim(site)) is None:
+            if site["type"] != "sample" or (dim := cell_plate_dim(site)) is None:
                 continue
             total = total + sign * _per_cell(site["fn"].log_prob(site["value"]), site, dim)
     return total
 
 
-__all__ = ["trace_pair", "per_cell_elbo_terms", "per_cell_log_weights", "CELL_PLATE"]
+__all__ = ["cell_plate_dim", "trace_pair", "per_cell_elbo_terms", "per_cell_log_weights", "CELL_PLATE"]
