@@ -21,7 +21,7 @@ from ..data import (
 )
 from ..module import VAE
 from ..module.base import trace_pair
-from .base import BaseModelClass, VAEMixin
+from .base import BaseModelClass, DEMixin, VAEMixin
 
 
 def _library_log_prior(manager) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +39,7 @@ def _library_log_prior(manager) -> tuple[np.ndarray, np.ndarray]:
     return means, variances
 
 
-class SCVI(VAEMixin, BaseModelClass):
+class SCVI(DEMixin, VAEMixin, BaseModelClass):
     """single-cell Variational Inference: a deep generative model of UMI counts.
 
     Each cell has a low-dimensional latent state ``z ~ N(0, I)``; a decoder maps it, with the cell's

@@ -1,0 +1,478 @@
+"""Bayesian differential expression from posterior draws: statistics, the FDR rule, the result table.
+
+Everything here is model-independent: it works on arrays of posterior draws of normalised expression
+(``rho``, one row per draw, one column per gene) and on raw counts, and on the cell groups of an
+AnnData. :class:`~pyrovi.model.base.DEMixin` draws the samples from a model and calls these functions.
+
+Two hypothesis tests compare the draws of two groups, paired draw by draw (the draws of each group are
+independent and identically distributed, so pairing row ``i`` with row ``i`` is a random pairing):
+
+``"vanilla"``
+    ``M1: rho1 > rho2`` against ``M2: rho1 <= rho2``; ``proba_m1`` is the fraction of pairs with
+    ``rho1 > rho2``.
+``"change"``
+    ``H1: |lfc| >= delta`` against ``H0: |lfc| < delta`` with ``lfc = log2(rho1 + eps) - log2(rho2 + eps)``;
+    ``proba_de`` is the fraction of pairs with ``|lfc| >= delta``.
+
+The Bayes factor is the log posterior odds of the first hypothesis. Genes are called DE by the posterior
+expected false discovery rate (:func:`posterior_expected_fdr_mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.stats import rankdata
+
+#: Added to rho before taking log2 fold changes, so that genes with (near) zero expression in both groups
+#: get a finite lfc near 0 instead of log(0); far below the expression of any detected gene (rho sums to 1
+#: over genes, so a gene seen once per 10^4 counts has rho ~ 1e-4).
+LFC_EPS = 1e-8
+#: Probabilities are clipped to [eps, 1 - eps] before taking log odds, so a Bayes factor stays finite when
+#: every draw agrees (it then reads about +-18.4).
+PROBA_EPS = 1e-8
+#: Genes processed at once by the statistics, bounding the temporaries to n_samples x this many values.
+_GENE_BLOCK = 1024
+#: Scale of ``raw_normalized_mean``: counts per 10^4 counts of the cell (the usual "CP10k").
+_RAW_NORMALIZATION = 1e4
+#: Name of the complement of a group in one-vs-rest comparisons (as scvi-tools).
+REST = "Rest"
+#: Column order of the result table (a mode has either the proba_de or the proba_m1 pair).
+_COLUMNS = (
+    "proba_de", "proba_not_de", "proba_m1", "proba_m2", "bayes_factor",
+    "lfc_mean", "lfc_median", "lfc_std", "lfc_min", "lfc_max", "scale1", "scale2",
+    "raw_mean1", "raw_mean2", "non_zeros_proportion1", "non_zeros_proportion2",
+    "raw_normalized_mean1", "raw_normalized_mean2",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# the decision rule
+
+
+def posterior_expected_fdr_mask(proba_de: np.ndarray | Sequence[float], fdr_target: float = 0.05) -> np.ndarray:
+    """Call genes DE so that the posterior expected false discovery rate stays at most ``fdr_target``.
+
+    Genes are ranked by their posterior probability of being DE, ``p``. Calling the top ``k`` genes DE
+    has expected false discovery rate ``mean(1 - p)`` over those ``k`` genes; the largest ``k`` with
+    expected FDR at most ``fdr_target`` is chosen. Because ``1 - p`` increases down the ranking, the
+    expected FDR of the top ``k`` grows with ``k`` and the called genes are exactly a top set.
+    Genes with equal probabilities are called alike: if the cut would split such a tie, the whole tie is
+    left out (the smaller set still meets the target).
+
+    Parameters
+    ----------
+    proba_de
+        Posterior probability of each gene being DE, in [0, 1].
+    fdr_target
+        Largest acceptable posterior expected FDR, in (0, 1).
+
+    Returns
+    -------
+    Boolean array, ``True`` for the genes called DE, in the order of ``proba_de``.
+
+    Examples
+    --------
+    >>> posterior_expected_fdr_mask([0.99, 0.5, 0.97, 0.9], fdr_target=0.05)
+    array([ True, False,  True,  True])
+    """
+    p = np.asarray(proba_de, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"proba_de must be one-dimensional (one value per gene), got shape {p.shape}.")
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError("proba_de must hold probabilities in [0, 1] (no NaN); check the input.")
+    _check_fdr_target(fdr_target)
+    order = np.argsort(-p, kind="stable")
+    ranked = p[order]
+    expected_fdr = np.cumsum(1 - ranked) / np.arange(1, p.size + 1)
+    # small tolerance: a mean of values exactly at the target must not fail on rounding
+    k = int(np.count_nonzero(expected_fdr <= fdr_target + 1e-12))
+    while 0 < k < p.size and ranked[k] == ranked[k - 1]:
+        k -= 1
+    mask = np.zeros(p.size, dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics of posterior draws
+
+
+def _check_draws(draws1: np.ndarray, draws2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    draws1, draws2 = np.asarray(draws1), np.asarray(draws2)
+    if draws1.ndim != 2 or draws1.shape != draws2.shape:
+        raise ValueError(
+            "draws1 and draws2 must be arrays of the same shape (n_samples, n_genes), got "
+            f"{draws1.shape} and {draws2.shape}; draw as many samples for each group."
+        )
+    if draws1.shape[0] == 0:
+        raise ValueError("draws1 and draws2 hold no samples; draw at least one per group.")
+    return draws1, draws2
+
+
+def _gene_blocks(n_genes: int, block: int = _GENE_BLOCK) -> Iterator[slice]:
+    for start in range(0, n_genes, block):
+        yield slice(start, min(start + block, n_genes))
+
+
+def _log_odds(p: np.ndarray, eps: float = PROBA_EPS) -> np.ndarray:
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def log2_fold_changes(draws1: np.ndarray, draws2: np.ndarray, eps: float = LFC_EPS) -> np.ndarray:
+    """Paired log2 fold changes ``log2(rho1 + eps) - log2(rho2 + eps)``, one per pair of draws and gene.
+
+    Examples
+    --------
+    >>> log2_fold_changes(np.array([[0.4, 0.1]]), np.array([[0.1, 0.1]])).round(6)
+    array([[2., 0.]])
+    """
+    return np.log2(np.asarray(draws1) + eps) - np.log2(np.asarray(draws2) + eps)
+
+
+def _lfc_summaries(lfc: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "lfc_mean": lfc.mean(0),
+        "lfc_median": np.median(lfc, 0),
+        "lfc_std": lfc.std(0),
+        "lfc_min": lfc.min(0),
+        "lfc_max": lfc.max(0),
+    }
+
+
+def _block_statistics(
+    rho1: np.ndarray, rho2: np.ndarray, mode: Literal["vanilla", "change"], delta: float, eps: float
+) -> dict[str, np.ndarray]:
+    lfc = log2_fold_changes(rho1, rho2, eps)
+    if mode == "vanilla":
+        proba_m1 = (rho1 > rho2).mean(0)
+        stats = {"proba_m1": proba_m1, "proba_m2": 1 - proba_m1, "bayes_factor": _log_odds(proba_m1)}
+    else:
+        proba_de = (np.abs(lfc) >= delta).mean(0)
+        stats = {"proba_de": proba_de, "proba_not_de": 1 - proba_de, "bayes_factor": _log_odds(proba_de)}
+    stats.update(_lfc_summaries(lfc))
+    stats["scale1"], stats["scale2"] = rho1.mean(0), rho2.mean(0)
+    return stats
+
+
+def de_statistics(
+    draws1: np.ndarray,
+    draws2: np.ndarray,
+    mode: Literal["vanilla", "change"] = "change",
+    delta: float = 0.25,
+    eps: float = LFC_EPS,
+) -> dict[str, np.ndarray]:
+    """Per-gene Bayesian DE statistics of two groups' posterior draws of normalised expression.
+
+    Draw ``i`` of group 1 is compared with draw ``i`` of group 2. Computed over blocks of genes, so the
+    temporaries (fold changes, comparisons) stay at ``n_samples x 1024`` values whatever the gene count.
+
+    Parameters
+    ----------
+    draws1, draws2
+        Arrays ``(n_samples, n_genes)`` of posterior draws of ``rho`` for each group.
+    mode
+        ``"change"``: probability that ``|lfc| >= delta``; ``"vanilla"``: probability that ``rho1 > rho2``.
+    delta
+        Smallest ``|log2 fold change|`` that counts as a change (``"change"`` mode).
+    eps
+        Added to ``rho`` before the log2 (see :data:`LFC_EPS`).
+
+    Returns
+    -------
+    dict of arrays of length ``n_genes``: ``proba_de``/``proba_not_de`` (change) or
+    ``proba_m1``/``proba_m2`` (vanilla); ``bayes_factor`` (log odds of the first); ``lfc_mean``,
+    ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``; ``scale1``, ``scale2`` (mean draws).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> draws1 = rng.dirichlet(np.ones(5), size=1000)
+    >>> stats = de_statistics(draws1, draws1[::-1], mode="change", delta=0.5)
+    >>> sorted(stats)[:3]
+    ['bayes_factor', 'lfc_max', 'lfc_mean']
+    """
+    draws1, draws2 = _check_draws(draws1, draws2)
+    _check_mode(mode, delta)
+    blocks = [
+        _block_statistics(draws1[:, genes], draws2[:, genes], mode, delta, eps)
+        for genes in _gene_blocks(draws1.shape[1])
+    ]
+    return {key: np.concatenate([block[key] for block in blocks]) for key in blocks[0]}
+
+
+def _check_mode(mode: str, delta: float) -> None:
+    if mode not in ("vanilla", "change"):
+        raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}.")
+    if mode == "change" and not (delta is not None and delta > 0):
+        raise ValueError(f"mode='change' needs a positive delta (smallest |log2 fold change|), got {delta!r}.")
+
+
+def _check_fdr_target(fdr_target: float) -> None:
+    if not 0 < fdr_target < 1:
+        raise ValueError(f"fdr_target must lie strictly between 0 and 1, got {fdr_target!r}.")
+
+
+def check_test_arguments(mode: str, delta: float, fdr_target: float) -> None:
+    """Raise a clear error for a bad ``mode``, ``delta`` or ``fdr_target`` before any sampling is done.
+
+    Examples
+    --------
+    >>> check_test_arguments("change", 0.25, 0.05)
+    """
+    _check_mode(mode, delta)
+    _check_fdr_target(fdr_target)
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics of raw counts
+
+
+def _row_scaled(x: np.ndarray | sp.spmatrix, factors: np.ndarray) -> np.ndarray | sp.spmatrix:
+    if sp.issparse(x):
+        return sp.diags(factors) @ x
+    return x * factors[:, None]
+
+
+def _column_mean(x: np.ndarray | sp.spmatrix) -> np.ndarray:
+    return np.asarray(x.mean(axis=0), dtype=np.float64).reshape(-1)
+
+
+def raw_count_statistics(counts: np.ndarray | sp.spmatrix, suffix: str = "") -> dict[str, np.ndarray]:
+    """Per-gene summaries of a group's raw counts (cells x genes, dense or sparse).
+
+    Returns
+    -------
+    dict with ``raw_mean`` (mean count), ``non_zeros_proportion`` (fraction of cells with a count above
+    0) and ``raw_normalized_mean`` (mean of counts per 10^4 counts of the cell; cells without counts
+    contribute 0), each name followed by ``suffix``.
+
+    Examples
+    --------
+    >>> raw_count_statistics(np.array([[0, 2], [1, 3]]), suffix="1")["non_zeros_proportion1"]
+    array([0.5, 1. ])
+    """
+    if counts.shape[0] == 0:
+        raise ValueError("raw_count_statistics needs at least one cell.")
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    per_10k = np.divide(_RAW_NORMALIZATION, totals, out=np.zeros_like(totals), where=totals > 0)
+    return {
+        f"raw_mean{suffix}": _column_mean(counts),
+        f"non_zeros_proportion{suffix}": _column_mean(counts > 0),
+        f"raw_normalized_mean{suffix}": _column_mean(_row_scaled(counts, per_10k)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# the result table
+
+
+def fdr_column(fdr_target: float) -> str:
+    """Name of the DE call column, e.g. ``is_de_fdr_0.05``.
+
+    Examples
+    --------
+    >>> fdr_column(0.1)
+    'is_de_fdr_0.1'
+    """
+    return f"is_de_fdr_{fdr_target}"
+
+
+def de_table(
+    stats: dict[str, np.ndarray],
+    gene_names: Sequence[str],
+    fdr_target: float,
+    group1: str,
+    group2: str,
+) -> pd.DataFrame:
+    """Assemble one comparison's statistics into a table indexed by gene, sorted by Bayes factor.
+
+    The DE call ``is_de_fdr_<fdr_target>`` applies :func:`posterior_expected_fdr_mask` to ``proba_de``
+    (change mode) or, in vanilla mode, to ``max(proba_m1, proba_m2)``: the probability that the gene
+    differs in the direction the posterior favours.
+
+    Parameters
+    ----------
+    stats
+        Output of :func:`de_statistics`, optionally merged with :func:`raw_count_statistics`.
+    gene_names
+        One name per gene, in the order of the arrays.
+    fdr_target
+        Target of the posterior expected FDR.
+    group1, group2
+        Names of the compared groups, stored in the ``group1``, ``group2`` and ``comparison`` columns.
+
+    Examples
+    --------
+    >>> stats = de_statistics(np.full((10, 2), 0.5), np.full((10, 2), 0.5), delta=0.5)
+    >>> de_table(stats, ["a", "b"], 0.05, "A", "B")["comparison"].tolist()
+    ['A vs B', 'A vs B']
+    """
+    proba = stats["proba_de"] if "proba_de" in stats else np.maximum(stats["proba_m1"], stats["proba_m2"])
+    columns = [c for c in _COLUMNS if c in stats] + [c for c in stats if c not in _COLUMNS]
+    table = pd.DataFrame({c: stats[c] for c in columns}, index=pd.Index(list(gene_names)))
+    table[fdr_column(fdr_target)] = posterior_expected_fdr_mask(proba, fdr_target)
+    table["comparison"] = f"{group1} vs {group2}"
+    table["group1"], table["group2"] = group1, group2
+    return table.sort_values("bayes_factor", ascending=False, kind="stable")
+
+
+# --------------------------------------------------------------------------------------------------
+# cell groups
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two disjoint, non-empty sets of cells (row positions) and their names."""
+
+    name1: str
+    name2: str
+    cells1: np.ndarray
+    cells2: np.ndarray
+
+
+def comparisons_from_groups(
+    obs: pd.DataFrame,
+    groupby: str,
+    group1: Any | Sequence[Any] | None = None,
+    group2: Any | None = None,
+) -> list[Comparison]:
+    """The comparisons asked for by an ``obs`` column and group names.
+
+    Each of ``group1`` (default: every group present, in category order) is compared with ``group2``,
+    or with the rest of the cells when ``group2`` is ``None``. Groups are matched as strings, so
+    ``group1=1`` finds the category ``"1"``.
+
+    Examples
+    --------
+    >>> obs = pd.DataFrame({"type": ["a", "b", "b", "c"]})
+    >>> [(c.name1, c.name2) for c in comparisons_from_groups(obs, "type")]
+    [('a', 'Rest'), ('b', 'Rest'), ('c', 'Rest')]
+    """
+    if groupby not in obs.columns:
+        raise ValueError(
+            f"groupby={groupby!r} is not a column of adata.obs; pass the name of a column of cell groups."
+        )
+    labels = obs[groupby].astype(str).to_numpy()
+    available = _groups_present(obs[groupby])
+    if group1 is None:
+        names1 = available
+    elif isinstance(group1, (list, tuple, np.ndarray, pd.Index)):
+        names1 = [str(g) for g in group1]
+    else:
+        names1 = [str(group1)]
+    if not names1:
+        raise ValueError("group1 is an empty list; name at least one group of adata.obs[groupby].")
+    for name in [*names1, *([] if group2 is None else [str(group2)])]:
+        if name not in available:
+            raise ValueError(
+                f"group {name!r} has no cells in adata.obs[{groupby!r}]; available groups: {available}."
+            )
+    comparisons = []
+    for name1 in names1:
+        in1 = labels == name1
+        in2 = ~in1 if group2 is None else labels == str(group2)
+        name2 = REST if group2 is None else str(group2)
+        if name1 == name2:
+            raise ValueError(f"group1 and group2 are both {name1!r}; compare two different groups.")
+        if not in2.any():
+            raise ValueError(
+                f"no cells outside group {name1!r} in adata.obs[{groupby!r}]: one-vs-rest needs another group."
+            )
+        comparisons.append(Comparison(name1, name2, np.flatnonzero(in1), np.flatnonzero(in2)))
+    return comparisons
+
+
+def _groups_present(column: pd.Series) -> list[str]:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        present = set(column.dropna().astype(str))
+        return [str(c) for c in column.cat.categories if str(c) in present]
+    return sorted(set(column.dropna().astype(str)))
+
+
+def _positions(idx: Any, n_cells: int, name: str) -> np.ndarray:
+    """Row positions of a boolean mask or a list of integer positions, checked."""
+    idx = np.asarray(idx)
+    if idx.dtype == np.bool_:
+        if idx.shape != (n_cells,):
+            raise ValueError(f"{name} as a boolean mask needs one entry per cell ({n_cells}), got shape {idx.shape}.")
+        positions = np.flatnonzero(idx)
+    elif idx.ndim == 1 and (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+        positions = idx.astype(np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= n_cells):
+            raise ValueError(f"{name} holds positions outside [0, {n_cells}); pass row positions of adata.")
+    else:
+        raise ValueError(
+            f"{name} must be a boolean mask or a 1-d array of integer row positions, got dtype {idx.dtype} "
+            f"and shape {idx.shape}. To select by obs name use np.flatnonzero(adata.obs_names.isin(names))."
+        )
+    positions = np.unique(positions)
+    if positions.size == 0:
+        raise ValueError(f"{name} selects no cells; a group needs at least one cell.")
+    return positions
+
+
+def comparison_from_indices(idx1: Any, idx2: Any | None, n_cells: int) -> Comparison:
+    """The comparison of two explicit cell sets (boolean masks or integer positions; ``idx2=None``: rest).
+
+    Examples
+    --------
+    >>> c = comparison_from_indices([0, 1], None, n_cells=4)
+    >>> c.cells2, c.name2
+    (array([2, 3]), 'Rest')
+    """
+    cells1 = _positions(idx1, n_cells, "idx1")
+    if idx2 is None:
+        cells2 = np.setdiff1d(np.arange(n_cells), cells1)
+        if cells2.size == 0:
+            raise ValueError("idx1 selects every cell, so the rest is empty; pass idx2 or a smaller idx1.")
+        return Comparison("idx1", REST, cells1, cells2)
+    cells2 = _positions(idx2, n_cells, "idx2")
+    overlap = np.intersect1d(cells1, cells2)
+    if overlap.size:
+        raise ValueError(
+            f"idx1 and idx2 share {overlap.size} cell(s) (e.g. position {overlap[0]}); the groups must be disjoint."
+        )
+    return Comparison("idx1", "idx2", cells1, cells2)
+
+
+# --------------------------------------------------------------------------------------------------
+# feature correlation
+
+
+def feature_correlation(
+    data: np.ndarray, correlation_type: Literal["spearman", "pearson"] = "spearman"
+) -> np.ndarray:
+    """Correlation between the columns (features) of ``data`` (observations x features).
+
+    Spearman's is Pearson's correlation of the ranks (ties get their average rank). A constant feature
+    has no defined correlation and gets NaN.
+
+    Examples
+    --------
+    >>> data = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 1.0], [3.0, 9.0, 2.0]])
+    >>> float(feature_correlation(data, "spearman")[0, 1])
+    1.0
+    """
+    if correlation_type not in ("spearman", "pearson"):
+        raise ValueError(f"correlation_type must be 'spearman' or 'pearson', got {correlation_type!r}.")
+    data = np.asarray(data, dtype=np.float64)
+    if data.ndim != 2 or data.shape[0] < 2:
+        raise ValueError(f"feature_correlation needs a 2-d array with at least 2 rows, got shape {data.shape}.")
+    if correlation_type == "spearman":
+        data = rankdata(data, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(data, rowvar=False)
+    corr = np.atleast_2d(corr)
+    # rounding can leave |r| a hair above 1, the matrix a hair asymmetric and the diagonal a hair off 1;
+    # all three are exact in theory
+    corr = np.clip((corr + corr.T) / 2, -1.0, 1.0)
+    diagonal = np.diag(corr).copy()
+    np.fill_diagonal(corr, np.where(np.isnan(diagonal), np.nan, 1.0))
+    return corr
