@@ -23,6 +23,16 @@ _pyro.settings.set(module_local_params=True)
 
 from ._constants import REGISTRY_KEYS  # noqa: E402
 from ._settings import settings  # noqa: E402
-from . import data, dataloaders, datasets, module, train, model  # noqa: E402
+from . import data, dataloaders, datasets, module, priors, train, model  # noqa: E402
 
-__all__ = ["REGISTRY_KEYS", "settings", "data", "dataloaders", "datasets", "module", "train", "model"]
+__all__ = [
+    "REGISTRY_KEYS",
+    "settings",
+    "data",
+    "dataloaders",
+    "datasets",
+    "module",
+    "priors",
+    "train",
+    "model",
+]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyro.distributions as dist
 import torch
 from anndata import AnnData
 from pyro import poutine
@@ -19,8 +20,9 @@ from ..data import (
     NumericalJointObsField,
     NumericalObsField,
 )
-from ..module import VAE
-from ..module.base import trace_pair
+from ..module import VAE, GeneLikelihood
+from ..module.base import GlobalGuide, trace_pair
+from ..module.priors import LatentPrior
 from .base import BaseModelClass, DEMixin, VAEMixin
 
 
@@ -56,9 +58,18 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     dispersion
         ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
     gene_likelihood
-        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        ``"zinb"``, ``"nb"``, ``"poisson"``, or a callable ``(mu, theta, zi_logits) -> distribution``
+        over a cell's genes (batch shape ``(n_cells, n_genes)``).
     use_observed_lib_size
         Library size observed (total counts or the registered size factor) rather than latent.
+    prior
+        Prior of the latent ``z``: any :class:`~pyrovi.priors.LatentPrior`, e.g.
+        ``MixtureOfGaussians(10)``; default ``StandardNormal()``.
+    dispersion_prior
+        Prior of the inverse dispersion (e.g. ``dist.LogNormal(2.0, 1.0)``): ``theta`` becomes a global
+        latent variable with a guide, returned by :meth:`sample_posterior` as ``"dispersion"``.
+    global_guide
+        Guide of global latent sites: ``"normal"``, ``"delta"`` or a callable ``model -> guide``.
     **module_kwargs
         Further arguments of :class:`~pyrovi.module.VAE` (``encode_covariates``, ``use_batch_norm``...).
 
@@ -83,8 +94,11 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
-        gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+        gene_likelihood: GeneLikelihood = "zinb",
         use_observed_lib_size: bool = True,
+        prior: LatentPrior | None = None,
+        dispersion_prior: dist.Distribution | None = None,
+        global_guide: GlobalGuide = "normal",
         **module_kwargs: Any,
     ):
         super().__init__(adata)
@@ -109,6 +123,9 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             use_observed_lib_size=use_observed_lib_size,
             library_log_means=library_log_means,
             library_log_vars=library_log_vars,
+            prior=prior,
+            dispersion_prior=dispersion_prior,
+            global_guide=global_guide,
             **module_kwargs,
         )
 

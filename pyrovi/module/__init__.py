@@ -1,7 +1,7 @@
 """Pyro modules: model/guide pairs with their neural networks and count likelihoods."""
 
-from . import distributions, nn
+from . import distributions, nn, priors
+from ._vae import VAE, GeneLikelihood
 from .base import BaseModuleClass
-from ._vae import VAE
 
-__all__ = ["BaseModuleClass", "VAE", "nn", "distributions"]
+__all__ = ["BaseModuleClass", "VAE", "GeneLikelihood", "nn", "distributions", "priors"]

@@ -4,12 +4,16 @@ Generative model, for cell :math:`n` and gene :math:`g`, with batch :math:`s_n`:
 
 .. math::
 
-    z_n &\\sim \\mathcal{N}(0, I) \\\\
+    z_n &\\sim p(z) \\quad\\text{(default } \\mathcal{N}(0, I)\\text{; any } \\texttt{prior=}\\text{)} \\\\
     \\ell_n &= \\textstyle\\sum_g x_{ng} \\quad\\text{(observed library), or}\\quad
         \\log \\ell_n \\sim \\mathcal{N}(\\mu^{\\ell}_{s_n}, (\\sigma^{\\ell}_{s_n})^2) \\\\
     \\rho_n &= \\mathrm{softmax}(f_\\theta(z_n, s_n, \\text{covariates})) \\\\
     x_{ng} &\\sim \\mathrm{ZINB}(\\mu = \\ell_n \\rho_{ng},\\ \\theta_g,\\ \\pi_{ng})
         \\quad\\text{(or NB, Poisson)}
+
+with the inverse dispersion :math:`\\theta_g` a point estimate, or a global latent variable when
+``dispersion_prior`` is given. Global latent sites (a prior's hyperpriors, the dispersion) get an
+automatic guide (:func:`~pyrovi.module.base.make_global_guide`).
 
 Guide (amortized mean field): :math:`q(z_n \\mid x_n) = \\mathcal{N}(g_\\phi(x_n))` and, for a latent
 library, :math:`q(\\log \\ell_n \\mid x_n)` Normal. Cells live in a subsampled plate, so a minibatch's
@@ -18,8 +22,8 @@ ELBO estimates the full-data ELBO.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, Union
 
 import numpy as np
 import pyro
@@ -29,12 +33,14 @@ from pyro import poutine
 from torch import nn
 
 from .._constants import REGISTRY_KEYS
-from .base import CELL_PLATE, BaseModuleClass
+from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS
 from .nn import DecoderSCVI, Encoder
+from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
-GeneLikelihood = Literal["zinb", "nb", "poisson"]
+#: a built-in name, or a callable ``(mu, theta, zi_logits) -> distribution`` over one cell's genes
+GeneLikelihood = Union[Literal["zinb", "nb", "poisson"], Callable[..., dist.Distribution]]
 
 
 class VAE(BaseModuleClass):
@@ -60,7 +66,9 @@ class VAE(BaseModuleClass):
         Inverse dispersion ``theta`` per ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or
         ``"gene-cell"`` (a decoder head).
     gene_likelihood
-        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+        ``"zinb"``, ``"nb"``, ``"poisson"``, or a callable ``(mu, theta, zi_logits) -> distribution``
+        whose batch shape is ``(n_cells, n_genes)`` (e.g. a hurdle or beta-binomial model); ``theta`` is
+        the inverse dispersion and ``zi_logits`` the decoder's gate logits, to use or ignore.
     use_observed_lib_size
         Use the observed library size (or the registered size factor) instead of a latent library.
     library_log_means, library_log_vars
@@ -69,6 +77,14 @@ class VAE(BaseModuleClass):
         Feed batch and categorical covariates to the encoder too.
     use_batch_norm, use_layer_norm
         Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
+    prior
+        Prior of ``z``, a :class:`~pyrovi.priors.LatentPrior` (default :class:`~pyrovi.priors.StandardNormal`).
+    dispersion_prior
+        A distribution with positive support (e.g. ``dist.LogNormal(2.0, 1.0)``) making ``theta`` a
+        global latent variable with this prior for every entry (not with ``"gene-cell"``).
+    global_guide
+        Guide of the global latent sites: ``"normal"`` (AutoNormal), ``"delta"`` (MAP) or a callable
+        ``model -> guide``.
 
     Examples
     --------
@@ -102,15 +118,19 @@ class VAE(BaseModuleClass):
         encode_covariates: bool = False,
         use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
         use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+        prior: LatentPrior | None = None,
+        dispersion_prior: dist.Distribution | None = None,
+        global_guide: GlobalGuide = "normal",
     ):
         super().__init__()
         if dispersion not in ("gene", "gene-batch", "gene-label", "gene-cell"):
             raise ValueError(
                 f"dispersion={dispersion!r} is not one of 'gene', 'gene-batch', 'gene-label', 'gene-cell'."
             )
-        if gene_likelihood not in COUNT_LIKELIHOODS:
+        if not callable(gene_likelihood) and gene_likelihood not in COUNT_LIKELIHOODS:
             raise ValueError(
-                f"gene_likelihood={gene_likelihood!r} is not one of {sorted(COUNT_LIKELIHOODS)}."
+                f"gene_likelihood={gene_likelihood!r} is not one of {sorted(COUNT_LIKELIHOODS)} "
+                "or a callable (mu, theta, zi_logits) -> distribution."
             )
         self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
         self.dispersion = dispersion
@@ -128,7 +148,11 @@ class VAE(BaseModuleClass):
 
         # Inverse dispersion on the log scale, as in scVI; "gene-cell" is a decoder head instead.
         shapes = {"gene": (n_input,), "gene-batch": (n_batch, n_input), "gene-label": (n_labels, n_input)}
-        if dispersion in shapes:
+        self._dispersion_shape = shapes.get(dispersion)
+        self._dispersion_prior_name: str | None = None
+        if dispersion_prior is not None:
+            self._register_dispersion_prior(dispersion_prior)
+        elif dispersion in shapes:
             self.log_theta = nn.Parameter(torch.randn(shapes[dispersion]))
 
         cat_list = [n_batch, *(n_cats_per_cov or [])]
@@ -151,6 +175,70 @@ class VAE(BaseModuleClass):
             n_latent, n_input, n_cat_list=cat_list, n_cont=n_continuous_cov, n_layers=n_layers,
             n_hidden=n_hidden, use_batch_norm=bn_dec, use_layer_norm=ln_dec,
         )
+        self.n_cats_per_cov = list(n_cats_per_cov or [])
+        if callable(gene_likelihood):
+            self._check_likelihood(gene_likelihood)
+
+        # the prior comes last: a VampPrior pushes its pseudo-inputs through the encoder built above
+        self.prior = prior if prior is not None else StandardNormal()
+        self.prior.setup(n_latent, self)
+        global_sites = check_latent_prior(self.prior, n_latent, self._example_covariates(2))
+        if self._dispersion_prior_name is not None:
+            global_sites.append("dispersion")
+        self.global_sites = tuple(global_sites)
+        self.global_guide = make_global_guide(self._global_model, self.global_sites, global_guide)
+        materialise_guide(self.global_guide)
+
+    # ----------------------------------------------------------------------------------------------
+    # construction helpers
+
+    def _register_dispersion_prior(self, prior: dist.Distribution) -> None:
+        if self._dispersion_shape is None:
+            raise ValueError("dispersion_prior needs dispersion 'gene', 'gene-batch' or 'gene-label', not 'gene-cell'.")
+        if tuple(prior.event_shape) != () or not prior.support.check(torch.tensor(1.0)):
+            raise ValueError(
+                f"dispersion_prior must be a scalar distribution on the positive reals (e.g. "
+                f"dist.LogNormal(2.0, 1.0)), got {prior} with support {prior.support}."
+            )
+        if prior.support.check(torch.tensor(-1.0)):
+            raise ValueError(f"dispersion_prior must have positive support, got {prior.support}.")
+        config = distribution_to_config(prior)
+        self._dispersion_prior_name = config["name"]
+        # parameters as buffers so the prior follows the module's device and is saved with it
+        self._dispersion_prior_args = tuple(config["args"])
+        for key, value in config["args"].items():
+            self.register_buffer(f"_dispersion_prior_{key}", torch.tensor(value, dtype=torch.float32))
+
+    def _dispersion_prior(self) -> dist.Distribution:
+        cls = getattr(dist, self._dispersion_prior_name)
+        args = {key: getattr(self, f"_dispersion_prior_{key}") for key in self._dispersion_prior_args}
+        return cls(**args).expand(self._dispersion_shape).to_event(len(self._dispersion_shape))
+
+    def _check_likelihood(self, fn: Callable[..., dist.Distribution]) -> None:
+        ones = torch.ones(2, self.n_input)
+        d = fn(ones, ones, torch.zeros(2, self.n_input))
+        if not isinstance(d, torch.distributions.Distribution) or tuple(d.batch_shape) != (2, self.n_input):
+            shape = tuple(getattr(d, "batch_shape", ()))
+            raise ValueError(
+                "gene_likelihood must return a distribution with batch shape (n_cells, n_genes) and no "
+                f"event dimensions; for 2 cells x {self.n_input} genes it returned {type(d).__name__} with "
+                f"batch shape {shape}."
+            )
+
+    def _example_covariates(self, n: int, device: torch.device | None = None) -> dict:
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        return {
+            "batch_index": zeros,
+            "labels": zeros,
+            "cat_covs": tuple(zeros for _ in self.n_cats_per_cov),
+            "cont_covs": torch.zeros(n, self.n_continuous_cov, device=device) if self.n_continuous_cov else None,
+        }
+
+    def _global_model(self) -> None:
+        """The model's global sample statements alone: what the global guide is built from."""
+        self.prior(2, **self._example_covariates(2, self.device))
+        if self._dispersion_prior_name is not None:
+            pyro.sample("dispersion", self._dispersion_prior())
 
     @staticmethod
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
@@ -183,11 +271,14 @@ class VAE(BaseModuleClass):
     ) -> None:
         """p(x, z, l): the scVI generative process; ``x`` is observed."""
         batch_index = self._batch_codes(batch_index, x)
+        # global: the prior's hyperpriors (if any), then the dispersion when it has a prior
+        p_z = self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
+        theta = None
+        if self._dispersion_prior_name is not None:
+            theta = pyro.sample("dispersion", self._dispersion_prior())
         with self._cells(x, indices, n_obs):
             with poutine.scale(scale=kl_weight):
-                z = pyro.sample(
-                    "z", dist.Normal(x.new_zeros(x.shape[0], self.n_latent), 1.0).to_event(1)
-                )
+                z = pyro.sample("z", p_z)
                 if self.use_observed_lib_size:
                     library = self._observed_library(x, size_factor)
                 else:
@@ -199,8 +290,9 @@ class VAE(BaseModuleClass):
             rho, log_theta_cell, zi_logits = self.decoder(z, batch_index, *cat_covs, cont=cont_covs)
             pyro.deterministic("rho", rho, event_dim=1)
             mu = library * rho
-            theta = self._theta(log_theta_cell, batch_index, labels)
-            likelihood = COUNT_LIKELIHOODS[self.gene_likelihood](mu, theta, zi_logits)
+            theta = self._theta(theta, log_theta_cell, batch_index, labels)
+            build = self.gene_likelihood if callable(self.gene_likelihood) else COUNT_LIKELIHOODS[self.gene_likelihood]
+            likelihood = build(mu, theta, zi_logits)
             pyro.sample("x", likelihood.to_event(1), obs=x)
 
     def guide(
@@ -219,6 +311,8 @@ class VAE(BaseModuleClass):
         batch_index = self._batch_codes(batch_index, x)
         enc_cats = (batch_index, *cat_covs) if self.encode_covariates else ()
         enc_cont = cont_covs if self.encode_covariates else None
+        if self.global_guide is not None:
+            self.global_guide()
         with self._cells(x, indices, n_obs), poutine.scale(scale=kl_weight):
             z_loc, z_scale = self.z_encoder(x, *enc_cats, cont=enc_cont)
             pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
@@ -247,13 +341,20 @@ class VAE(BaseModuleClass):
         return library.reshape(-1, 1)
 
     def _theta(
-        self, log_theta_cell: torch.Tensor, batch_index: torch.Tensor, labels: torch.Tensor | None
+        self,
+        sampled: torch.Tensor | None,
+        log_theta_cell: torch.Tensor,
+        batch_index: torch.Tensor,
+        labels: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Inverse dispersion per cell and gene: a decoder head, a sampled global, or a point estimate."""
         if self.dispersion == "gene-cell":
             return log_theta_cell.exp()
+        theta = sampled if sampled is not None else self.log_theta.exp()
         if self.dispersion == "gene":
-            return self.log_theta.exp()
-        if self.dispersion == "gene-batch":
-            return self.log_theta[batch_index].exp()
-        label_codes = labels.reshape(-1) if labels is not None else torch.zeros_like(batch_index)
-        return self.log_theta[label_codes].exp()
+            return theta
+        codes = batch_index if self.dispersion == "gene-batch" else (
+            labels.reshape(-1) if labels is not None else torch.zeros_like(batch_index)
+        )
+        # index the per-batch (or per-label) rows; a leading sample dimension of `sampled` is kept
+        return theta[..., codes, :]

@@ -278,11 +278,14 @@ class BaseModelClass(PosteriorSamplingMixin):
         save_model(self, dir_path, overwrite=overwrite, save_anndata=save_anndata)
 
     @classmethod
-    def load(cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto"):
+    def load(cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto", **init_overrides: Any):
         """Load a model saved with :meth:`save`.
 
         The AnnData must hold the same genes (any order); its setup is replayed from the saved registry
-        so category codes match the training data.
+        so category codes match the training data. Built-in priors, distributions and likelihoods are
+        rebuilt from their saved names and arguments; user code (a custom prior class, a callable
+        likelihood) is not stored, and must be passed again by its init parameter name (e.g.
+        ``prior=MyPrior()``): its weights are then loaded from the file.
 
         Parameters
         ----------
@@ -292,12 +295,15 @@ class BaseModelClass(PosteriorSamplingMixin):
             Data to attach; default the ``adata.h5ad`` saved with ``save_anndata=True``.
         accelerator
             ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
+        **init_overrides
+            Init parameters to use instead of the saved ones (required for user code).
 
         Examples
         --------
         >>> model = SCVI.load("my_model/", adata)  # doctest: +SKIP
+        >>> model = SCVI.load("custom_prior_model/", adata, prior=MyPrior())  # doctest: +SKIP
         """
-        return load_model(cls, dir_path, adata=adata, accelerator=accelerator)
+        return load_model(cls, dir_path, adata=adata, accelerator=accelerator, overrides=init_overrides)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params_.items())

@@ -15,6 +15,13 @@ from anndata import AnnData, read_h5ad
 from safetensors.torch import load_file, save_file
 
 from ..._constants import REGISTRY_KEYS
+from ...module.priors import (
+    LatentPrior,
+    distribution_from_config,
+    distribution_to_config,
+    prior_from_config,
+    prior_to_config,
+)
 
 if TYPE_CHECKING:
     from ._base_model import BaseModelClass
@@ -40,6 +47,35 @@ def _history_from_json(data: dict[str, dict[str, list]]) -> dict[str, pd.DataFra
     return out
 
 
+def _param_to_json(name: str, value: Any) -> Any:
+    """An init parameter as JSON: priors and distributions by name and arguments, code by reference."""
+    if isinstance(value, LatentPrior):
+        return {"__prior__": prior_to_config(value)}
+    if isinstance(value, torch.distributions.Distribution):
+        return {"__distribution__": distribution_to_config(value)}
+    if callable(value):
+        # user code cannot be stored without pickle; load asks for it again
+        return {"__custom__": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"}
+    return value
+
+
+def _param_from_json(name: str, value: Any, overrides: dict[str, Any]) -> Any:
+    if name in overrides:
+        return overrides[name]
+    if not isinstance(value, dict):
+        return value
+    if "__prior__" in value:
+        return prior_from_config(value["__prior__"])
+    if "__distribution__" in value:
+        return distribution_from_config(value["__distribution__"])
+    if "__custom__" in value:
+        raise ValueError(
+            f"This model was saved with user code for `{name}` ({value['__custom__']}), which is not stored "
+            f"in the file. Pass it again: `Model.load(path, adata, {name}=...)`."
+        )
+    return value
+
+
 def _indices(values: np.ndarray | None) -> list[int] | None:
     return None if values is None else [int(i) for i in values]
 
@@ -55,7 +91,7 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
         "format_version": FORMAT_VERSION,
         "model_name": type(model).__name__,
         "pyrovi_version": _version(),
-        "init_params": model.init_params_,
+        "init_params": {k: _param_to_json(k, v) for k, v in model.init_params_.items()},
         "registry": model.adata_manager.registry,
         "var_names": [str(v) for v in model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"]],
         "is_trained": model.is_trained,
@@ -120,7 +156,13 @@ def _check_genes(saved: list[str], adata: AnnData) -> None:
         )
 
 
-def load_model(cls: type[BaseModelClass], dir_path: str | Path, adata: AnnData | None, accelerator: str):
+def load_model(
+    cls: type[BaseModelClass],
+    dir_path: str | Path,
+    adata: AnnData | None,
+    accelerator: str,
+    overrides: dict[str, Any] | None = None,
+):
     """Rebuild a model written by :func:`save_model` (see :meth:`BaseModelClass.load`)."""
     path = Path(dir_path)
     meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
@@ -142,7 +184,12 @@ def load_model(cls: type[BaseModelClass], dir_path: str | Path, adata: AnnData |
 
     registry = meta["registry"]
     cls._manager(registry["setup_args"]).register_fields(adata, source_registry=registry)
-    model = cls(adata, **meta["init_params"])
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(meta["init_params"])
+    if unknown:
+        raise TypeError(f"load got arguments that are not init parameters of the saved model: {sorted(unknown)}.")
+    init_params = {k: _param_from_json(k, v, overrides) for k, v in meta["init_params"].items()}
+    model = cls(adata, **init_params)
     state = load_file(str(weights_path))
     model.module.load_state_dict(state, strict=True)
     model.module.to(resolve_device(accelerator))

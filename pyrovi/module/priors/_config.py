@@ -1,0 +1,66 @@
+"""JSON configurations of priors and distributions, so that models using them save without pickle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+
+from ._base import LatentPrior
+from ._builtins import BUILTIN_PRIORS
+
+
+def prior_to_config(prior: LatentPrior) -> dict[str, Any]:
+    """``{"name", "kwargs"}`` for a built-in prior; ``{"custom": qualified class name}`` otherwise.
+
+    Examples
+    --------
+    >>> prior_to_config(MixtureOfGaussians(5))["name"]
+    'MixtureOfGaussians'
+    """
+    if BUILTIN_PRIORS.get(type(prior).__name__) is type(prior):
+        return prior.config()
+    return {"custom": f"{type(prior).__module__}.{type(prior).__qualname__}"}
+
+
+def prior_from_config(config: dict[str, Any]) -> LatentPrior:
+    """Rebuild a built-in prior from :func:`prior_to_config`; a custom one must be passed by the user."""
+    if "custom" in config:
+        raise ValueError(
+            f"This model was saved with a user-defined prior ({config['custom']}); its weights are in the "
+            "saved file but its code is not. Pass an instance to load: `Model.load(path, adata, "
+            "prior=MyPrior(...))`."
+        )
+    return BUILTIN_PRIORS[config["name"]](**config["kwargs"])
+
+
+def distribution_to_config(d: dist.Distribution) -> dict[str, Any]:
+    """Name and parameters (as lists) of a Pyro distribution with tensor parameters.
+
+    Examples
+    --------
+    >>> distribution_to_config(dist.LogNormal(0.0, 1.0))
+    {'name': 'LogNormal', 'args': {'loc': 0.0, 'scale': 1.0}}
+    """
+    name = type(d).__name__
+    if getattr(dist, name, None) is not type(d):
+        raise ValueError(
+            f"Only pyro.distributions classes can be saved by name; got {type(d).__qualname__}."
+        )
+    given = set(d.__dict__)  # before getattr: reading a lazy property stores it in __dict__
+    args = {}
+    for key in d.arg_constraints:
+        value = getattr(d, key, None)  # a property for transformed distributions such as LogNormal
+        if torch.is_tensor(value):
+            args[key] = value.detach().cpu().tolist()
+    for a, b in (("probs", "logits"), ("logits", "probs")):
+        # lazily derived twins: keep only the parameterisation the user gave
+        if a in args and b in args and a not in given:
+            del args[a]
+    return {"name": name, "args": args}
+
+
+def distribution_from_config(config: dict[str, Any]) -> dist.Distribution:
+    """Inverse of :func:`distribution_to_config`."""
+    return getattr(dist, config["name"])(**{k: torch.tensor(v) for k, v in config["args"].items()})
