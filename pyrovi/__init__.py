@@ -23,7 +23,7 @@ _pyro.settings.set(module_local_params=True)
 
 from ._constants import REGISTRY_KEYS  # noqa: E402
 from ._settings import settings  # noqa: E402
-from . import data, dataloaders, datasets, module, priors, train, model  # noqa: E402
+from . import data, dataloaders, datasets, module, priors, train, model, criticism  # noqa: E402
 
 __all__ = [
     "REGISTRY_KEYS",
@@ -35,4 +35,5 @@ __all__ = [
     "priors",
     "train",
     "model",
+    "criticism",
 ]

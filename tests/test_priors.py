@@ -29,18 +29,18 @@ def adata():
     return data
 
 
-PRIORS = [
-    lambda: StandardNormal(),
-    lambda: Normal(scale=2.0),
-    lambda: StudentT(df=4.0),
-    lambda: MixtureOfGaussians(3),
-    lambda: VampPrior(n_pseudo_inputs=8),
-    lambda: HierarchicalNormal("half_cauchy"),
-    lambda: HierarchicalNormal("log_normal"),
-]
+PRIORS = {
+    "standard_normal": lambda: StandardNormal(),
+    "normal": lambda: Normal(scale=2.0),
+    "student_t": lambda: StudentT(df=4.0),
+    "mixture_of_gaussians": lambda: MixtureOfGaussians(3),
+    "vamp": lambda: VampPrior(n_pseudo_inputs=8),
+    "hierarchical_half_cauchy": lambda: HierarchicalNormal("half_cauchy"),
+    "hierarchical_log_normal": lambda: HierarchicalNormal("log_normal"),
+}
 
 
-@pytest.mark.parametrize("make_prior", PRIORS, ids=lambda f: repr(f()).split("(")[0] + str(id(f))[-3:])
+@pytest.mark.parametrize("make_prior", PRIORS.values(), ids=PRIORS.keys())
 def test_each_builtin_prior_trains_and_round_trips(adata, make_prior, tmp_path):
     pyrovi.settings.seed = 0
     model = SCVI(adata, n_latent=3, gene_likelihood="nb", prior=make_prior())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import pyro
@@ -181,10 +182,25 @@ class VampPrior(LatentPrior):
         codes = [torch.zeros(self.n_pseudo_inputs, dtype=torch.long, device=counts.device) for _ in n_cats]
         n_cont = module.z_encoder.encoder.n_cont
         cont = counts.new_zeros(self.n_pseudo_inputs, n_cont) if n_cont else None
-        loc, scale = module.z_encoder(counts, *codes, cont=cont)
+        with _frozen_running_stats(module.z_encoder):
+            loc, scale = module.z_encoder(counts, *codes, cont=cont)
         components = dist.Normal(loc, scale).to_event(1)
         weights = dist.Categorical(logits=counts.new_zeros(self.n_pseudo_inputs))
         return dist.MixtureSameFamily(weights, components).expand([n_cells])
+
+
+@contextmanager
+def _frozen_running_stats(network: nn.Module):
+    """Let batch normalisation see pseudo-inputs without updating its running statistics of real cells."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistics
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 class HierarchicalNormal(LatentPrior):

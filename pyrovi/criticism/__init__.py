@@ -1,0 +1,57 @@
+"""Model criticism: posterior predictive checks of fitted pyrovi models.
+
+A posterior predictive check asks whether data replicated from a fitted model look like the observed
+data. :class:`PosteriorPredictiveCheck` draws replicate count matrices from one or several models and
+compares them with the observed counts, in-sample and on each model's held-out validation cells:
+
+- summary statistics per gene or cell: coefficient of variation, fraction of zeros, mean and variance;
+- calibration: empirical coverage of central predictive intervals (randomised PIT, exact for counts);
+- the log predictive density of the observed counts (higher is better);
+- posterior predictive p-values of any statistic;
+- :meth:`~PosteriorPredictiveCheck.summary`, one row per model and split.
+
+:mod:`pyrovi.criticism.plots` draws them (``pip install 'pyrovi[plot]'``), :func:`report` writes metrics
+and plots to a directory, and :func:`to_arviz` exports a model's posterior predictive and pointwise
+log-likelihood to ArviZ (``pip install 'pyrovi[arviz]'``). The array-level statistics
+(:func:`coefficient_of_variation`, :func:`zero_fraction`, :func:`pit_interval`, ...) work on plain numpy.
+
+Examples
+--------
+>>> import pyrovi.criticism
+>>> ppc = pyrovi.criticism.PosteriorPredictiveCheck(
+...     adata, {"NB": nb_model, "Poisson": poisson_model})  # doctest: +SKIP
+>>> ppc.summary()  # doctest: +SKIP
+>>> fig = pyrovi.criticism.plots.plot_calibration(ppc)  # doctest: +SKIP
+"""
+
+from . import plots
+from ._arviz import to_arviz
+from ._data import HELD_OUT, IN_SAMPLE
+from ._metrics import (
+    coefficient_of_variation,
+    interval_coverage,
+    pit_coverage,
+    pit_interval,
+    posterior_predictive_pvalue,
+    randomized_pit,
+    zero_fraction,
+)
+from ._ppc import DEFAULT_LEVELS, PosteriorPredictiveCheck
+from ._report import report
+
+__all__ = [
+    "PosteriorPredictiveCheck",
+    "report",
+    "to_arviz",
+    "plots",
+    "coefficient_of_variation",
+    "zero_fraction",
+    "pit_interval",
+    "pit_coverage",
+    "interval_coverage",
+    "randomized_pit",
+    "posterior_predictive_pvalue",
+    "DEFAULT_LEVELS",
+    "IN_SAMPLE",
+    "HELD_OUT",
+]

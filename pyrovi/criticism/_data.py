@@ -1,0 +1,142 @@
+"""Reading what a posterior predictive check compares: the models' genes, cells and observed counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._constants import REGISTRY_KEYS
+
+#: split of the cells given to the check (by default all cells)
+IN_SAMPLE = "in-sample"
+#: split of a model's validation cells, which its encoder and decoder never trained on
+HELD_OUT = "held-out"
+SPLITS = (IN_SAMPLE, HELD_OUT)
+
+
+def _model_genes(model: Any) -> list[str]:
+    """The genes of ``model`` in its registered order."""
+    return list(model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+
+
+def _model_layer(model: Any) -> str | None:
+    return model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["layer"]
+
+
+def _check_models(models: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the ``{name: model}`` mapping: non-empty, string names, models with a posterior predictive."""
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            f"models must be a dict {{name: model}}, got {type(models).__name__}; "
+            "e.g. PosteriorPredictiveCheck(adata, {'scVI (NB)': model})."
+        )
+    if not models:
+        raise ValueError("models is empty; pass at least one fitted model.")
+    for name, model in models.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"model names must be non-empty strings, got {name!r}.")
+        if not hasattr(model, "posterior_predictive_sample") or not hasattr(model, "adata_manager"):
+            raise TypeError(
+                f"models[{name!r}] is a {type(model).__name__}, which has no posterior_predictive_sample; "
+                "pass pyrovi models such as SCVI."
+            )
+    return dict(models)
+
+
+def _shared_genes(models: Mapping[str, Any]) -> list[str]:
+    """The genes every model shares, in the first model's order; an error names the mismatch."""
+    names = list(models)
+    reference = _model_genes(models[names[0]])
+    for name in names[1:]:
+        genes = _model_genes(models[name])
+        if set(genes) != set(reference) or len(genes) != len(reference):
+            only_ref = sorted(set(reference) - set(genes))
+            only_other = sorted(set(genes) - set(reference))
+            raise ValueError(
+                f"The models must share their genes to be compared: {names[0]!r} has {len(reference)} genes "
+                f"and {name!r} {len(genes)}; only in {names[0]!r}: {only_ref[:5]}, only in {name!r}: "
+                f"{only_other[:5]}. Set both up on the same genes."
+            )
+    return reference
+
+
+def _resolve_layer(models: Mapping[str, Any], layer: str | None) -> str | None:
+    """The layer holding the observed counts: the one given, else the one the models were set up with."""
+    if layer is not None:
+        return layer
+    layers = {name: _model_layer(model) for name, model in models.items()}
+    if len(set(layers.values())) > 1:
+        raise ValueError(
+            f"The models read their counts from different layers ({layers}); pass layer= to say which "
+            "one holds the observed counts."
+        )
+    return next(iter(layers.values()))
+
+
+def _resolve_cells(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
+    """Row positions (int64) of the cells to check; all when ``indices`` is None."""
+    if indices is None:
+        return np.arange(n_obs, dtype=np.int64)
+    indices = np.asarray(indices)
+    if indices.dtype == np.bool_:
+        if indices.shape != (n_obs,):
+            raise ValueError(f"a boolean indices mask needs one entry per cell ({n_obs}), got {indices.shape}.")
+        indices = np.flatnonzero(indices)
+    if indices.ndim != 1 or indices.size == 0:
+        raise ValueError(f"indices must be a non-empty 1-d array of row positions, got shape {indices.shape}.")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(f"indices must hold integer row positions or be a boolean mask, got {indices.dtype}.")
+    if indices.min() < 0 or indices.max() >= n_obs:
+        raise IndexError(f"indices must lie in [0, {n_obs}), got values from {indices.min()} to {indices.max()}.")
+    return indices.astype(np.int64)
+
+
+def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells: np.ndarray) -> np.ndarray:
+    """Dense float32 counts of ``cells`` x ``genes`` (in that gene order) from ``X`` or a layer."""
+    if layer is None:
+        matrix, source = adata.X, "adata.X"
+    elif layer in adata.layers:
+        matrix, source = adata.layers[layer], f"adata.layers[{layer!r}]"
+    else:
+        raise KeyError(f"adata.layers has no layer {layer!r}; layers are {list(adata.layers.keys())}.")
+    if matrix is None:
+        raise ValueError(f"{source} is empty; pass layer= naming the layer that holds the counts.")
+    columns = pd.Index(adata.var_names).get_indexer(list(genes))
+    if (columns < 0).any():
+        missing = [g for g, c in zip(genes, columns) if c < 0]
+        raise ValueError(
+            f"The AnnData lacks {len(missing)} of the models' {len(genes)} genes, e.g. {missing[:5]}."
+        )
+    block = matrix[cells][:, columns]
+    block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+    return block.astype(np.float32, copy=False)
+
+
+def _held_out_cells(model: Any, adata: AnnData) -> np.ndarray | None:
+    """The model's validation cells as rows of ``adata``, or None when it has none or ``adata`` is other data.
+
+    Validation indices are rows of the training AnnData, so they only mean something for that AnnData
+    (the same object, or one with the same cells in the same order).
+    """
+    cells = getattr(model, "validation_indices", None)
+    if cells is None or len(cells) == 0:
+        return None
+    own = model.adata
+    if adata is not own and not (adata.n_obs == own.n_obs and adata.obs_names.equals(own.obs_names)):
+        return None
+    return np.asarray(cells, dtype=np.int64)
+
+
+def _name_models(model_or_models: Any) -> dict[str, Any]:
+    """``{name: model}`` from a mapping, a single model or a sequence of models (named by class)."""
+    if isinstance(model_or_models, Mapping):
+        return dict(model_or_models)
+    models = list(model_or_models) if isinstance(model_or_models, (list, tuple)) else [model_or_models]
+    classes = [type(m).__name__ for m in models]
+    unique = len(set(classes)) == len(classes)
+    return {(cls if unique else f"{cls}_{i}"): m for i, (cls, m) in enumerate(zip(classes, models))}

@@ -1,0 +1,569 @@
+"""PosteriorPredictiveCheck: replicate data from fitted models and compare it with the observed counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ._data import (
+    HELD_OUT,
+    IN_SAMPLE,
+    _check_models,
+    _held_out_cells,
+    _model_genes,
+    _read_counts,
+    _resolve_cells,
+    _resolve_layer,
+    _shared_genes,
+)
+from ._likelihood import _log_predictive_density
+from ._metrics import (
+    _nanmean,
+    coefficient_of_variation,
+    pit_coverage,
+    pit_interval,
+    posterior_predictive_pvalue,
+    zero_fraction,
+)
+
+logger = logging.getLogger("pyrovi")
+
+Dim = Literal["genes", "cells"]
+Key = tuple[str, str]
+
+#: nominal levels of calibration() by default
+DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.95)
+# Replicates above this many bytes in all get a warning suggesting a subsample of cells.
+_MEMORY_WARNING_BYTES = 2 * 1024**3
+
+
+class PosteriorPredictiveCheck:
+    """Posterior predictive checks of one or several fitted models on the same counts.
+
+    For each model, ``n_samples`` replicate count matrices are drawn from the posterior predictive
+    ``p(x_rep | x)`` (:meth:`~pyrovi.model.base.VAEMixin.posterior_predictive_sample`: ``z ~ q(z | x)``,
+    then new counts from the likelihood) and compared with the observed counts through summary
+    statistics (coefficient of variation, fraction of zeros, mean-variance relation), the calibration
+    of predictive intervals, the log predictive density and posterior predictive p-values.
+
+    Two splits of cells are checked:
+
+    - ``"in-sample"``: the cells given by ``indices`` (default: all cells of ``adata``).
+    - ``"held-out"``: when ``held_out=True`` and a model holds non-empty ``validation_indices`` (and
+      ``adata`` is its training data), its validation cells. Neither the encoder nor the decoder was
+      trained on them: the encoder maps their counts to ``q(z | x)`` without having fitted them, so
+      discrepancies there are not hidden by overfitting. (The replicates still condition on each cell's
+      own counts through ``q(z | x)``, as any posterior predictive check does.)
+
+    Every metric returns a tidy DataFrame with columns ``model`` and ``split`` and stores it in
+    :attr:`metrics`.
+
+    Parameters
+    ----------
+    adata
+        The observed data, with the models' genes (any order, extra genes ignored).
+    models
+        ``{name: fitted model}``; the models must share their genes.
+    n_samples
+        Replicates per model and cell. The calibration metric is exact in expectation for any number
+        (see :meth:`calibration`), but with few replicates PIT intervals are wide, which blurs
+        miscalibration towards nominal, and p-values have a resolution of ``1 / n_samples``. 30 is a
+        good default; memory is ``n_cells * n_genes * n_samples * 4`` bytes per model and split, so
+        pass ``indices`` to check a subsample of cells of a large data set.
+    indices
+        Row positions (or a boolean mask) of the in-sample cells; default all cells.
+    layer
+        Layer of ``adata`` holding the observed counts (``None``: the layer the models were set up
+        with, ``adata.X`` when they used none).
+    held_out
+        Also check each model's validation cells.
+    batch_size
+        Minibatch size of the models' queries (default ``pyrovi.settings.batch_size``).
+
+    Attributes
+    ----------
+    keys
+        The ``(model, split)`` pairs checked, in order.
+    observed
+        ``{(model, split): counts (n_cells, n_genes) float32}``; in-sample arrays are shared.
+    replicates
+        ``{(model, split): replicates (n_cells, n_genes, n_samples) float32}``.
+    cells
+        ``{(model, split): row positions of the cells in adata}``.
+    gene_names
+        The genes, in the order of the arrays' gene axis (the first model's registered order).
+    metrics
+        ``{name: DataFrame}`` of every metric computed so far.
+
+    Examples
+    --------
+    >>> import pyrovi.criticism
+    >>> ppc = pyrovi.criticism.PosteriorPredictiveCheck(
+    ...     adata, {"NB": nb_model, "Poisson": poisson_model}, n_samples=30)  # doctest: +SKIP
+    >>> ppc.coefficient_of_variation(dim="genes").head()  # doctest: +SKIP
+    >>> ppc.calibration()  # doctest: +SKIP
+    >>> ppc.summary()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        models: Mapping[str, Any],
+        n_samples: int = 30,
+        indices: Sequence[int] | np.ndarray | None = None,
+        layer: str | None = None,
+        held_out: bool = True,
+        batch_size: int | None = None,
+    ):
+        if not isinstance(adata, AnnData):
+            raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        self.adata = adata
+        self.models = _check_models(models)
+        self.n_samples = int(n_samples)
+        self.batch_size = batch_size
+        self.layer = _resolve_layer(self.models, layer)
+        genes = _shared_genes(self.models)
+        self.gene_names = pd.Index(genes, name="gene")
+        for name, model in self.models.items():
+            if not getattr(model, "is_trained", True):
+                logger.warning("Model %r is not trained; its posterior predictive is the initial network's.", name)
+
+        in_sample = _resolve_cells(indices, adata.n_obs)
+        plan: list[tuple[Key, np.ndarray]] = []
+        for name, model in self.models.items():
+            plan.append(((name, IN_SAMPLE), in_sample))
+            held = _held_out_cells(model, adata) if held_out else None
+            if held is not None:
+                plan.append(((name, HELD_OUT), held))
+        self._warn_memory(plan)
+
+        self.keys: list[Key] = [key for key, _ in plan]
+        self.cells: dict[Key, np.ndarray] = dict(plan)
+        self.observed: dict[Key, np.ndarray] = {}
+        self.replicates: dict[Key, np.ndarray] = {}
+        self.metrics: dict[str, pd.DataFrame] = {}
+        # Randomised-PIT intervals per (model, split), computed once, reused for every level.
+        self._pit: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
+
+        shared_observed = _read_counts(adata, self.layer, genes, in_sample)
+        for (name, split), cells in plan:
+            model = self.models[name]
+            self.observed[(name, split)] = (
+                shared_observed if split == IN_SAMPLE else _read_counts(adata, self.layer, genes, cells)
+            )
+            self.replicates[(name, split)] = self._replicate(model, cells, genes)
+
+    # ----------------------------------------------------------------------------------------------
+    # summary statistics
+
+    def coefficient_of_variation(self, dim: Dim = "genes") -> pd.DataFrame:
+        """Observed vs replicated coefficient of variation (std / mean) per gene or per cell.
+
+        The replicated CV is the CV of each replicate matrix, averaged over replicates (the posterior
+        predictive mean of the statistic, not the CV of pooled replicates, which would add the
+        between-draw spread). Genes or cells with a zero mean have no CV (NaN) and are left out of
+        the error. The mean absolute error per model and split is stored in
+        ``metrics["cv_<dim>_error"]``.
+
+        Parameters
+        ----------
+        dim
+            ``"genes"``: CV across cells of each gene; ``"cells"``: CV across genes of each cell.
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``gene`` (or ``cell``), ``observed``,
+        ``replicated``, ``abs_error``; stored in ``metrics["cv_<dim>"]``.
+
+        Examples
+        --------
+        >>> ppc.coefficient_of_variation("genes")  # doctest: +SKIP
+        """
+        return self._statistic(coefficient_of_variation, f"cv_{_check_dim(dim)}", dim)
+
+    def zero_fraction(self, dim: Dim = "genes") -> pd.DataFrame:
+        """Observed vs replicated fraction of zero counts per gene or per cell.
+
+        The fraction of entries equal to zero (not of non-zero entries), averaged over replicates. The
+        mean absolute error per model and split is stored in ``metrics["zero_fraction_<dim>_error"]``.
+
+        Parameters
+        ----------
+        dim
+            ``"genes"``: across cells of each gene; ``"cells"``: across genes of each cell.
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``gene`` (or ``cell``), ``observed``,
+        ``replicated``, ``abs_error``; stored in ``metrics["zero_fraction_<dim>"]``.
+
+        Examples
+        --------
+        >>> ppc.zero_fraction("cells")  # doctest: +SKIP
+        """
+        return self._statistic(zero_fraction, f"zero_fraction_{_check_dim(dim)}", dim)
+
+    def mean_variance(self) -> pd.DataFrame:
+        """Per gene, the observed and replicated mean and variance across cells.
+
+        Variances are population variances (``ddof=0``); replicated values are averaged over
+        replicates. An underdispersed model (e.g. Poisson on overdispersed counts) shows replicated
+        variances below the observed ones; ``metrics["mean_variance_error"]`` holds the mean absolute
+        log ratio of replicated to observed variance (``variance_log_mae``) and its mean
+        (``variance_log_ratio``, negative for too little variance).
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``gene``, ``observed_mean``, ``observed_variance``,
+        ``replicated_mean``, ``replicated_variance``; stored in ``metrics["mean_variance"]``.
+
+        Examples
+        --------
+        >>> ppc.mean_variance()  # doctest: +SKIP
+        """
+        frames, errors = [], []
+        for key in self.keys:
+            observed, replicates = self.observed[key], self.replicates[key]
+            frame = pd.DataFrame(
+                {
+                    "gene": self.gene_names,
+                    "observed_mean": observed.mean(0, dtype=np.float64),
+                    "observed_variance": observed.var(0, dtype=np.float64),
+                    "replicated_mean": replicates.mean(0, dtype=np.float64).mean(-1),
+                    "replicated_variance": replicates.var(0, dtype=np.float64).mean(-1),
+                }
+            )
+            frames.append(_with_key(frame, key))
+            valid = (frame["observed_variance"] > 0) & (frame["replicated_variance"] > 0)
+            log_ratio = np.log(frame.loc[valid, "replicated_variance"] / frame.loc[valid, "observed_variance"])
+            errors.append(
+                {
+                    "model": key[0],
+                    "split": key[1],
+                    "variance_log_mae": float(np.abs(log_ratio).mean()) if valid.any() else np.nan,
+                    "variance_log_ratio": float(log_ratio.mean()) if valid.any() else np.nan,
+                    "n_genes": int(valid.sum()),
+                }
+            )
+        return self._store("mean_variance", pd.concat(frames, ignore_index=True), pd.DataFrame(errors))
+
+    # ----------------------------------------------------------------------------------------------
+    # calibration, predictive density, p-values
+
+    def calibration(self, levels: Sequence[float] = DEFAULT_LEVELS) -> pd.DataFrame:
+        """Empirical coverage of central posterior predictive intervals, per model, split and level.
+
+        For each cell-gene entry, the observed count is ranked among its ``S`` replicates with the
+        randomised probability integral transform of :func:`~pyrovi.criticism.pit_interval`:
+        ``u = (r< + V (r= + 1)) / (S + 1)``, with ``r<`` replicates below the count, ``r=`` equal to it
+        and ``V ~ U(0, 1)``. The entry is covered at level ``a`` when ``|u - 0.5| <= a / 2`` (inside
+        the central ``a`` interval of the predictive distribution). The randomisation is integrated out
+        exactly (:func:`~pyrovi.criticism.pit_coverage`), so the result needs no seed.
+
+        Why this construction: with discrete counts many replicates tie with the observation, and with
+        few replicates empirical quantiles are coarse, so "inside the [q_(1-a)/2, q_(1+a)/2] interval of
+        the replicates" over-covers badly. The randomised rank above is exactly uniform whenever the
+        observation and its replicates are exchangeable, whatever ``S`` and however many ties, so a
+        well-specified model's coverage is nominal in expectation. Coverage above nominal means the
+        predictive distribution is too wide (overdispersed model), below nominal too narrow (e.g. a
+        Poisson model of overdispersed counts). In-sample coverage of a good model tends to sit a little
+        above nominal, because the posterior has seen the counts it predicts.
+
+        Parameters
+        ----------
+        levels
+            Nominal levels in (0, 1).
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``level``, ``coverage``, ``error``
+        (``coverage - level``); stored in ``metrics["calibration"]``.
+
+        Examples
+        --------
+        >>> ppc.calibration(levels=(0.5, 0.9))  # doctest: +SKIP
+        """
+        return self._store("calibration", self._calibration_table(levels))
+
+    def log_predictive_density(self, n_samples: int | None = None) -> pd.DataFrame:
+        """Mean per cell of the log posterior predictive density of the observed counts (higher is better).
+
+        For each cell, ``log p(x_n | x) ≈ log (1/S) sum_s prod_g p(x_ng | z_s)`` with ``z_s ~ q(z | x_n)``:
+        the exact likelihood of the model's observed site, averaged over ``S`` posterior draws in
+        probability space (log-mean-exp). With finite ``S`` the estimate is biased low by Jensen's
+        inequality, equally for every model. On the held-out split it is the held-out log predictive
+        density. It is computed on the counts the models were set up with (their registered layer).
+        Per-cell values are stored in ``metrics["log_predictive_density_cells"]``.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws ``S`` (default: the check's ``n_samples``).
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``n_cells``, ``n_samples``,
+        ``log_predictive_density`` (mean per cell) and ``standard_error`` (of that mean over cells);
+        stored in ``metrics["log_predictive_density"]``.
+
+        Examples
+        --------
+        >>> ppc.log_predictive_density(n_samples=100)  # doctest: +SKIP
+        """
+        n_draws = self.n_samples if n_samples is None else int(n_samples)
+        if n_draws < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        rows, cells = [], []
+        for key in self.keys:
+            per_cell = _log_predictive_density(
+                self.models[key[0]], self.adata, self.cells[key], n_draws, self.batch_size
+            )
+            rows.append(
+                {
+                    "model": key[0],
+                    "split": key[1],
+                    "n_cells": per_cell.size,
+                    "n_samples": n_draws,
+                    "log_predictive_density": float(per_cell.mean()),
+                    "standard_error": float(per_cell.std(ddof=1) / np.sqrt(per_cell.size))
+                    if per_cell.size > 1
+                    else np.nan,
+                }
+            )
+            cells.append(
+                _with_key(
+                    pd.DataFrame({"cell": self._cell_names(key), "log_predictive_density": per_cell}), key
+                )
+            )
+        self.metrics["log_predictive_density_cells"] = pd.concat(cells, ignore_index=True)
+        return self._store("log_predictive_density", pd.DataFrame(rows))
+
+    def ppp_value(
+        self,
+        statistic: Callable[[np.ndarray], float | np.ndarray],
+        name: str | None = None,
+        mid_p: bool = False,
+    ) -> pd.DataFrame:
+        """Posterior predictive p-value ``P(T(x_rep) >= T(x_obs))`` of a statistic, per model and split.
+
+        ``T`` is applied to the observed ``(cells, genes)`` count matrix and to each replicate matrix.
+        It may return a scalar, or a vector (one p-value per entry: per gene when its length is the
+        number of genes, per cell when it is the number of cells). p-values near 0 or 1 flag a
+        feature of the data the model does not reproduce.
+
+        Parameters
+        ----------
+        statistic
+            ``T``: a function of a float32 count matrix.
+        name
+            Name of the statistic (default: the function's ``__name__``).
+        mid_p
+            Count ties ``T(x_rep) = T(x_obs)`` with weight 1/2 (useful for discrete statistics).
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``statistic``, then ``gene``, ``cell`` or
+        ``index`` for a vector statistic, ``observed``, ``replicated_mean``, ``ppp_value``; stored in
+        ``metrics["ppp_<name>"]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> ppc.ppp_value(lambda x: (x == 0).mean(), name="zero_fraction")  # doctest: +SKIP
+        >>> ppc.ppp_value(lambda x: x.max(0), name="max_per_gene")  # doctest: +SKIP
+        """
+        if not callable(statistic):
+            raise TypeError(f"statistic must be callable, got {type(statistic).__name__}.")
+        name = name or getattr(statistic, "__name__", "statistic")
+        if name == "<lambda>":
+            name = "statistic"
+        frames = []
+        for key in self.keys:
+            observed, replicates = self.observed[key], self.replicates[key]
+            t_obs = np.asarray(statistic(observed), dtype=np.float64)
+            t_rep = np.stack(
+                [np.asarray(statistic(replicates[..., s]), dtype=np.float64) for s in range(replicates.shape[-1])],
+                axis=-1,
+            )
+            if t_obs.ndim > 1 or t_rep.shape[:-1] != t_obs.shape:
+                raise ValueError(
+                    f"statistic {name!r} must return a scalar or a 1-d array of a fixed length; it returned "
+                    f"shape {t_obs.shape} on the observed counts and {t_rep.shape[:-1]} on a replicate."
+                )
+            frame = pd.DataFrame(
+                {
+                    "observed": np.atleast_1d(t_obs),
+                    "replicated_mean": np.atleast_1d(t_rep.mean(-1)),
+                    "ppp_value": np.atleast_1d(posterior_predictive_pvalue(t_obs, t_rep, mid_p=mid_p)),
+                }
+            )
+            if t_obs.ndim == 1:
+                column, labels = self._entry_labels(key, t_obs.size)
+                frame.insert(0, column, labels)
+            frame.insert(0, "statistic", name)
+            frames.append(_with_key(frame, key))
+        return self._store(f"ppp_{name}", pd.concat(frames, ignore_index=True))
+
+    # ----------------------------------------------------------------------------------------------
+    # summary
+
+    def summary(self) -> pd.DataFrame:
+        """One row per model and split: the errors of every metric, and the log predictive density.
+
+        Metrics not computed yet are computed with their defaults (CV and zero fraction per gene and
+        per cell, mean-variance, calibration at the default levels, log predictive density); those
+        already computed are reused as they are.
+
+        Returns
+        -------
+        DataFrame with columns ``model``, ``split``, ``n_cells``, ``cv_gene_mae``, ``cv_cell_mae``,
+        ``zero_fraction_gene_mae``, ``zero_fraction_cell_mae``, ``variance_log_mae``,
+        ``calibration_error`` (mean over levels of ``|coverage - level|``) and
+        ``log_predictive_density``. Lower errors and a higher log predictive density are better.
+        Stored in ``metrics["summary"]``.
+
+        Examples
+        --------
+        >>> ppc.summary().set_index(["model", "split"])  # doctest: +SKIP
+        """
+        for metric, compute in (
+            ("cv_genes", lambda: self.coefficient_of_variation("genes")),
+            ("cv_cells", lambda: self.coefficient_of_variation("cells")),
+            ("zero_fraction_genes", lambda: self.zero_fraction("genes")),
+            ("zero_fraction_cells", lambda: self.zero_fraction("cells")),
+            ("mean_variance", self.mean_variance),
+            ("calibration", self.calibration),
+            ("log_predictive_density", self.log_predictive_density),
+        ):
+            if metric not in self.metrics:
+                compute()
+        out = pd.DataFrame(
+            {"model": [k[0] for k in self.keys], "split": [k[1] for k in self.keys],
+             "n_cells": [len(self.cells[k]) for k in self.keys]}  # fmt: skip
+        )
+        merges = (
+            ("cv_genes_error", {"mae": "cv_gene_mae"}),
+            ("cv_cells_error", {"mae": "cv_cell_mae"}),
+            ("zero_fraction_genes_error", {"mae": "zero_fraction_gene_mae"}),
+            ("zero_fraction_cells_error", {"mae": "zero_fraction_cell_mae"}),
+            ("mean_variance_error", {"variance_log_mae": "variance_log_mae"}),
+        )
+        for metric, columns in merges:
+            table = self.metrics[metric][["model", "split", *columns]].rename(columns=columns)
+            out = out.merge(table, on=["model", "split"], how="left")
+        calibration = (
+            self.metrics["calibration"]
+            .assign(calibration_error=lambda d: d["error"].abs())
+            .groupby(["model", "split"], sort=False, as_index=False)["calibration_error"]
+            .mean()
+        )
+        out = out.merge(calibration, on=["model", "split"], how="left")
+        lpd = self.metrics["log_predictive_density"][["model", "split", "log_predictive_density"]]
+        out = out.merge(lpd, on=["model", "split"], how="left")
+        self.metrics["summary"] = out
+        return out
+
+    # ----------------------------------------------------------------------------------------------
+    # helpers
+
+    def __repr__(self) -> str:
+        sets = ", ".join(f"{m} {s} ({len(self.cells[(m, s)])} cells)" for m, s in self.keys)
+        return (
+            f"PosteriorPredictiveCheck({len(self.models)} model(s), {len(self.gene_names)} genes, "
+            f"{self.n_samples} samples: {sets}; metrics: {sorted(self.metrics)})"
+        )
+
+    def _replicate(self, model: Any, cells: np.ndarray, genes: list[str]) -> np.ndarray:
+        # Ask for genes by name only when this model's order differs from the reference.
+        gene_list = None if _model_genes(model) == genes else genes
+        replicates = model.posterior_predictive_sample(
+            self.adata, indices=cells, n_samples=self.n_samples, gene_list=gene_list, batch_size=self.batch_size
+        )
+        if replicates.ndim == 2:  # one sample comes back without the samples axis
+            replicates = replicates[..., None]
+        return np.asarray(replicates, dtype=np.float32)
+
+    def _warn_memory(self, plan: list[tuple[Key, np.ndarray]]) -> None:
+        n_bytes = sum(len(cells) for _, cells in plan) * len(self.gene_names) * self.n_samples * 4
+        if n_bytes > _MEMORY_WARNING_BYTES:
+            logger.warning(
+                "The replicates will take %.1f GiB; pass indices= to check a subsample of cells, or fewer "
+                "n_samples.",
+                n_bytes / 1024**3,
+            )
+
+    def _cell_names(self, key: Key) -> pd.Index:
+        return pd.Index(self.adata.obs_names[self.cells[key]], name="cell")
+
+    def _entry_labels(self, key: Key, size: int) -> tuple[str, Any]:
+        """Column name and labels of a vector statistic with ``size`` entries."""
+        if size == len(self.gene_names):
+            return "gene", self.gene_names
+        if size == len(self.cells[key]):
+            return "cell", self._cell_names(key)
+        return "index", np.arange(size)
+
+    def _statistic(self, fn: Callable[..., np.ndarray], metric: str, dim: Dim) -> pd.DataFrame:
+        """Observed vs replicated ``fn`` per gene or cell, and its mean absolute error per model and split."""
+        axis = 0 if dim == "genes" else 1  # reduce over cells for a per-gene statistic
+        column = "gene" if dim == "genes" else "cell"
+        frames, errors = [], []
+        for key in self.keys:
+            observed = fn(self.observed[key], axis=axis)
+            replicated = _nanmean(fn(self.replicates[key], axis=axis), axis=-1)
+            labels = self.gene_names if dim == "genes" else self._cell_names(key)
+            frame = pd.DataFrame(
+                {column: labels, "observed": observed, "replicated": replicated,
+                 "abs_error": np.abs(replicated - observed)}  # fmt: skip
+            )
+            frames.append(_with_key(frame, key))
+            errors.append(
+                {"model": key[0], "split": key[1], "mae": _nanmean(frame["abs_error"].to_numpy()),
+                 f"n_{dim}": int(frame["abs_error"].notna().sum())}  # fmt: skip
+            )
+        return self._store(metric, pd.concat(frames, ignore_index=True), pd.DataFrame(errors))
+
+    def _pit_bounds(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self._pit:
+            lower, upper = pit_interval(self.observed[key], self.replicates[key])
+            self._pit[key] = (lower.astype(np.float32), upper.astype(np.float32))
+        return self._pit[key]
+
+    def _calibration_table(self, levels: Sequence[float]) -> pd.DataFrame:
+        levels = [float(level) for level in np.atleast_1d(levels)]
+        if not levels or any(not 0 < level < 1 for level in levels):
+            raise ValueError(f"levels must be numbers in (0, 1), got {levels}.")
+        rows = []
+        for key in self.keys:
+            lower, upper = self._pit_bounds(key)
+            for level in levels:
+                coverage = pit_coverage(lower, upper, level)
+                rows.append({"model": key[0], "split": key[1], "level": level, "coverage": coverage,
+                             "error": coverage - level})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def _store(self, metric: str, table: pd.DataFrame, errors: pd.DataFrame | None = None) -> pd.DataFrame:
+        self.metrics[metric] = table
+        if errors is not None:
+            self.metrics[f"{metric}_error"] = errors
+        return table
+
+
+def _with_key(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
+    """Prefix ``model`` and ``split`` columns: every table is long ("tidy") over models and splits."""
+    frame.insert(0, "split", key[1])
+    frame.insert(0, "model", key[0])
+    return frame
+
+
+def _check_dim(dim: str) -> str:
+    if dim not in ("genes", "cells"):
+        raise ValueError(f"dim must be 'genes' or 'cells', got {dim!r}.")
+    return dim

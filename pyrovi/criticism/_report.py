@@ -1,0 +1,124 @@
+"""A posterior predictive check written to disk: metrics as JSON and CSV, plots as PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import __version__
+from ._data import _name_models
+from ._ppc import PosteriorPredictiveCheck
+
+# Per-gene tables can be long: they go to CSV files, the model-level tables into metrics.json.
+_JSON_TABLES = ("summary", "calibration", "log_predictive_density", "mean_variance_error")
+_CSV_TABLES = ("cv_genes", "zero_fraction_genes", "mean_variance")
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain JSON values: numpy scalars to Python, NaN to null."""
+    rows = []
+    for row in table.to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            clean[str(key)] = value
+        rows.append(clean)
+    return rows
+
+
+def report(
+    model_or_models: Any,
+    adata: AnnData | None,
+    out_dir: str | Path,
+    n_samples: int = 30,
+    indices: Sequence[int] | np.ndarray | None = None,
+    layer: str | None = None,
+    held_out: bool = True,
+    batch_size: int | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Run a posterior predictive check and write its metrics and plots to a directory.
+
+    Written files (no pickle anywhere):
+
+    - ``metrics.json``: the run's settings and the model-level tables (``summary``, ``calibration``,
+      ``log_predictive_density``, ``mean_variance_error``) as lists of records, NaN as ``null``;
+    - ``cv_genes.csv``, ``zero_fraction_genes.csv``, ``mean_variance.csv``: the per-gene tables;
+    - with ``plots``: ``cv_genes.png``, ``zero_fraction_genes.png``, ``calibration.png``,
+      ``mean_variance.png`` and ``rootogram.png`` (all genes pooled). Needs ``pip install 'pyrovi[plot]'``.
+
+    Parameters
+    ----------
+    model_or_models
+        A fitted model, a list of models (named by class) or a dict ``{name: model}``.
+    adata
+        The observed data (default: the first model's training data).
+    out_dir
+        Directory to write to (created if missing; files in it are overwritten).
+    n_samples, indices, layer, held_out, batch_size
+        As in :class:`~pyrovi.criticism.PosteriorPredictiveCheck`.
+    plots
+        Also write the PNG plots.
+
+    Returns
+    -------
+    ``{"ppc": the PosteriorPredictiveCheck, "metrics": the content of metrics.json,
+    "files": {name: Path}}``.
+
+    Examples
+    --------
+    >>> out = pyrovi.criticism.report({"NB": nb, "Poisson": poisson}, adata, "ppc_report/")  # doctest: +SKIP
+    >>> out["metrics"]["summary"][0]["calibration_error"]  # doctest: +SKIP
+    """
+    if plots:  # fail before the (possibly long) check rather than after it
+        from .plots import _require_matplotlib
+
+        _require_matplotlib()
+    models = _name_models(model_or_models)
+    if adata is None:
+        adata = next(iter(models.values())).adata
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ppc = PosteriorPredictiveCheck(
+        adata, models, n_samples=n_samples, indices=indices, layer=layer, held_out=held_out, batch_size=batch_size
+    )
+    ppc.summary()
+
+    metrics: dict[str, Any] = {
+        "pyrovi_version": __version__,
+        "n_samples": ppc.n_samples,
+        "n_genes": len(ppc.gene_names),
+        "models": {name: type(model).__name__ for name, model in ppc.models.items()},
+        "n_cells": [{"model": m, "split": s, "n_cells": len(ppc.cells[(m, s)])} for m, s in ppc.keys],
+    }
+    metrics.update({name: _records(ppc.metrics[name]) for name in _JSON_TABLES})
+    files: dict[str, Path] = {"metrics": out / "metrics.json"}
+    files["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    for name in _CSV_TABLES:
+        files[name] = out / f"{name}.csv"
+        ppc.metrics[name].to_csv(files[name], index=False)
+
+    if plots:
+        from . import plots as ppc_plots
+
+        figures = {
+            "cv_genes_plot": (ppc_plots.plot_cv(ppc), "cv_genes.png"),
+            "zero_fraction_genes_plot": (ppc_plots.plot_zero_fraction(ppc), "zero_fraction_genes.png"),
+            "calibration_plot": (ppc_plots.plot_calibration(ppc), "calibration.png"),
+            "mean_variance_plot": (ppc_plots.plot_mean_variance(ppc), "mean_variance.png"),
+            "rootogram_plot": (ppc_plots.plot_rootogram(ppc), "rootogram.png"),
+        }
+        for name, (figure, filename) in figures.items():
+            files[name] = out / filename
+            figure.savefig(files[name], dpi=100)
+    return {"ppc": ppc, "metrics": metrics, "files": files}
