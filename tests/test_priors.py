@@ -40,7 +40,7 @@ PRIORS = {
 }
 
 
-@pytest.mark.parametrize("make_prior", PRIORS.values(), ids=PRIORS.keys())
+@pytest.mark.parametrize("make_prior", list(PRIORS.values()), ids=list(PRIORS))
 def test_each_builtin_prior_trains_and_round_trips(adata, make_prior, tmp_path):
     pyrovi.settings.seed = 0
     model = SCVI(adata, n_latent=3, gene_likelihood="nb", prior=make_prior())
