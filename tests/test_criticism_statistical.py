@@ -25,7 +25,6 @@ The ranking held for data and training seeds 0, 1 and 2.
 
 import numpy as np
 import pytest
-import torch
 
 import pyrovi
 import pyrovi.criticism as pc
@@ -44,16 +43,7 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 NB_COVERAGE_TOLERANCE = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for this module's tiny networks: as fast, and a busy machine is not oversubscribed.
-
-    (With two threads on two cores shared with other processes, the training steps ran 20-30x slower.)
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import pyrovi
 import pyrovi.criticism as pc
@@ -28,16 +27,7 @@ needs_arviz = pytest.mark.skipif(importlib.util.find_spec("arviz_base") is None,
 N_CELLS, N_GENES, N_SAMPLES = 80, 20, 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for this module's tiny networks: as fast, and a busy machine is not oversubscribed.
-
-    (With two threads on two cores shared with other processes, the training steps ran 20-30x slower.)
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ called, none false), which 250 epochs cures.
 
 import numpy as np
 import pytest
-import torch
 from _de_sim import simulate_de
 from scipy.stats import rankdata
 
@@ -41,14 +40,7 @@ def test_roc_auc_helper():
     assert roc_auc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The networks are tiny: torch's intra-op threads cost more than they gain, and collapse when other
-    # processes compete for the cores. Restored afterwards for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _MODELS: dict[int, SCVI] = {}
