@@ -1,6 +1,7 @@
 """User-facing models: AnnData in, posterior queries out."""
 
 from ._scvi import SCVI
+from ._totalvi import TOTALVI
 from .base import BaseModelClass, VAEMixin
 
-__all__ = ["SCVI", "BaseModelClass", "VAEMixin"]
+__all__ = ["SCVI", "TOTALVI", "BaseModelClass", "VAEMixin"]

@@ -23,22 +23,8 @@ from ..data import (
 from ..module import VAE, GeneLikelihood
 from ..module.base import GlobalGuide, trace_pair
 from ..module.priors import LatentPrior
+from ._library import library_log_prior
 from .base import BaseModelClass, DEMixin, VAEMixin
-
-
-def _library_log_prior(manager) -> tuple[np.ndarray, np.ndarray]:
-    """Per-batch mean and variance of log library sizes: the prior of a latent library."""
-    arrays = manager.get_arrays()
-    x, batch = arrays[REGISTRY_KEYS.X_KEY], arrays[REGISTRY_KEYS.BATCH_KEY]
-    totals = np.asarray(x.sum(axis=1)).reshape(-1)
-    n_batch = manager.summary_stats["n_batch"]
-    means, variances = np.zeros(n_batch, np.float32), np.ones(n_batch, np.float32)
-    for b in range(n_batch):
-        log_totals = np.log(totals[(batch == b) & (totals > 0)])
-        if log_totals.size:
-            means[b] = log_totals.mean()
-            variances[b] = max(log_totals.var(), 1e-4) if log_totals.size > 1 else 1.0
-    return means, variances
 
 
 class SCVI(DEMixin, VAEMixin, BaseModelClass):
@@ -107,7 +93,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
         library_log_means = library_log_vars = None
         if not use_observed_lib_size:
-            library_log_means, library_log_vars = _library_log_prior(self.adata_manager)
+            library_log_means, library_log_vars = library_log_prior(self.adata_manager)
         self.module = self._module_cls(
             n_input=stats["n_vars"],
             n_batch=stats["n_batch"],

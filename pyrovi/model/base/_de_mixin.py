@@ -134,7 +134,7 @@ class DEMixin:
         comparisons = _comparisons(manager.adata, groupby, group1, group2, idx1, idx2)
         transform_batch = manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"] if batch_correction else None
         gene_names, gene_positions = self._de_genes(manager, gene_list)
-        counts = manager.get_arrays()[REGISTRY_KEYS.X_KEY]
+        counts = self._de_counts(manager)
         if gene_positions is not None:
             counts = counts[:, gene_positions]
         tables = []
@@ -196,23 +196,16 @@ class DEMixin:
         """
         _check_positive_int(n_samples, "n_samples")
         manager = self._validate_anndata(adata)
-        gene_names = list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+        feature_names, _ = self._de_genes(manager, None)
         batches = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
-        blocks = []
-        for batch in batches:
-            draws = self.get_normalized_expression(
-                adata,
-                indices=indices,
-                transform_batch=batch,
-                library_size=rna_size_factor,
-                n_samples=n_samples,
-                batch_size=batch_size,
-                return_mean=False,
-                return_numpy=True,
+        blocks = [
+            self._correlation_draws(adata, indices, batch, rna_size_factor, n_samples, batch_size).reshape(
+                -1, len(feature_names)
             )
-            blocks.append(np.asarray(draws).reshape(-1, len(gene_names)))
+            for batch in batches
+        ]
         corr = feature_correlation(np.concatenate(blocks), correlation_type)
-        return pd.DataFrame(corr, index=gene_names, columns=gene_names)
+        return pd.DataFrame(corr, index=feature_names, columns=feature_names)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -242,9 +235,32 @@ class DEMixin:
         )
         return np.asarray(draws, dtype=np.float32)
 
+    # Hooks a model with other features (e.g. TOTALVI's proteins) overrides: the feature names, their raw
+    # counts, and posterior draws of their denoised expression.
+
+    def _correlation_draws(
+        self, adata: AnnData | None, indices: Any, transform_batch: Any, size_factor: float, n_samples: int,
+        batch_size: int | None,
+    ) -> np.ndarray:
+        """``(n_samples, n_cells, n_features)`` draws of the denoised expression, for correlations."""
+        draws = self.get_normalized_expression(
+            adata, indices=indices, transform_batch=transform_batch, library_size=size_factor,
+            n_samples=n_samples, batch_size=batch_size, return_mean=False, return_numpy=True,
+        )
+        return np.asarray(draws)
+
     @staticmethod
-    def _de_genes(manager: Any, gene_list: Sequence[str] | None) -> tuple[list[str], np.ndarray | None]:
-        var_names = list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+    def _de_counts(manager: Any) -> Any:
+        """Raw counts of every feature, cells x features (dense or sparse)."""
+        return manager.get_arrays()[REGISTRY_KEYS.X_KEY]
+
+    @staticmethod
+    def _feature_names(manager: Any) -> list[str]:
+        return list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+
+    @classmethod
+    def _de_genes(cls, manager: Any, gene_list: Sequence[str] | None) -> tuple[list[str], np.ndarray | None]:
+        var_names = cls._feature_names(manager)
         if gene_list is None:
             return var_names, None
         lookup = {gene: i for i, gene in enumerate(var_names)}

@@ -192,8 +192,20 @@ class VAEMixin:
         --------
         >>> x_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
         """
-        site = self._observed_sites[0]
-        gene_idx = self._gene_indices(gene_list)
+        return self._predictive_site(
+            adata, indices, n_samples, batch_size, self._observed_sites[0], self._gene_indices(gene_list)
+        )
+
+    def _predictive_site(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        n_samples: int,
+        batch_size: int | None,
+        site: str,
+        feature_idx: np.ndarray | None,
+    ) -> np.ndarray:
+        """Posterior predictive replicates of one observed site, ``(n_cells, n_features[, n_samples])``."""
         predictive = Predictive(
             poutine.uncondition(self.module.model),
             guide=self.module.guide,
@@ -202,12 +214,13 @@ class VAEMixin:
         )
         self.module.eval()
         out = []
-        for batch in self._make_data_loader(adata, indices, batch_size):
-            args, kwargs = self._fn_args(batch)
-            samples = predictive(*args, **kwargs)[site]  # (n_samples, n_cells, n_genes)
-            if gene_idx is not None:
-                samples = samples[..., gene_idx]
-            out.append(samples.permute(1, 2, 0))
+        with torch.inference_mode():
+            for batch in self._make_data_loader(adata, indices, batch_size):
+                args, kwargs = self._fn_args(batch)
+                samples = predictive(*args, **kwargs)[site]  # (n_samples, n_cells, n_features)
+                if feature_idx is not None:
+                    samples = samples[..., feature_idx]
+                out.append(samples.permute(1, 2, 0))
         result = torch.cat(out).cpu().numpy()
         return result[..., 0] if n_samples == 1 else result
 

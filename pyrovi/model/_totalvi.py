@@ -1,0 +1,522 @@
+"""TOTALVI: joint RNA and surface-protein (CITE-seq) model (Gayoso et al. 2021) as a Pyro model/guide pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from pyro import poutine
+
+from .._constants import REGISTRY_KEYS
+from ..data import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+    NumericalObsField,
+    ObsmField,
+)
+from ..module import TOTALVAE
+from ..module.base import GlobalGuide, trace_pair
+from ..module.priors import LatentPrior
+from ._library import library_log_prior
+from ._protein_background import protein_background_prior, protein_batch_mask
+from .base import BaseModelClass, DEMixin, VAEMixin
+
+
+class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
+    """total Variational Inference: one latent space for a cell's RNA and surface proteins.
+
+    Proteins are a mixture of a background (ambient antibody) and a foreground component per cell and
+    protein; see :class:`~pyrovi.module.TOTALVAE` for the maths. Proteins that are all zero in a batch
+    are treated as missing there: their likelihood terms are masked.
+
+    Parameters
+    ----------
+    adata
+        AnnData set up with :meth:`setup_anndata` (or the AnnData returned by :meth:`setup_mudata`).
+    n_latent, n_hidden, n_layers_encoder, n_layers_decoder, dropout_rate_encoder, dropout_rate_decoder
+        Network sizes (totalVI's defaults: 20, 256, 2, 1, 0.2, 0.2).
+    gene_dispersion, protein_dispersion
+        ``"gene"``/``"gene-batch"`` and ``"protein"``/``"protein-batch"``.
+    gene_likelihood
+        ``"nb"`` or ``"zinb"``.
+    use_observed_lib_size
+        Observed RNA library size (otherwise latent).
+    empirical_protein_background_prior
+        Initialise the background prior from a two-component mixture fit to each protein's log counts
+        per batch (otherwise location 0, scale 0.5).
+    prior, global_guide
+        Prior of ``z`` (a :class:`~pyrovi.priors.LatentPrior`) and guide of global sites.
+    objective
+        ``"elbo"`` (default) or ``"scvi-tools"``; see :class:`~pyrovi.module.TOTALVAE`.
+
+    Examples
+    --------
+    >>> adata = pyrovi.datasets.synthetic_citeseq()  # doctest: +SKIP
+    >>> TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein_expression", batch_key="batch")  # doctest: +SKIP
+    >>> model = TOTALVI(adata)  # doctest: +SKIP
+    >>> model.train()  # doctest: +SKIP
+    >>> rna, protein = model.get_normalized_expression()  # doctest: +SKIP
+    """
+
+    _observed_sites = ("x", "y")
+
+    def __init__(
+        self,
+        adata: AnnData,
+        n_latent: int = 20,
+        n_hidden: int = 256,
+        n_layers_encoder: int = 2,
+        n_layers_decoder: int = 1,
+        dropout_rate_encoder: float = 0.2,
+        dropout_rate_decoder: float = 0.2,
+        gene_dispersion: Literal["gene", "gene-batch"] = "gene",
+        protein_dispersion: Literal["protein", "protein-batch"] = "protein",
+        gene_likelihood: Literal["nb", "zinb"] = "nb",
+        use_observed_lib_size: bool = True,
+        empirical_protein_background_prior: bool = True,
+        prior: LatentPrior | None = None,
+        global_guide: GlobalGuide = "normal",
+        objective: Literal["elbo", "scvi-tools"] = "elbo",
+        **module_kwargs: Any,
+    ):
+        super().__init__(adata)
+        self._record_init_params(locals())
+        stats = self.summary_stats
+        arrays = self.adata_manager.get_arrays()
+        proteins, batch = arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY], arrays[REGISTRY_KEYS.BATCH_KEY]
+        n_batch = stats["n_batch"]
+        mask = protein_batch_mask(proteins, batch, n_batch)
+        background_mean = background_scale = None
+        if empirical_protein_background_prior:
+            background_mean, background_scale = protein_background_prior(proteins, batch, n_batch, mask)
+        library_log_means = library_log_vars = None
+        if not use_observed_lib_size:
+            library_log_means, library_log_vars = library_log_prior(self.adata_manager)
+        cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
+        self.module = TOTALVAE(
+            n_input_genes=stats["n_vars"],
+            n_input_proteins=stats[f"n_{REGISTRY_KEYS.PROTEIN_EXP_KEY}"],
+            n_batch=n_batch,
+            n_labels=stats["n_labels"],
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers_encoder=n_layers_encoder,
+            n_layers_decoder=n_layers_decoder,
+            n_continuous_cov=stats.get("n_extra_continuous_covs", 0),
+            n_cats_per_cov=(cat_state or {}).get("n_cats_per_key"),
+            dropout_rate_encoder=dropout_rate_encoder,
+            dropout_rate_decoder=dropout_rate_decoder,
+            gene_dispersion=gene_dispersion,
+            protein_dispersion=protein_dispersion,
+            gene_likelihood=gene_likelihood,
+            use_observed_lib_size=use_observed_lib_size,
+            library_log_means=library_log_means,
+            library_log_vars=library_log_vars,
+            protein_background_mean=background_mean,
+            protein_background_scale=background_scale,
+            protein_batch_mask=mask,
+            prior=prior,
+            global_guide=global_guide,
+            objective=objective,
+            **module_kwargs,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # setup
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        protein_expression_obsm_key: str,
+        protein_names_uns_key: str | None = None,
+        batch_key: str | None = None,
+        layer: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """Register an AnnData of RNA counts (``X`` or a layer) and protein counts (an ``obsm`` matrix).
+
+        Parameters
+        ----------
+        adata
+            Raw RNA counts; protein counts in ``adata.obsm[protein_expression_obsm_key]`` (a DataFrame,
+            whose columns name the proteins, or an array).
+        protein_names_uns_key
+            ``adata.uns`` key of the protein names when the obsm matrix is an array.
+        batch_key, layer, size_factor_key, categorical_covariate_keys, continuous_covariate_keys
+            As for :meth:`~pyrovi.model.SCVI.setup_anndata`.
+
+        Examples
+        --------
+        >>> TOTALVI.setup_anndata(adata, "protein_expression", batch_key="batch")  # doctest: +SKIP
+        """
+        cls._register(
+            adata,
+            {
+                "protein_expression_obsm_key": protein_expression_obsm_key,
+                "protein_names_uns_key": protein_names_uns_key,
+                "batch_key": batch_key,
+                "layer": layer,
+                "size_factor_key": size_factor_key,
+                "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
+                "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+            },
+        )
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: Any,
+        rna_layer: str | None = None,
+        protein_layer: str | None = None,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        modalities: dict[str, str] | None = None,
+    ) -> AnnData:
+        """Set up a MuData of RNA and protein modalities; returns the AnnData to give to :class:`TOTALVI`.
+
+        pyrovi's data layer reads AnnData: the RNA modality is copied into a new AnnData whose
+        ``obsm["protein_expression"]`` holds the protein counts (a DataFrame named by the protein
+        modality's ``var_names``) and whose ``obs`` joins the MuData's global ``obs`` columns; that AnnData
+        is set up and returned. The MuData itself is not modified. Needs ``pip install 'pyrovi[mudata]'``.
+
+        Parameters
+        ----------
+        mdata
+            A ``mudata.MuData`` with the same cells in both modalities.
+        rna_layer, protein_layer
+            Layers of the modalities holding raw counts (default ``X``).
+        batch_key, size_factor_key, categorical_covariate_keys, continuous_covariate_keys
+            Columns of the RNA modality's ``obs`` or of the MuData's ``obs``.
+        modalities
+            Names of the modalities: ``{"rna": ..., "protein": ...}`` (default ``"rna"`` and ``"prot"``).
+
+        Examples
+        --------
+        >>> adata = TOTALVI.setup_mudata(mdata, batch_key="batch", modalities={"rna": "rna", "protein": "adt"})  # doctest: +SKIP
+        >>> model = TOTALVI(adata)  # doctest: +SKIP
+        """
+        names = {"rna": "rna", "protein": "prot", **(modalities or {})}
+        missing = [name for name in (names["rna"], names["protein"]) if name not in mdata.mod]
+        if missing:
+            raise ValueError(f"MuData has no modality {missing}; it has {list(mdata.mod)}. Pass modalities=....")
+        rna, protein = mdata.mod[names["rna"]], mdata.mod[names["protein"]]
+        if not rna.obs_names.equals(protein.obs_names):
+            raise ValueError("The RNA and protein modalities must hold the same cells in the same order.")
+        counts = protein.layers[protein_layer] if protein_layer else protein.X
+        counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+        adata = rna.copy()
+        prefixes = tuple(f"{name}:" for name in mdata.mod)  # per-modality copies of obs columns
+        extra = [c for c in mdata.obs.columns if c not in adata.obs.columns and not c.startswith(prefixes)]
+        for column in extra:
+            adata.obs[column] = mdata.obs.loc[adata.obs_names, column].to_numpy()
+        adata.obsm["protein_expression"] = pd.DataFrame(
+            counts, index=adata.obs_names, columns=[str(v) for v in protein.var_names]
+        )
+        cls.setup_anndata(
+            adata,
+            "protein_expression",
+            batch_key=batch_key,
+            layer=rna_layer,
+            size_factor_key=size_factor_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
+        return adata
+
+    @classmethod
+    def _anndata_fields(
+        cls,
+        protein_expression_obsm_key: str,
+        protein_names_uns_key: str | None = None,
+        batch_key: str | None = None,
+        layer: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> list:
+        return [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            ObsmField(REGISTRY_KEYS.PROTEIN_EXP_KEY, protein_expression_obsm_key, protein_names_uns_key, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, "n_batch"),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, None, "n_labels"),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, positive=True),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+
+    # ----------------------------------------------------------------------------------------------
+    # queries
+
+    @property
+    def protein_names(self) -> list[str]:
+        """Names of the proteins, in the model's order."""
+        return list(self.adata_manager.get_state(REGISTRY_KEYS.PROTEIN_EXP_KEY)["column_names"])
+
+    def _protein_indices(self, protein_list: Sequence[str] | None) -> np.ndarray | None:
+        if protein_list is None:
+            return None
+        lookup = {p: i for i, p in enumerate(self.protein_names)}
+        missing = [p for p in protein_list if p not in lookup]
+        if missing:
+            raise ValueError(f"protein_list holds proteins the model does not know: {missing[:10]}.")
+        return np.array([lookup[p] for p in protein_list], dtype=np.int64)
+
+    def _decoded(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        n_samples: int,
+        batch_size: int | None,
+        transform_batch: Any = None,
+        read=None,
+    ) -> list[np.ndarray]:
+        """Apply ``read(model_trace) -> tuple of tensors`` to ``n_samples`` posterior draws per minibatch.
+
+        Returns one array per read tensor, ``(n_samples, n_cells, ...)``. With ``transform_batch`` the
+        guide sees the cells' own batches and the model decodes under the given batch (a list averages).
+        """
+        manager = self._validate_anndata(adata)
+        listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
+        codes = [None if b is None else self._batch_code_of(manager, b) for b in listed]
+        self.module.eval()
+        chunks: list[list[torch.Tensor]] = []
+        with torch.inference_mode():
+            for batch in self._make_data_loader(adata, indices, batch_size):
+                args, kwargs = self._fn_args(batch)
+                draws = []
+                for _ in range(n_samples):
+                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                    per_batch = []
+                    for code in codes:
+                        decode_kwargs = dict(kwargs)
+                        if code is not None:
+                            decode_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
+                        model_trace = poutine.trace(poutine.replay(self.module.model, trace=guide_trace)).get_trace(
+                            *args, **decode_kwargs
+                        )
+                        per_batch.append(read(model_trace))
+                    draws.append([torch.stack(t).mean(0) for t in zip(*per_batch)])
+                chunks.append([torch.stack(t) for t in zip(*draws)])
+        return [torch.cat(parts, dim=1).cpu().numpy() for parts in zip(*chunks)]
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        transform_batch: Any | Sequence[Any] | None = None,
+        gene_list: Sequence[str] | None = None,
+        protein_list: Sequence[str] | None = None,
+        library_size: float = 1,
+        include_protein_background: bool = False,
+        sample_protein_mixing: bool = False,
+        return_mean: bool = True,
+        return_numpy: bool = False,
+        batch_size: int | None = None,
+    ) -> tuple[pd.DataFrame, pd.DataFrame] | tuple[np.ndarray, np.ndarray]:
+        """Denoised RNA (``library_size * rho``) and protein expression under the posterior.
+
+        The protein value is the foreground rate weighted by its probability, ``(1 - pi) * alpha * beta``;
+        with ``include_protein_background`` the background ``pi * beta`` is added; with
+        ``sample_protein_mixing`` the background/foreground indicator is sampled instead of weighted.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells (default: all training data).
+        n_samples
+            Posterior draws, averaged when ``return_mean``; otherwise arrays ``(n_samples, n_cells, ...)``.
+        transform_batch
+            Decode under this batch (a list averages over batches).
+        gene_list, protein_list
+            Features to return (default: all).
+        library_size
+            RNA rows sum to this over all genes.
+        return_numpy
+            Return arrays instead of DataFrames.
+
+        Returns
+        -------
+        ``(rna, protein)``: DataFrames cells x genes and cells x proteins (or arrays).
+
+        Examples
+        --------
+        >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")  # doctest: +SKIP
+        """
+
+        def read(trace):
+            rho = trace.nodes["rho"]["value"] * library_size
+            pi = torch.sigmoid(trace.nodes["protein_background_logits"]["value"])
+            if sample_protein_mixing:
+                pi = torch.bernoulli(pi)
+            protein = (1 - pi) * trace.nodes["protein_foreground_rate"]["value"]
+            if include_protein_background:
+                protein = protein + pi * trace.nodes["protein_background_rate"]["value"]
+            return rho, protein
+
+        rna, protein = self._decoded(adata, indices, n_samples, batch_size, transform_batch, read)
+        gene_idx, protein_idx = self._gene_indices(gene_list), self._protein_indices(protein_list)
+        if gene_idx is not None:
+            rna = rna[..., gene_idx]
+        if protein_idx is not None:
+            protein = protein[..., protein_idx]
+        if not return_mean and n_samples > 1:
+            return rna, protein
+        rna, protein = rna.mean(0), protein.mean(0)
+        if return_numpy:
+            return rna, protein
+        manager = self._validate_anndata(adata)
+        cells = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
+        genes = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+        proteins = np.asarray(self.protein_names)
+        return (
+            pd.DataFrame(rna, index=cells, columns=genes if gene_idx is None else genes[gene_idx]),
+            pd.DataFrame(protein, index=cells, columns=proteins if protein_idx is None else proteins[protein_idx]),
+        )
+
+    def get_protein_foreground_probability(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        protein_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        given_counts: bool = True,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Probability that each protein count of each cell comes from the foreground.
+
+        With ``given_counts`` (default) this is the posterior responsibility of the foreground given the
+        observed count ``y`` and ``z``: ``(1 - pi) NB(y; alpha beta) / [(1 - pi) NB(y; alpha beta) +
+        pi NB(y; beta)]``, averaged over draws of ``z`` and ``beta``. With ``given_counts=False`` it is
+        ``1 - pi`` (scvi-tools' quantity: the probability before seeing the count).
+
+        Examples
+        --------
+        >>> fg = model.get_protein_foreground_probability()  # doctest: +SKIP
+        """
+
+        def read(trace):
+            logits = trace.nodes["protein_background_logits"]["value"]
+            if not given_counts:
+                return (torch.sigmoid(-logits),)
+            mixture = trace.nodes["y"]["fn"].base_dist.base_dist  # strip .to_event and .mask
+            y = trace.nodes["y"]["value"]
+            component_log_prob = mixture.component_distribution.log_prob(y.unsqueeze(-1))
+            joint = component_log_prob + torch.log_softmax(mixture.mixture_distribution.logits, -1)
+            return (torch.softmax(joint, -1)[..., 1],)
+
+        (probability,) = self._decoded(adata, indices, n_samples, batch_size, None, read)
+        return self._protein_table(probability.mean(0), adata, indices, protein_list, return_numpy)
+
+    def get_protein_background_mean(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        protein_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Posterior mean of the protein background rate ``beta`` of each cell and protein.
+
+        Examples
+        --------
+        >>> background = model.get_protein_background_mean(n_samples=20)  # doctest: +SKIP
+        """
+        (beta,) = self._decoded(
+            adata, indices, n_samples, batch_size, None, lambda t: (t.nodes["protein_background_rate"]["value"],)
+        )
+        return self._protein_table(beta.mean(0), adata, indices, protein_list, return_numpy)
+
+    def _protein_table(self, values, adata, indices, protein_list, return_numpy):
+        idx = self._protein_indices(protein_list)
+        if idx is not None:
+            values = values[..., idx]
+        if return_numpy:
+            return values
+        manager = self._validate_anndata(adata)
+        cells = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
+        names = np.asarray(self.protein_names)
+        return pd.DataFrame(values, index=cells, columns=names if idx is None else names[idx])
+
+    @torch.inference_mode()
+    def posterior_predictive_sample(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int = 1,
+        gene_list: Sequence[str] | None = None,
+        protein_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Replicate RNA and protein counts from the posterior predictive.
+
+        Returns
+        -------
+        ``(rna, protein)``, each ``(n_cells, n_features)`` for one sample and ``(n_cells, n_features,
+        n_samples)`` otherwise.
+
+        Examples
+        --------
+        >>> rna_rep, protein_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
+        """
+        rna = self._predictive_site(adata, indices, n_samples, batch_size, "x", self._gene_indices(gene_list))
+        protein = self._predictive_site(
+            adata, indices, n_samples, batch_size, "y", self._protein_indices(protein_list)
+        )
+        return rna, protein
+
+    # ----------------------------------------------------------------------------------------------
+    # differential expression and correlations over genes and proteins (DEMixin hooks)
+
+    def _feature_names(self, manager: Any) -> list[str]:
+        return list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"]) + self.protein_names
+
+    def _de_genes(self, manager: Any, gene_list: Sequence[str] | None):
+        names = self._feature_names(manager)
+        if gene_list is None:
+            return names, None
+        lookup = {n: i for i, n in enumerate(names)}
+        missing = [g for g in gene_list if g not in lookup]
+        if missing:
+            raise ValueError(f"gene_list holds features the model does not know: {missing[:10]}.")
+        return list(gene_list), np.array([lookup[g] for g in gene_list], dtype=np.int64)
+
+    @staticmethod
+    def _de_counts(manager: Any) -> np.ndarray:
+        arrays = manager.get_arrays()
+        rna, protein = arrays[REGISTRY_KEYS.X_KEY], arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY]
+        rna = rna.toarray() if hasattr(rna, "toarray") else np.asarray(rna)
+        protein = protein.toarray() if hasattr(protein, "toarray") else np.asarray(protein)
+        return np.concatenate([rna, protein], axis=1)
+
+    def _group_draws(self, adata, cells, n_samples, transform_batch, gene_list, batch_size) -> np.ndarray:
+        picks = cells[torch.randint(cells.size, (n_samples,)).numpy()]
+        rna, protein = self.get_normalized_expression(
+            adata, indices=picks, transform_batch=transform_batch, n_samples=1, batch_size=batch_size,
+            return_numpy=True,
+        )
+        draws = np.concatenate([rna, protein], axis=1).astype(np.float32)
+        _, positions = self._de_genes(self._validate_anndata(adata), gene_list)
+        return draws if positions is None else draws[:, positions]
+
+    def _correlation_draws(self, adata, indices, transform_batch, size_factor, n_samples, batch_size) -> np.ndarray:
+        rna, protein = self.get_normalized_expression(
+            adata, indices=indices, transform_batch=transform_batch, library_size=size_factor,
+            n_samples=n_samples, batch_size=batch_size, return_mean=False, return_numpy=True,
+        )
+        if n_samples == 1:
+            rna, protein = rna[None], protein[None]
+        return np.concatenate([rna, protein], axis=-1)
