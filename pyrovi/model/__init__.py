@@ -1,7 +1,8 @@
 """User-facing models: AnnData in, posterior queries out."""
 
+from ._cellassign import CellAssign
 from ._scvi import SCVI
 from ._totalvi import TOTALVI
 from .base import BaseModelClass, VAEMixin
 
-__all__ = ["SCVI", "TOTALVI", "BaseModelClass", "VAEMixin"]
+__all__ = ["SCVI", "TOTALVI", "CellAssign", "BaseModelClass", "VAEMixin"]

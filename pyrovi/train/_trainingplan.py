@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import pyro
 import torch
-from pyro.infer import ELBO, TraceMeanField_ELBO
+from pyro import poutine
+from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .._constants import REGISTRY_KEYS
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
@@ -145,19 +147,22 @@ class TrainingPlan(pl.LightningModule):
                 self._materialise_lazy_parameters(batch)
 
     def _materialise_lazy_parameters(self, batch: dict[str, torch.Tensor]) -> None:
-        # Pyro creates some parameters (e.g. of autoguides) on first use; run the ELBO once so they
+        # Pyro creates some parameters (e.g. of autoguides) on first use; run the guide once so they
         # exist when configure_optimizers collects parameters.
         device = self.module.device  # a second fit may find the module already on an accelerator
         batch = {key: value.to(device) for key, value in batch.items()}
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
-            self._elbo(*args, **kwargs)
+            poutine.trace(self.module.guide).get_trace(*args, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor], n_obs: int | None, kl_weight: float) -> torch.Tensor:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         n_obs = n_obs or args[0].shape[0]
-        with pyro.validation_enabled(self.validate_distributions):
-            return self._elbo(*args, n_obs=n_obs, kl_weight=kl_weight, **kwargs) / n_obs
+        # TraceEnum_ELBO refuses to run without autograd (as in validation): let it, then detach
+        grad = torch.enable_grad() if isinstance(self.loss, TraceEnum_ELBO) else contextlib.nullcontext()
+        with pyro.validation_enabled(self.validate_distributions), grad:
+            loss = self._elbo(*args, n_obs=n_obs, kl_weight=kl_weight, **kwargs) / n_obs
+        return loss if torch.is_grad_enabled() else loss.detach()
 
     def _log_terms(self, batch: dict[str, torch.Tensor], suffix: str) -> None:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
@@ -173,7 +178,7 @@ class TrainingPlan(pl.LightningModule):
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
         self.log("elbo_train", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
         self.log("kl_weight", kl_weight, on_epoch=True, on_step=False, batch_size=n)  # epoch mean
-        if self.log_train_terms:
+        if self.log_train_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "train")
         return loss
 
@@ -181,7 +186,8 @@ class TrainingPlan(pl.LightningModule):
         loss = self._loss(batch, self.n_obs_validation, 1.0)
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
         self.log("elbo_validation", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
-        self._log_terms(batch, "validation")
+        if getattr(self.module, "per_cell_terms", True):
+            self._log_terms(batch, "validation")
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.module.parameters() if p.requires_grad]

@@ -42,6 +42,9 @@ class BaseModuleClass(PyroModule):
 
     #: Names of the per-cell latent sites (those inside the ``"cells"`` plate) that KL warm-up scales.
     local_latent_sites: tuple[str, ...] = ()
+    #: Whether reconstruction/KL terms can be read per cell off a guide and a replayed model trace
+    #: (False for models that enumerate a latent in the model, which the guide then lacks).
+    per_cell_terms: bool = True
 
     def model(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
