@@ -72,6 +72,8 @@ def test_save_load_and_global_posterior(tmp_path):
     model.save(tmp_path / "m")
     loaded = CellAssign.load(tmp_path / "m", adata)
     pd.testing.assert_frame_equal(loaded.predict(), model.predict())
+    query = adata[:10].copy()  # new data with the same genes: predictions of the same cells agree
+    np.testing.assert_allclose(model.predict(query).to_numpy(), model.predict(indices=np.arange(10)).to_numpy(), rtol=1e-5)
     globals_ = model.sample_posterior(num_samples=5, return_samples=True)
     assert globals_["type_proportions"].shape == (5, 4)
     np.testing.assert_allclose(globals_["type_proportions"].sum(-1), 1.0, rtol=1e-5)
