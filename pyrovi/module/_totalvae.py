@@ -212,16 +212,8 @@ class TOTALVAE(BaseModuleClass):
 
     @staticmethod
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
-        cat_covs = batch.get(REGISTRY_KEYS.CAT_COVS_KEY)
-        kwargs = {
-            "batch_index": batch.get(REGISTRY_KEYS.BATCH_KEY),
-            "labels": batch.get(REGISTRY_KEYS.LABELS_KEY),
-            "cat_covs": tuple(cat_covs.unbind(-1)) if cat_covs is not None else (),
-            "cont_covs": batch.get(REGISTRY_KEYS.CONT_COVS_KEY),
-            "size_factor": batch.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
-            "indices": batch.get(REGISTRY_KEYS.INDICES_KEY),
-        }
-        return (batch[REGISTRY_KEYS.X_KEY], batch[REGISTRY_KEYS.PROTEIN_EXP_KEY]), kwargs
+        data = (batch[REGISTRY_KEYS.X_KEY], batch[REGISTRY_KEYS.PROTEIN_EXP_KEY])
+        return data, BaseModuleClass._covariate_kwargs(batch)
 
     def model(
         self,
@@ -320,21 +312,6 @@ class TOTALVAE(BaseModuleClass):
         loc = self.library_log_means[batch_index].unsqueeze(-1)
         scale = self.library_log_vars[batch_index].sqrt().unsqueeze(-1)
         return pyro.sample("log_library", dist.Normal(loc, scale).to_event(1)).exp()
-
-    @staticmethod
-    def _batch_codes(batch_index: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        if batch_index is None:
-            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return batch_index.reshape(-1)
-
-    def _example_covariates(self, n: int, device: torch.device | None = None) -> dict:
-        zeros = torch.zeros(n, dtype=torch.long, device=device)
-        return {
-            "batch_index": zeros,
-            "labels": zeros,
-            "cat_covs": tuple(zeros for _ in self.n_cats_per_cov),
-            "cont_covs": torch.zeros(n, self.n_continuous_cov, device=device) if self.n_continuous_cov else None,
-        }
 
     def _global_model(self) -> None:
         self.prior(2, **self._example_covariates(2, self.device))

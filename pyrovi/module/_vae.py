@@ -225,15 +225,6 @@ class VAE(BaseModuleClass):
                 f"batch shape {shape}."
             )
 
-    def _example_covariates(self, n: int, device: torch.device | None = None) -> dict:
-        zeros = torch.zeros(n, dtype=torch.long, device=device)
-        return {
-            "batch_index": zeros,
-            "labels": zeros,
-            "cat_covs": tuple(zeros for _ in self.n_cats_per_cov),
-            "cont_covs": torch.zeros(n, self.n_continuous_cov, device=device) if self.n_continuous_cov else None,
-        }
-
     def _global_model(self) -> None:
         """The model's global sample statements alone: what the global guide is built from."""
         self.prior(2, **self._example_covariates(2, self.device))
@@ -242,17 +233,7 @@ class VAE(BaseModuleClass):
 
     @staticmethod
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
-        x = batch[REGISTRY_KEYS.X_KEY]
-        cat_covs = batch.get(REGISTRY_KEYS.CAT_COVS_KEY)
-        kwargs = {
-            "batch_index": batch.get(REGISTRY_KEYS.BATCH_KEY),
-            "labels": batch.get(REGISTRY_KEYS.LABELS_KEY),
-            "cat_covs": tuple(cat_covs.unbind(-1)) if cat_covs is not None else (),
-            "cont_covs": batch.get(REGISTRY_KEYS.CONT_COVS_KEY),
-            "size_factor": batch.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
-            "indices": batch.get(REGISTRY_KEYS.INDICES_KEY),
-        }
-        return (x,), kwargs
+        return (batch[REGISTRY_KEYS.X_KEY],), BaseModuleClass._covariate_kwargs(batch)
 
     # ----------------------------------------------------------------------------------------------
     # the generative model, top to bottom
@@ -328,12 +309,6 @@ class VAE(BaseModuleClass):
         """The cell plate: subsampled from ``n_obs`` cells so the ELBO is a full-data estimate."""
         size = n_obs if n_obs is not None else x.shape[0]
         return pyro.plate(CELL_PLATE, size, subsample=indices, dim=-1)
-
-    @staticmethod
-    def _batch_codes(batch_index: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        if batch_index is None:
-            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return batch_index.reshape(-1)
 
     @staticmethod
     def _observed_library(x: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:

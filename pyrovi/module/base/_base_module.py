@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pyro.nn import PyroModule
+
+from ..._constants import REGISTRY_KEYS
 
 
 class BaseModuleClass(PyroModule):
@@ -56,6 +59,43 @@ class BaseModuleClass(PyroModule):
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict[str, Any]]:
         """Map a loader minibatch to the ``(args, kwargs)`` of :meth:`model` and :meth:`guide`."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------
+    # covariates, shared by the modules that read a cell's batch and covariates
+
+    #: categories of each extra categorical covariate, and number of continuous covariates
+    n_cats_per_cov: Sequence[int] = ()
+    n_continuous_cov: int = 0
+
+    @staticmethod
+    def _covariate_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The keyword arguments every pyrovi model/guide takes from a minibatch besides its data."""
+        cat_covs = batch.get(REGISTRY_KEYS.CAT_COVS_KEY)
+        return {
+            "batch_index": batch.get(REGISTRY_KEYS.BATCH_KEY),
+            "labels": batch.get(REGISTRY_KEYS.LABELS_KEY),
+            "cat_covs": tuple(cat_covs.unbind(-1)) if cat_covs is not None else (),
+            "cont_covs": batch.get(REGISTRY_KEYS.CONT_COVS_KEY),
+            "size_factor": batch.get(REGISTRY_KEYS.SIZE_FACTOR_KEY),
+            "indices": batch.get(REGISTRY_KEYS.INDICES_KEY),
+        }
+
+    @staticmethod
+    def _batch_codes(batch_index: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Batch codes as a flat long tensor; all zeros when the data have a single batch."""
+        if batch_index is None:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return batch_index.reshape(-1)
+
+    def _example_covariates(self, n: int, device: torch.device | None = None) -> dict[str, Any]:
+        """Covariates of ``n`` cells of the first category: to run a prior outside of training."""
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        return {
+            "batch_index": zeros,
+            "labels": zeros,
+            "cat_covs": tuple(zeros for _ in self.n_cats_per_cov),
+            "cont_covs": torch.zeros(n, self.n_continuous_cov, device=device) if self.n_continuous_cov else None,
+        }
 
     @property
     def device(self) -> torch.device:
