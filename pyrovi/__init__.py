@@ -21,19 +21,26 @@ import pyro as _pyro
 # and several models coexist in one session.
 _pyro.settings.set(module_local_params=True)
 
+import importlib as _importlib  # noqa: E402
+
 from ._constants import REGISTRY_KEYS  # noqa: E402
 from ._settings import settings  # noqa: E402
-from . import data, dataloaders, datasets, module, priors, train, model, criticism  # noqa: E402
 
-__all__ = [
-    "REGISTRY_KEYS",
-    "settings",
-    "data",
-    "dataloaders",
-    "datasets",
-    "module",
-    "priors",
-    "train",
-    "model",
-    "criticism",
-]
+#: Subpackages are imported on first use (PEP 562): ``import pyrovi`` stays cheap, and Lightning, which
+#: the training stack needs, is loaded only when a model or loader is touched.
+_SUBPACKAGES = ("data", "dataloaders", "datasets", "module", "priors", "train", "model", "criticism")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        module = _importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'pyrovi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBPACKAGES])
+
+
+__all__ = ["REGISTRY_KEYS", "settings", *_SUBPACKAGES]
