@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import pyro
-import torch
 
 _logger = logging.getLogger("pyrovi")
 

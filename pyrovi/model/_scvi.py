@@ -225,48 +225,25 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> rho = model.get_normalized_expression(library_size=1e4)  # doctest: +SKIP
         """
-        manager = self._validate_anndata(adata)
-        batches: list[int | None]
-        if transform_batch is None:
-            batches = [None]
-        else:
-            listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
-            batches = [self._batch_code_of(manager, b) for b in listed]
         gene_idx = self._gene_indices(gene_list)
-        self.module.eval()
-        chunks = []
-        loader = self._make_data_loader(adata, indices, batch_size)
-        for batch in loader:
-            args, kwargs = self._fn_args(batch)
-            draws = []
-            for _ in range(n_samples):
-                guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
-                per_batch = []
-                for code in batches:
-                    batch_kwargs = dict(kwargs)
-                    if code is not None:
-                        batch_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
-                    model_trace = poutine.trace(poutine.replay(self.module.model, trace=guide_trace)).get_trace(
-                        *args, **batch_kwargs
-                    )
-                    if library_size == "latent":
-                        per_batch.append(self._mean_counts(model_trace))
-                    else:
-                        per_batch.append(model_trace.nodes["rho"]["value"] * library_size)
-                draws.append(torch.stack(per_batch).mean(0))
-            values = torch.stack(draws)
-            if gene_idx is not None:
-                values = values[..., gene_idx]
-            chunks.append(values)
-        values = torch.cat(chunks, dim=1).cpu().numpy()  # (n_samples, n_cells, n_genes)
+
+        def read(model_trace) -> tuple[torch.Tensor]:
+            if library_size == "latent":
+                values = self._mean_counts(model_trace)
+            else:
+                values = model_trace.nodes["rho"]["value"] * library_size
+            return (values if gene_idx is None else values[..., gene_idx],)
+
+        (values,) = self._decode_draws(adata, indices, n_samples, batch_size, transform_batch, read)
         if not return_mean and n_samples > 1:
             return values
         values = values.mean(0)
         if return_numpy:
             return values
+        manager = self._validate_anndata(adata)
         var_names = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         columns = var_names if gene_idx is None else var_names[gene_idx]
-        obs_names = manager.adata.obs_names[loader.indices]
+        obs_names = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
         return pd.DataFrame(values, index=obs_names, columns=columns)
 
     @staticmethod

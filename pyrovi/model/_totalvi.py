@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from pyro import poutine
 
 from .._constants import REGISTRY_KEYS
 from ..data import (
@@ -21,11 +20,12 @@ from ..data import (
     ObsmField,
 )
 from ..module import TOTALVAE
-from ..module.base import GlobalGuide, trace_pair
+from ..module.base import GlobalGuide
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
+from .base._features import feature_positions
 
 
 class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
@@ -264,51 +264,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         return list(self.adata_manager.get_state(REGISTRY_KEYS.PROTEIN_EXP_KEY)["column_names"])
 
     def _protein_indices(self, protein_list: Sequence[str] | None) -> np.ndarray | None:
-        if protein_list is None:
-            return None
-        lookup = {p: i for i, p in enumerate(self.protein_names)}
-        missing = [p for p in protein_list if p not in lookup]
-        if missing:
-            raise ValueError(f"protein_list holds proteins the model does not know: {missing[:10]}.")
-        return np.array([lookup[p] for p in protein_list], dtype=np.int64)
-
-    def _decoded(
-        self,
-        adata: AnnData | None,
-        indices: Sequence[int] | None,
-        n_samples: int,
-        batch_size: int | None,
-        transform_batch: Any = None,
-        read=None,
-    ) -> list[np.ndarray]:
-        """Apply ``read(model_trace) -> tuple of tensors`` to ``n_samples`` posterior draws per minibatch.
-
-        Returns one array per read tensor, ``(n_samples, n_cells, ...)``. With ``transform_batch`` the
-        guide sees the cells' own batches and the model decodes under the given batch (a list averages).
-        """
-        manager = self._validate_anndata(adata)
-        listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
-        codes = [None if b is None else self._batch_code_of(manager, b) for b in listed]
-        self.module.eval()
-        chunks: list[list[torch.Tensor]] = []
-        with torch.inference_mode():
-            for batch in self._make_data_loader(adata, indices, batch_size):
-                args, kwargs = self._fn_args(batch)
-                draws = []
-                for _ in range(n_samples):
-                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
-                    per_batch = []
-                    for code in codes:
-                        decode_kwargs = dict(kwargs)
-                        if code is not None:
-                            decode_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
-                        model_trace = poutine.trace(poutine.replay(self.module.model, trace=guide_trace)).get_trace(
-                            *args, **decode_kwargs
-                        )
-                        per_batch.append(read(model_trace))
-                    draws.append([torch.stack(t).mean(0) for t in zip(*per_batch)])
-                chunks.append([torch.stack(t) for t in zip(*draws)])
-        return [torch.cat(parts, dim=1).cpu().numpy() for parts in zip(*chunks)]
+        return feature_positions(self.protein_names, protein_list, "protein_list")
 
     def get_normalized_expression(
         self,
@@ -365,7 +321,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
                 protein = protein + pi * trace.nodes["protein_background_rate"]["value"]
             return rho, protein
 
-        rna, protein = self._decoded(adata, indices, n_samples, batch_size, transform_batch, read)
+        rna, protein = self._decode_draws(adata, indices, n_samples, batch_size, transform_batch, read)
         gene_idx, protein_idx = self._gene_indices(gene_list), self._protein_indices(protein_list)
         if gene_idx is not None:
             rna = rna[..., gene_idx]
@@ -417,7 +373,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             joint = component_log_prob + torch.log_softmax(mixture.mixture_distribution.logits, -1)
             return (torch.softmax(joint, -1)[..., 1],)
 
-        (probability,) = self._decoded(adata, indices, n_samples, batch_size, None, read)
+        (probability,) = self._decode_draws(adata, indices, n_samples, batch_size, None, read)
         return self._protein_table(probability.mean(0), adata, indices, protein_list, return_numpy)
 
     def get_protein_background_mean(
@@ -435,7 +391,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> background = model.get_protein_background_mean(n_samples=20)  # doctest: +SKIP
         """
-        (beta,) = self._decoded(
+        (beta,) = self._decode_draws(
             adata, indices, n_samples, batch_size, None, lambda t: (t.nodes["protein_background_rate"]["value"],)
         )
         return self._protein_table(beta.mean(0), adata, indices, protein_list, return_numpy)
@@ -481,18 +437,10 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     # ----------------------------------------------------------------------------------------------
     # differential expression and correlations over genes and proteins (DEMixin hooks)
 
-    def _feature_names(self, manager: Any) -> list[str]:
-        return list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"]) + self.protein_names
-
-    def _de_genes(self, manager: Any, gene_list: Sequence[str] | None):
-        names = self._feature_names(manager)
-        if gene_list is None:
-            return names, None
-        lookup = {n: i for i, n in enumerate(names)}
-        missing = [g for g in gene_list if g not in lookup]
-        if missing:
-            raise ValueError(f"gene_list holds features the model does not know: {missing[:10]}.")
-        return list(gene_list), np.array([lookup[g] for g in gene_list], dtype=np.int64)
+    @staticmethod
+    def _feature_names(manager: Any) -> list[str]:
+        genes = manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"]
+        return list(genes) + list(manager.get_state(REGISTRY_KEYS.PROTEIN_EXP_KEY)["column_names"])
 
     @staticmethod
     def _de_counts(manager: Any) -> np.ndarray:

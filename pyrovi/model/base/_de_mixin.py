@@ -26,6 +26,7 @@ from ._differential import (
     feature_correlation,
     raw_count_statistics,
 )
+from ._features import feature_positions
 
 logger = logging.getLogger("pyrovi")
 
@@ -260,14 +261,8 @@ class DEMixin:
 
     @classmethod
     def _de_genes(cls, manager: Any, gene_list: Sequence[str] | None) -> tuple[list[str], np.ndarray | None]:
-        var_names = cls._feature_names(manager)
-        if gene_list is None:
-            return var_names, None
-        lookup = {gene: i for i, gene in enumerate(var_names)}
-        missing = [gene for gene in gene_list if gene not in lookup]
-        if missing:
-            raise ValueError(f"gene_list holds genes the model does not know: {missing[:10]}; use adata.var_names.")
-        return list(gene_list), np.array([lookup[gene] for gene in gene_list], dtype=np.int64)
+        names = cls._feature_names(manager)
+        return (names if gene_list is None else list(gene_list)), feature_positions(names, gene_list, "gene_list")
 
 
 def _check_positive_int(value: Any, name: str) -> None:

@@ -7,7 +7,8 @@ a query traces the guide on a minibatch, replays the model on the guide's draws,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from pyro.infer import Predictive
 
 from ..._constants import REGISTRY_KEYS
 from ...module.base import per_cell_elbo_terms, per_cell_log_weights, trace_pair
+from ._features import feature_positions
 
 
 class VAEMixin:
@@ -227,14 +229,46 @@ class VAEMixin:
     # ----------------------------------------------------------------------------------------------
 
     def _gene_indices(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
-        if gene_list is None:
-            return None
-        var_names = list(self.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
-        lookup = {g: i for i, g in enumerate(var_names)}
-        missing = [g for g in gene_list if g not in lookup]
-        if missing:
-            raise ValueError(f"gene_list holds genes the model does not know: {missing[:10]}.")
-        return np.array([lookup[g] for g in gene_list], dtype=np.int64)
+        var_names = self.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"]
+        return feature_positions(var_names, gene_list, "gene_list")
+
+    def _decode_draws(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        n_samples: int,
+        batch_size: int | None,
+        transform_batch: Any,
+        read: Callable[[Any], tuple[torch.Tensor, ...]],
+    ) -> list[np.ndarray]:
+        """Apply ``read(model_trace) -> tuple of tensors`` to ``n_samples`` posterior draws per minibatch.
+
+        Each draw traces the guide on the cells' own data, then replays the model on it. With
+        ``transform_batch`` (a batch category, or a list of them whose results are averaged) the model
+        decodes as if every cell came from that batch. Returns one array ``(n_samples, n_cells, ...)``
+        per tensor that ``read`` returns.
+        """
+        manager = self._validate_anndata(adata)
+        listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
+        codes = [None if b is None else self._batch_code_of(manager, b) for b in listed]
+        self.module.eval()
+        chunks: list[list[torch.Tensor]] = []
+        with torch.inference_mode():
+            for batch in self._make_data_loader(adata, indices, batch_size):
+                args, kwargs = self._fn_args(batch)
+                draws = []
+                for _ in range(n_samples):
+                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                    per_batch = []
+                    for code in codes:
+                        decode_kwargs = dict(kwargs)
+                        if code is not None:
+                            decode_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
+                        replayed = poutine.replay(self.module.model, trace=guide_trace)
+                        per_batch.append(read(poutine.trace(replayed).get_trace(*args, **decode_kwargs)))
+                    draws.append([torch.stack(t).mean(0) for t in zip(*per_batch)])
+                chunks.append([torch.stack(t) for t in zip(*draws)])
+        return [torch.cat(parts, dim=1).cpu().numpy() for parts in zip(*chunks)]
 
     def _per_cell_from_args(self, adata, indices, batch_size, fn) -> np.ndarray:
         self.module.eval()
