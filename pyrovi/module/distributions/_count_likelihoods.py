@@ -11,13 +11,16 @@ scVI writes the negative binomial with its mean ``mu`` and inverse dispersion ``
 so that :math:`\\mathbb{E}[x] = \\mu` and :math:`\\mathrm{Var}[x] = \\mu + \\mu^2 / \\theta`. This is
 Pyro's (torch's) ``NegativeBinomial(total_count=theta, logits=log mu - log theta)``. The zero-inflated
 version mixes a point mass at zero with gate probability ``sigmoid(zi_logits)``. These functions only
-translate parameters; the log-densities are Pyro's.
+translate parameters; the log-densities are Pyro's (through subclasses that evaluate the Gamma
+functions on non-zero counts only, see :mod:`._sparse_nb`).
 """
 
 from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+
+from ._sparse_nb import NegativeBinomial, ZeroInflatedNegativeBinomial
 
 _EPS = 1e-8
 
@@ -27,7 +30,7 @@ def _nb_logits(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return torch.log(mu + _EPS) - torch.log(theta + _EPS)
 
 
-def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> dist.NegativeBinomial:
+def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> NegativeBinomial:
     """Negative binomial with mean ``mu`` and inverse dispersion ``theta``.
 
     Examples
@@ -36,12 +39,12 @@ def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> dist.NegativeBin
     >>> float(d.mean)  # doctest: +ELLIPSIS
     5.0...
     """
-    return dist.NegativeBinomial(total_count=theta, logits=_nb_logits(mu, theta))
+    return NegativeBinomial(total_count=theta, logits=_nb_logits(mu, theta))
 
 
 def zero_inflated_negative_binomial(
     mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
-) -> dist.ZeroInflatedNegativeBinomial:
+) -> ZeroInflatedNegativeBinomial:
     """Zero-inflated negative binomial: zero with probability ``sigmoid(zi_logits)``, else NB(mu, theta).
 
     Examples
@@ -50,7 +53,7 @@ def zero_inflated_negative_binomial(
     >>> round(float(d.mean), 4)  # half the mass is the zero gate
     2.5
     """
-    return dist.ZeroInflatedNegativeBinomial(
+    return ZeroInflatedNegativeBinomial(
         total_count=theta, logits=_nb_logits(mu, theta), gate_logits=zi_logits
     )
 
