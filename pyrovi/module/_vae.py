@@ -174,6 +174,9 @@ class VAE(BaseModuleClass):
         self.decoder = DecoderSCVI(
             n_latent, n_input, n_cat_list=cat_list, n_cont=n_continuous_cov, n_layers=n_layers,
             n_hidden=n_hidden, use_batch_norm=bn_dec, use_layer_norm=ln_dec,
+            dispersion_head=dispersion == "gene-cell",
+            # a callable likelihood may use the gate logits; of the built-ins only ZINB does
+            zi_head=callable(gene_likelihood) or gene_likelihood == "zinb",
         )
         self.n_cats_per_cov = list(n_cats_per_cov or [])
         if callable(gene_likelihood):
@@ -318,7 +321,7 @@ class VAE(BaseModuleClass):
     def _theta(
         self,
         sampled: torch.Tensor | None,
-        log_theta_cell: torch.Tensor,
+        log_theta_cell: torch.Tensor | None,
         batch_index: torch.Tensor,
         labels: torch.Tensor | None,
     ) -> torch.Tensor:

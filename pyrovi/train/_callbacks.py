@@ -13,6 +13,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 
+_PACKED_PREFIX = "_pyrovi_history/"
+
+
 class HistoryLogger(Logger):
     """Collect every epoch-level metric into ``{metric: {epoch: value}}``.
 
@@ -55,6 +58,24 @@ class HistoryLogger(Logger):
                 continue
             self._metrics[key][epoch] = float(value.item() if torch.is_tensor(value) else value)
 
+    # A spawned data-parallel run (strategy="ddp_spawn") logs in worker processes and sends back only
+    # the weights and ``trainer.callback_metrics`` (as tensors, loaded with weights_only=True). The
+    # history rides along there: packed by rank 0 when training ends, unpacked by the main process.
+
+    def pack_into(self, metrics: dict[str, Any]) -> None:
+        """Store the history in ``metrics`` as one ``(n_epochs, 2)`` tensor of (epoch, value) per metric."""
+        for key, values in self._metrics.items():
+            rows = sorted(values.items())
+            metrics[_PACKED_PREFIX + key] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+
+    def unpack_from(self, metrics: dict[str, Any]) -> None:
+        """Take a packed history out of ``metrics``; adopt it when this logger saw no epoch itself."""
+        packed = {key: metrics.pop(key) for key in [k for k in metrics if k.startswith(_PACKED_PREFIX)]}
+        if self._metrics:
+            return
+        for key, rows in packed.items():
+            self._metrics[key[len(_PACKED_PREFIX):]] = {int(e): float(v) for e, v in rows.tolist()}
+
     def history(self) -> dict[str, pd.DataFrame]:
         """One DataFrame per metric, indexed by epoch."""
         out = {}
@@ -75,14 +96,24 @@ class EpochProgressBar(pl.Callback):
 
     def __init__(self) -> None:
         self._bar: tqdm | None = None
+        self._shown = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._shown = trainer.current_epoch
         if trainer.is_global_zero:
             self._bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch", dynamic_ncols=True)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # The training ELBO of an epoch is logged by the plan's own on_train_epoch_end, which Lightning
+    # calls after the callbacks' hook of that name: the bar therefore advances when the next epoch
+    # starts, and once more when training ends.
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch > self._shown:
+            self._advance(trainer)
+
+    def _advance(self, trainer: pl.Trainer) -> None:
         if self._bar is None:
             return
+        self._shown += 1
         shown = {}
         for key in ("elbo_train", "elbo_validation"):
             value = trainer.callback_metrics.get(key)
@@ -93,5 +124,18 @@ class EpochProgressBar(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._bar is not None:
+            if self._shown < trainer.current_epoch:  # the last epoch, not yet shown
+                self._advance(trainer)
             self._bar.close()
             self._bar = None
+
+
+class _PackHistory(pl.Callback):
+    """On rank 0, put the history into ``callback_metrics`` so that a spawned run can return it."""
+
+    def __init__(self, history_logger: HistoryLogger):
+        self.history_logger = history_logger
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.history_logger.pack_into(trainer.callback_metrics)

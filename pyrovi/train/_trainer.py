@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
 
 from .._settings import settings
-from ._callbacks import EpochProgressBar, HistoryLogger
+from ._callbacks import EpochProgressBar, HistoryLogger, _PackHistory
 
 
 class Trainer(pl.Trainer):
@@ -68,12 +68,16 @@ class Trainer(pl.Trainer):
                     mode="min",
                 )
             )
+        callbacks.append(_PackHistory(self.history_logger))
         if settings.progress_bar if progress_bar is None else progress_bar:
             callbacks.append(EpochProgressBar())
         loggers = [self.history_logger, *_as_list(kwargs.pop("logger", None))]
         kwargs.setdefault("num_sanity_val_steps", 0)
         kwargs.setdefault("enable_model_summary", False)
         kwargs.setdefault("log_every_n_steps", 1)
+        # pyrovi's loaders shard cells over processes themselves (DataSplitter); Lightning's sampler
+        # replacement would rebuild them without their whole-minibatch sampler
+        kwargs.setdefault("use_distributed_sampler", False)
         super().__init__(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -93,7 +97,10 @@ class Trainer(pl.Trainer):
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # Raised inside Lightning for newer torch releases; nothing a user can act on.
             warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-            return super().fit(*args, **kwargs)
+            # The plan moves its flat minibatch dicts itself (TrainingPlan.transfer_batch_to_device).
+            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            super().fit(*args, **kwargs)
+        self.history_logger.unpack_from(self.callback_metrics)
 
 
 def _as_list(value: Any) -> list:

@@ -37,6 +37,19 @@ def _kl_weight(
     return max(min_kl_weight + (max_kl_weight - min_kl_weight) * progress, _MIN_POSITIVE_KL_WEIGHT)
 
 
+def _make_adam(cls: type, params: list[torch.Tensor], **settings: float) -> torch.optim.Optimizer:
+    """One Adam over all parameters, fused into a single kernel where torch supports it.
+
+    The fused kernel runs one update for every parameter at once (on the CPU about six times faster
+    than the per-parameter loop torch uses there by default); older torch versions or unusual
+    parameter types fall back to the default implementation.
+    """
+    try:
+        return cls(params, fused=True, **settings)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **settings)
+
+
 class TrainingPlan(pl.LightningModule):
     """Stochastic variational inference as a LightningModule: the loss is a Pyro ELBO.
 
@@ -169,23 +182,48 @@ class TrainingPlan(pl.LightningModule):
         with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
             terms = per_cell_elbo_terms(*trace_pair(self.module.model, self.module.guide, args, kwargs))
         n = args[0].shape[0]
-        self.log(f"reconstruction_loss_{suffix}", -terms["reconstruction"].mean(), on_epoch=True, on_step=False, batch_size=n)
-        self.log(f"kl_local_{suffix}", terms["kl_local"].mean(), on_epoch=True, on_step=False, batch_size=n)
+        options = {"on_epoch": True, "on_step": False, "batch_size": n, "sync_dist": True}
+        self.log(f"reconstruction_loss_{suffix}", -terms["reconstruction"].mean(), **options)
+        self.log(f"kl_local_{suffix}", terms["kl_local"].mean(), **options)
+
+    def transfer_batch_to_device(
+        self, batch: dict[str, torch.Tensor], device: torch.device, dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
+        # A minibatch is a flat dict of tensors: move it directly rather than through Lightning's
+        # generic collection walk, which costs milliseconds a step.
+        return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+    def on_train_epoch_start(self) -> None:
+        # Epoch sums of the training loss stay on the device: no per-step self.log (which costs a few
+        # milliseconds a call on the CPU) and no per-step host synchronisation.
+        self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_kl_sum, self._epoch_cells = 0.0, 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         kl_weight = self.kl_weight
         loss = self._loss(batch, self.n_obs_training, kl_weight)
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        self.log("elbo_train", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
-        self.log("kl_weight", kl_weight, on_epoch=True, on_step=False, batch_size=n)  # epoch mean
+        weighted = loss.detach() * n
+        self._epoch_loss_sum = weighted if self._epoch_loss_sum is None else self._epoch_loss_sum + weighted
+        self._epoch_kl_sum += kl_weight * n
+        self._epoch_cells += n
         if self.log_train_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "train")
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_cells:
+            return
+        # cell-weighted epoch means, as Lightning's on_epoch logging computes them
+        mean_loss = self._epoch_loss_sum / self._epoch_cells
+        self.log("elbo_train", mean_loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch, self.n_obs_validation, 1.0)
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        self.log("elbo_validation", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True)
+        self.log("elbo_validation", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True,
+                 sync_dist=True)
         if getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "validation")
 
@@ -195,7 +233,7 @@ class TrainingPlan(pl.LightningModule):
             optimizer = self.optimizer(params)
         elif self.optimizer in ("Adam", "AdamW"):
             cls = torch.optim.Adam if self.optimizer == "Adam" else torch.optim.AdamW
-            optimizer = cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+            optimizer = _make_adam(cls, params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
         else:
             raise ValueError(
                 f"optimizer={self.optimizer!r}: use 'Adam', 'AdamW' or a callable params -> Optimizer."

@@ -19,6 +19,10 @@ class DecoderSCVI(nn.Module):
     - ``log_theta``: log inverse dispersion per cell and gene (used when dispersion is ``"gene-cell"``);
     - ``zi_logits``: logits of the zero-inflation gate.
 
+    A head the model does not use is not built (its output is ``None``): each is a ``n_hidden x n_genes``
+    layer, a sizeable share of a training step, and an unused parameter would also stop DDP, which
+    requires every parameter to receive a gradient.
+
     Parameters
     ----------
     n_input
@@ -29,6 +33,8 @@ class DecoderSCVI(nn.Module):
         Covariates injected into the network (batch first, then extra categorical covariates).
     n_layers, n_hidden, use_batch_norm, use_layer_norm, inject_covariates
         See :class:`FCLayers`. The decoder uses no dropout.
+    dispersion_head, zi_head
+        Build the ``log_theta`` and ``zi_logits`` heads.
 
     Examples
     --------
@@ -49,6 +55,8 @@ class DecoderSCVI(nn.Module):
         use_batch_norm: bool = True,
         use_layer_norm: bool = False,
         inject_covariates: bool = True,
+        dispersion_head: bool = True,
+        zi_head: bool = True,
     ):
         super().__init__()
         self.px_decoder = FCLayers(
@@ -64,13 +72,15 @@ class DecoderSCVI(nn.Module):
             inject_covariates=inject_covariates,
         )
         self.rho_logits = nn.Linear(n_hidden, n_output)
-        self.log_theta = nn.Linear(n_hidden, n_output)
-        self.zi_logits = nn.Linear(n_hidden, n_output)
+        self.log_theta = nn.Linear(n_hidden, n_output) if dispersion_head else None
+        self.zi_logits = nn.Linear(n_hidden, n_output) if zi_head else None
 
     def forward(
         self, z: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(rho, log_theta, zi_logits)``, each ``(..., n_genes)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Return ``(rho, log_theta, zi_logits)``, each ``(..., n_genes)`` (``None`` for a head not built)."""
         h = self.px_decoder(z, *cat_codes, cont=cont)
         rho = torch.softmax(self.rho_logits(h), dim=-1)
-        return rho, self.log_theta(h), self.zi_logits(h)
+        log_theta = self.log_theta(h) if self.log_theta is not None else None
+        zi_logits = self.zi_logits(h) if self.zi_logits is not None else None
+        return rho, log_theta, zi_logits
