@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
@@ -76,6 +77,14 @@ def _select_arrays(arrays: dict, data_and_attributes: list[str] | None, n_cells:
     return arrays
 
 
+class _EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes ``set_epoch`` on to its sampler, as Lightning calls it every epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 class AnnDataLoader(DataLoader):
     """Iterate over minibatches of cells of a registered AnnData.
 
@@ -103,6 +112,12 @@ class AnnDataLoader(DataLoader):
         Registry keys to load (``"indices"`` is always included); all registered keys when ``None``.
     seed
         Seed of the shuffling; ``pyrovi.settings.seed`` when ``None``.
+    num_replicas, rank
+        Shard the cells over ``num_replicas`` processes and serve this process's share (``rank``): every
+        epoch the cells are permuted with the seed and the epoch number (the same permutation in every
+        process) and dealt out in turn, so the processes see disjoint cells (the last few are repeated
+        when the cells do not divide evenly). :class:`~pyrovi.dataloaders.DataSplitter` sets these under
+        a distributed Lightning strategy.
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader`, e.g. ``num_workers`` (default 0) or ``pin_memory``.
 
@@ -129,6 +144,8 @@ class AnnDataLoader(DataLoader):
         drop_last: bool = False,
         data_and_attributes: list[str] | None = None,
         seed: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
         **kwargs: Any,
     ):
         reserved = [key for key in _RESERVED_KWARGS if key in kwargs]
@@ -151,13 +168,20 @@ class AnnDataLoader(DataLoader):
         self.data_and_attributes = list(arrays)
         dataset = _MinibatchDataset(arrays, self.indices)
 
-        if shuffle:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}.")
+        if num_replicas > 1:
+            # torch's sampler: permutation seeded by seed + epoch (Lightning calls set_epoch), sharded
+            positions = DistributedSampler(
+                dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=self.seed
+            )
+        elif shuffle:
             # One generator for the loader's lifetime: every epoch draws a fresh permutation from it.
             generator = torch.Generator().manual_seed(self.seed)
             positions = RandomSampler(dataset, generator=generator)
         else:
             positions = SequentialSampler(dataset)
-        sampler = BatchSampler(positions, batch_size=self.minibatch_size, drop_last=drop_last)
+        sampler = _EpochBatchSampler(positions, batch_size=self.minibatch_size, drop_last=drop_last)
         kwargs.setdefault("num_workers", 0)
         # batch_size=None turns off per-item collation: the dataset receives a minibatch's positions at once
         # and already returns tensors, which the default (no-op) conversion passes through.

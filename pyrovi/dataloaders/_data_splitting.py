@@ -89,6 +89,10 @@ class DataSplitter(LightningDataModule):
         Passed to every :class:`~pyrovi.dataloaders.AnnDataLoader`, e.g. ``data_and_attributes``,
         ``num_workers``; ``drop_last=True`` applies to the training loader only.
 
+    Under a distributed strategy (``trainer.world_size > 1``) every loader serves only this process's
+    share of its cells (see ``num_replicas`` in :class:`~pyrovi.dataloaders.AnnDataLoader`); pyrovi's
+    :class:`~pyrovi.train.Trainer` therefore turns off Lightning's own sampler replacement.
+
     Attributes
     ----------
     train_idx, val_idx, test_idx
@@ -179,8 +183,15 @@ class DataSplitter(LightningDataModule):
         """Number of test cells."""
         return len(self.test_idx)
 
+    def _shard(self) -> dict[str, int]:
+        """This process's share of the cells under a distributed Lightning strategy (DDP)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return {}
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
+
     def _loader(self, indices: np.ndarray, **kwargs: Any) -> AnnDataLoader:
-        options = {**self.loader_kwargs, **kwargs}
+        options = {**self._shard(), **self.loader_kwargs, **kwargs}
         return AnnDataLoader(
             self.adata_manager, indices=indices, batch_size=self.batch_size, seed=self.seed, **options
         )
