@@ -294,11 +294,24 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         n_samples
             Posterior draws, averaged when ``return_mean``; otherwise arrays ``(n_samples, n_cells, ...)``.
         transform_batch
-            Decode under this batch (a list averages over batches).
+            Decode under this batch (a list averages over batches). ``z`` and the library keep their draws
+            from the cell's own data and batch; everything batch-dependent is derived under the target
+            batch: the decoders (``rho``, ``alpha``, ``pi``) and the protein background ``log beta``,
+            drawn again from ``q(log beta | z, target batch)``, as scvi-tools recomputes it. For a
+            protein missing from the target batch's panel the result is an extrapolation: no count of
+            that batch informed its background.
         gene_list, protein_list
             Features to return (default: all).
         library_size
             RNA rows sum to this over all genes.
+        include_protein_background
+            Add the background term ``pi * beta`` to the protein value.
+        sample_protein_mixing
+            Draw the background indicator ``~ Bernoulli(pi)`` for each draw instead of weighting by
+            ``pi``: a draw's protein value is then ``alpha * beta`` (foreground) or ``0`` (``beta`` with
+            ``include_protein_background``).
+        return_mean
+            Average over the ``n_samples`` draws.
         return_numpy
             Return arrays instead of DataFrames.
 
@@ -358,6 +371,30 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         pi NB(y; beta)]``, averaged over draws of ``z`` and ``beta``. With ``given_counts=False`` it is
         ``1 - pi`` (scvi-tools' quantity: the probability before seeing the count).
 
+        For a protein missing from a cell's batch (``protein_batch_mask`` False: no count was measured)
+        the ``given_counts`` value is ``1 - pi``, not NaN. That is the exact posterior given the measured
+        data, since an unmeasured count marginalises out of the responsibility, and it is totalVI's
+        imputation across antibody panels; the placeholder zero in the count matrix is never used. Mask
+        these entries yourself (e.g. with ``model.module.protein_batch_mask``) where only measured
+        entries should count.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells (default: all training data).
+        n_samples
+            Posterior draws of ``z`` and ``beta`` averaged over.
+        protein_list
+            Proteins to return (default: all).
+        given_counts
+            Condition on the observed count (otherwise ``1 - pi``).
+        return_numpy
+            Return an array instead of a DataFrame.
+
+        Returns
+        -------
+        Cells x proteins probabilities in ``[0, 1]``.
+
         Examples
         --------
         >>> fg = model.get_protein_foreground_probability()  # doctest: +SKIP
@@ -367,11 +404,14 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             logits = trace.nodes["protein_background_logits"]["value"]
             if not given_counts:
                 return (torch.sigmoid(-logits),)
-            mixture = trace.nodes["y"]["fn"].base_dist.base_dist  # strip .to_event and .mask
+            masked = trace.nodes["y"]["fn"].base_dist  # strip .to_event
+            mixture = masked.base_dist  # strip .mask
             y = trace.nodes["y"]["value"]
             component_log_prob = mixture.component_distribution.log_prob(y.unsqueeze(-1))
             joint = component_log_prob + torch.log_softmax(mixture.mixture_distribution.logits, -1)
-            return (torch.softmax(joint, -1)[..., 1],)
+            # unmeasured entries hold placeholder zeros, not counts: there the posterior is the prior 1 - pi
+            measured = torch.as_tensor(masked._mask, device=logits.device).expand_as(logits)
+            return (torch.where(measured, torch.softmax(joint, -1)[..., 1], torch.sigmoid(-logits)),)
 
         (probability,) = self._decode_draws(adata, indices, n_samples, batch_size, None, read)
         return self._protein_table(probability.mean(0), adata, indices, protein_list, return_numpy)
@@ -419,6 +459,12 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Replicate RNA and protein counts from the posterior predictive.
 
+        Both modalities come from one :class:`pyro.infer.Predictive` pass over
+        ``poutine.uncondition(model)``: the ``k``-th RNA and protein replicates of a cell share the same
+        posterior draw of ``z``, the library and the protein background, so they are a joint replicate.
+        Replicates of proteins missing from a cell's batch are draws from the model (imputations), as
+        no count was measured there.
+
         Returns
         -------
         ``(rna, protein)``, each ``(n_cells, n_features)`` for one sample and ``(n_cells, n_features,
@@ -428,9 +474,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> rna_rep, protein_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
         """
-        rna = self._predictive_site(adata, indices, n_samples, batch_size, "x", self._gene_indices(gene_list))
-        protein = self._predictive_site(
-            adata, indices, n_samples, batch_size, "y", self._protein_indices(protein_list)
+        # one Predictive pass for both sites: a cell's RNA and protein replicates share each posterior draw
+        rna, protein = self._predictive_sites(
+            adata,
+            indices,
+            n_samples,
+            batch_size,
+            {"x": self._gene_indices(gene_list), "y": self._protein_indices(protein_list)},
         )
         return rna, protein
 

@@ -15,7 +15,7 @@ Generative model for cell :math:`n`, gene :math:`g`, protein :math:`t`, batch :m
 
 with :math:`c, d` learnable and initialised from the data (the lower component of a two-component
 Gaussian mixture of each protein's log counts per batch). Proteins absent from a batch (all zero there)
-are masked: their likelihood terms are dropped, never fit as zeros.
+are masked: their likelihood terms and the KL of their background are dropped, never fit as zeros.
 
 Guide: :math:`q(z_n \\mid x_n, y_n, s_n)` and :math:`q(\\log \\ell_n \\mid x_n, y_n)` (latent library) from
 an encoder of the concatenated log counts; :math:`q(\\log \\beta_n \\mid z_n, s_n)` from a network of the
@@ -106,6 +106,9 @@ class TOTALVAE(BaseModuleClass):
     """
 
     local_latent_sites = ("z", "log_library", "log_protein_background")
+    #: guide sites redrawn under a query's transform_batch: q(log beta | z, batch) depends on the batch,
+    #: so decoding "as if from batch b" needs the background of batch b (scvi-tools recomputes it too)
+    transform_batch_guide_sites = ("log_protein_background",)
 
     def __init__(
         self,
@@ -233,13 +236,18 @@ class TOTALVAE(BaseModuleClass):
         p_z = self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
         library_scale, protein_scale = self._objective_scales(kl_weight)
         with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
+            measured = self.protein_batch_mask[batch_index]
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", p_z)
+                # masked like the guide's site, so the background KL of proteins missing from the batch is
+                # dropped (as in scvi-tools): no count informs them, and their posterior is the prior
                 log_beta = pyro.sample(
                     "log_protein_background",
                     dist.Normal(
                         self.background_prior_loc[batch_index], self.background_prior_log_scale[batch_index].exp()
-                    ).to_event(1),
+                    )
+                    .mask(measured)
+                    .to_event(1),
                 )
             with poutine.scale(scale=library_scale):
                 library = self._library(x, size_factor, batch_index)
@@ -263,7 +271,7 @@ class TOTALVAE(BaseModuleClass):
             phi = self.log_phi.exp() if self.protein_dispersion == "protein" else self.log_phi[batch_index].exp()
             proteins = protein_mixture(background, foreground, phi.expand_as(foreground), mixing_logits)
             with poutine.scale(scale=protein_scale):
-                pyro.sample("y", proteins.mask(self.protein_batch_mask[batch_index]).to_event(1), obs=y)
+                pyro.sample("y", proteins.mask(measured).to_event(1), obs=y)
 
     def guide(
         self,
@@ -284,14 +292,17 @@ class TOTALVAE(BaseModuleClass):
             self.global_guide()
         library_scale, _ = self._objective_scales(kl_weight)
         # a protein missing from the cell's batch is hidden from the encoder too: it must not inform q
-        xy = torch.cat([x, y * self.protein_batch_mask[batch_index]], -1)
+        measured = self.protein_batch_mask[batch_index]
+        xy = torch.cat([x, y * measured], -1)
         with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
             with poutine.scale(scale=kl_weight):
                 z_loc, z_scale = self.z_encoder(xy, batch_index, *cat_covs, cont=cont_covs)
                 z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
                 h = self.background_encoder(z, batch_index, *cat_covs, cont=cont_covs)
                 scale = F.softplus(self.background_log_scale(h)) + 1e-4
-                pyro.sample("log_protein_background", dist.Normal(self.background_loc(h), scale).to_event(1))
+                # the same mask as the model's site: a masked pair has a KL over measured proteins only
+                background = dist.Normal(self.background_loc(h), scale).mask(measured)
+                pyro.sample("log_protein_background", background.to_event(1))
             if not self.use_observed_lib_size:
                 with poutine.scale(scale=library_scale):
                     l_loc, l_scale = self.l_encoder(xy, batch_index, *cat_covs, cont=cont_covs)

@@ -208,23 +208,44 @@ class VAEMixin:
         feature_idx: np.ndarray | None,
     ) -> np.ndarray:
         """Posterior predictive replicates of one observed site, ``(n_cells, n_features[, n_samples])``."""
+        (result,) = self._predictive_sites(adata, indices, n_samples, batch_size, {site: feature_idx})
+        return result
+
+    def _predictive_sites(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        n_samples: int,
+        batch_size: int | None,
+        sites: dict[str, np.ndarray | None],
+    ) -> list[np.ndarray]:
+        """Replicates of several observed sites from one :class:`~pyro.infer.Predictive` pass.
+
+        ``sites`` maps each site to the feature positions to keep (``None``: all). Every replicate of
+        every site comes from the same posterior draw of the latents, so replicates of different
+        modalities of a cell stay jointly distributed. Returns one array ``(n_cells, n_features[,
+        n_samples])`` per site, in the order of ``sites``.
+        """
+        names = list(sites)
         predictive = Predictive(
             poutine.uncondition(self.module.model),
             guide=self.module.guide,
             num_samples=n_samples,
-            return_sites=[site],
+            return_sites=names,
         )
         self.module.eval()
-        out = []
+        out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         with torch.inference_mode():
             for batch in self._make_data_loader(adata, indices, batch_size):
                 args, kwargs = self._fn_args(batch)
-                samples = predictive(*args, **kwargs)[site]  # (n_samples, n_cells, n_features)
-                if feature_idx is not None:
-                    samples = samples[..., feature_idx]
-                out.append(samples.permute(1, 2, 0))
-        result = torch.cat(out).cpu().numpy()
-        return result[..., 0] if n_samples == 1 else result
+                samples = predictive(*args, **kwargs)
+                for name in names:
+                    values = samples[name]  # (n_samples, n_cells, n_features)
+                    if sites[name] is not None:
+                        values = values[..., sites[name]]
+                    out[name].append(values.permute(1, 2, 0))
+        results = [torch.cat(out[name]).cpu().numpy() for name in names]
+        return [r[..., 0] if n_samples == 1 else r for r in results]
 
     # ----------------------------------------------------------------------------------------------
 
@@ -245,12 +266,16 @@ class VAEMixin:
 
         Each draw traces the guide on the cells' own data, then replays the model on it. With
         ``transform_batch`` (a batch category, or a list of them whose results are averaged) the model
-        decodes as if every cell came from that batch. Returns one array ``(n_samples, n_cells, ...)``
-        per tensor that ``read`` returns.
+        decodes as if every cell came from that batch. Guide sites that the module lists in
+        ``transform_batch_guide_sites`` (latents whose guide is a function of the batch, e.g. totalVI's
+        protein background ``q(log beta | z, batch)``) are drawn again under the target batch, given the
+        same draws of every other site; all other latents keep the draw from the cell's own data.
+        Returns one array ``(n_samples, n_cells, ...)`` per tensor that ``read`` returns.
         """
         manager = self._validate_anndata(adata)
         listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
         codes = [None if b is None else self._batch_code_of(manager, b) for b in listed]
+        redrawn = frozenset(getattr(self.module, "transform_batch_guide_sites", ()))
         self.module.eval()
         chunks: list[list[torch.Tensor]] = []
         with torch.inference_mode():
@@ -264,11 +289,29 @@ class VAEMixin:
                         decode_kwargs = dict(kwargs)
                         if code is not None:
                             decode_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
-                        replayed = poutine.replay(self.module.model, trace=guide_trace)
+                        decode_trace = guide_trace
+                        if code is not None and redrawn:
+                            decode_trace = self._redraw_under_batch(guide_trace, redrawn, args, decode_kwargs)
+                        replayed = poutine.replay(self.module.model, trace=decode_trace)
                         per_batch.append(read(poutine.trace(replayed).get_trace(*args, **decode_kwargs)))
                     draws.append([torch.stack(t).mean(0) for t in zip(*per_batch)])
                 chunks.append([torch.stack(t) for t in zip(*draws)])
         return [torch.cat(parts, dim=1).cpu().numpy() for parts in zip(*chunks)]
+
+    def _redraw_under_batch(
+        self, guide_trace: poutine.Trace, redrawn: frozenset[str], args: tuple, decode_kwargs: dict
+    ) -> poutine.Trace:
+        """The guide's trace under ``decode_kwargs``' batch, keeping ``guide_trace``'s draws except ``redrawn``.
+
+        The guide runs again with the target batch, replaying every sample site of ``guide_trace`` but
+        the ``redrawn`` ones, which are sampled afresh from their batch-dependent guide given the kept
+        draws (so ``z`` and the library still come from the cell's own data, as in scvi-tools).
+        """
+        kept = poutine.Trace()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and name not in redrawn:
+                kept.add_node(name, **site)
+        return poutine.trace(poutine.replay(self.module.guide, trace=kept)).get_trace(*args, **decode_kwargs)
 
     def _per_cell_from_args(self, adata, indices, batch_size, fn) -> np.ndarray:
         self.module.eval()
