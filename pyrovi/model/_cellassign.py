@@ -14,7 +14,7 @@ from pyro.infer import TraceEnum_ELBO
 from .._constants import REGISTRY_KEYS
 from ..data import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField, NumericalObsField
 from ..module import CellAssignModule
-from ..train import ExpectationMaximization
+from ..train import ExpectationMaximization, ExpectationStep
 from .base import BaseModelClass
 
 OTHER = "other"
@@ -67,9 +67,11 @@ class CellAssign(BaseModelClass):
     - ``"marginal"`` (default): gradient ascent on the exact marginal likelihood ``sum_n log sum_c
       pi_c p(x_n | c)``. No entropy term is added (the scvi-tools port adds one, and is reported to
       collapse all cells into one type on simulated data).
-    - ``"em"``: CellAssign's EM: responsibilities computed and held fixed, then an M-step on the expected
-      complete-data log likelihood (:class:`~pyrovi.train.ExpectationMaximization`). Both have the same
-      fixed points; EM's steps ignore how the responsibilities move with the parameters.
+    - ``"em"``: CellAssign's EM: an E-step computes every training cell's responsibilities, which are
+      held fixed through an M-step of many optimiser steps on the expected complete-data log likelihood
+      (at least ``steps_per_m_step`` of them, in whole epochs; :class:`~pyrovi.train.ExpectationMaximization`).
+      Both objectives have the same fixed points; within an M-step EM ignores how the responsibilities
+      move with the parameters, so their paths differ.
 
     Parameters
     ----------
@@ -201,6 +203,7 @@ class CellAssign(BaseModelClass):
         batch_size: int = 1024,
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
+        steps_per_m_step: int = 10,
         plan_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -210,12 +213,26 @@ class CellAssign(BaseModelClass):
         15), no KL warm-up (there is no continuous local latent). Other arguments as
         :meth:`BaseModelClass.train`.
 
+        Parameters
+        ----------
+        steps_per_m_step
+            With ``objective="em"``: least number of optimiser steps in one M-step (it runs on to the end
+            of the epoch). With the default minibatch size and fewer than 1024 training cells an epoch is
+            one step, so the default 10 gives 20 EM cycles in 200 epochs (the original CellAssign's
+            ``max_iter_em``). Ignored by ``"marginal"``.
+
         Examples
         --------
         >>> model.train(max_epochs=200)  # doctest: +SKIP
         """
-        loss = TraceEnum_ELBO(max_plate_nesting=1) if self.objective == "marginal" else ExpectationMaximization()
+        if self.objective == "marginal":
+            loss = TraceEnum_ELBO(max_plate_nesting=1)
+        else:
+            loss = ExpectationMaximization(steps_per_m_step=steps_per_m_step)
         plan = {"loss": loss, "lr": lr, "n_epochs_kl_warmup": None, **(plan_kwargs or {})}
+        if isinstance(plan["loss"], ExpectationMaximization):
+            # the E-steps run from a callback at epoch starts (the training plan stays generic)
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), ExpectationStep()]
         super().train(
             max_epochs=max_epochs,
             batch_size=batch_size,
