@@ -268,8 +268,6 @@ def _check_adata(adata: AnnData) -> None:
             "The AnnData is a view (e.g. adata[mask]); pyrovi does not copy data silently. Pass a copy "
             "instead, e.g. adata[mask].copy()."
         )
-    if adata.isbacked:
-        raise ValueError("Backed AnnData is not supported; load it into memory first with adata.to_memory().")
     if adata.n_obs == 0:
         raise ValueError("The AnnData has no cells.")
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pyrovi._constants import REGISTRY_KEYS
+from pyrovi.data.fields._backed import BackedRows
 
 #: Registry keys that hold category codes; everything else numeric is a measurement.
 _CATEGORICAL_KEYS = frozenset(
@@ -39,6 +40,8 @@ def _target_dtype(key: str, array: np.ndarray | sp.spmatrix) -> np.dtype:
 
 def _prepare(key: str, array: object) -> np.ndarray | sp.csr_matrix:
     """Convert one registry array once, so that serving a minibatch is only row selection."""
+    if isinstance(array, BackedRows):
+        return array  # stays on disk; a minibatch's rows are read (sorted) when it is served
     if sp.issparse(array):
         # CSR makes row selection cheap; the cast happens on the sparse data, never on a dense copy.
         return array.tocsr().astype(_target_dtype(key, array), copy=False)

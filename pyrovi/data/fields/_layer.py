@@ -9,6 +9,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._errors import MissingKeyError
+from ._backed import BackedRows
 from ._base import BaseField
 from ._lookup import _format_names
 from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
@@ -118,7 +119,13 @@ class LayerField(BaseField):
             )
         else:
             hint = "Count models need the raw counts: pass the layer that holds them, or layer=None for adata.X."
-        _validate_values(matrix, adata.obs_names, var_names, source, self.is_count_data, hint)
+        if isinstance(matrix, BackedRows):
+            # on disk: check one chunk of rows at a time (the first bad chunk raises)
+            for start, block in matrix.chunks():
+                obs_names = adata.obs_names[start : start + block.shape[0]]
+                _validate_values(block, obs_names, var_names, source, self.is_count_data, hint)
+        else:
+            _validate_values(matrix, adata.obs_names, var_names, source, self.is_count_data, hint)
         if self.is_count_data:
             _warn_empty_cells(matrix, source)
 

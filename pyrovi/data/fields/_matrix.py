@@ -9,16 +9,22 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._backed import BackedRows, is_backed_matrix
 from ._lookup import _format_names
 
 # A numpy array or any scipy sparse matrix/array (a string, so that it is never evaluated).
-Matrix = "np.ndarray | sparse.spmatrix"
+Matrix = "np.ndarray | sparse.spmatrix | BackedRows"
 
 
 def _check_matrix(matrix: Any, source: str) -> Matrix:
     """``matrix`` as a 2-D numpy array or scipy sparse matrix; other types get a clear error."""
     if matrix is None:
         raise ValueError(f"{source} is empty (None); store the data there or set the field up from another place.")
+    if isinstance(matrix, BackedRows):
+        return matrix
+    if is_backed_matrix(matrix):
+        # a backed AnnData: keep the matrix on disk and read rows when a minibatch needs them
+        return BackedRows(matrix)
     if sparse.issparse(matrix):
         return matrix
     if isinstance(matrix, np.ndarray):
@@ -29,7 +35,7 @@ def _check_matrix(matrix: Any, source: str) -> Matrix:
         return matrix
     raise TypeError(
         f"{source} has unsupported type {type(matrix).__name__}; convert it to a numpy array or a scipy "
-        "sparse matrix (backed or lazy AnnData objects must be loaded into memory first)."
+        "sparse matrix (or read the AnnData with anndata.read_h5ad(path, backed='r'))."
     )
 
 
@@ -79,6 +85,8 @@ def _select_columns(matrix: Matrix, columns: np.ndarray | None) -> Matrix:
     """The columns ``columns`` of ``matrix`` (all of them, uncopied, when None); sparse stays sparse."""
     if columns is None:
         return matrix
+    if isinstance(matrix, BackedRows):
+        return matrix.select_columns(columns)
     if sparse.issparse(matrix):
         if matrix.format not in ("csr", "csc"):
             matrix = matrix.tocsr()
@@ -92,6 +100,8 @@ def _to_float32(matrix: Matrix) -> np.ndarray | sparse.csr_matrix:
     A dense result that still shares memory with ``matrix`` is a read-only view, so that a loader cannot
     modify the user's AnnData by writing into it.
     """
+    if isinstance(matrix, BackedRows):
+        return matrix  # float32 rows are made as they are read
     if sparse.issparse(matrix):
         csr = matrix.tocsr()
         # csr_matrix() shares the arrays when the dtype already fits, and turns sparse arrays into matrices.
