@@ -18,7 +18,7 @@ from pyrovi.model import SCVI
 
 SEEDS = (0, 1, 2)
 TRAIN_KWARGS = {
-    "max_epochs": 100,
+    "max_epochs": 150,
     "batch_size": 128,
     "plan_kwargs": {"n_epochs_kl_warmup": 10, "lr": 3e-3},
     "progress_bar": False,
