@@ -118,6 +118,10 @@ class AnnDataLoader(DataLoader):
         process) and dealt out in turn, so the processes see disjoint cells (the last few are repeated
         when the cells do not divide evenly). :class:`~pyrovi.dataloaders.DataSplitter` sets these under
         a distributed Lightning strategy.
+    device
+        Move every registered array to this device once (e.g. ``"cuda"``) and gather minibatches there:
+        no host-to-device copy per minibatch. The arrays must fit in the device's memory (sparse counts
+        stay sparse); the data must not be backed.
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader`, e.g. ``num_workers`` (default 0) or ``pin_memory``.
 
@@ -146,6 +150,7 @@ class AnnDataLoader(DataLoader):
         seed: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        device: str | torch.device | None = None,
         **kwargs: Any,
     ):
         reserved = [key for key in _RESERVED_KWARGS if key in kwargs]
@@ -166,7 +171,7 @@ class AnnDataLoader(DataLoader):
         self.minibatch_size = int(batch_size)
         arrays = _select_arrays(dict(adata_manager.get_arrays()), data_and_attributes, n_cells)
         self.data_and_attributes = list(arrays)
-        dataset = _MinibatchDataset(arrays, self.indices)
+        dataset = _MinibatchDataset(arrays, self.indices, device=device)
 
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}.")

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 
 from pyrovi._settings import settings
 
 from ._ann_dataloader import AnnDataLoader, _n_cells
+from ._minibatch_dataset import nbytes
 
 #: Smallest training minibatch that is kept. BatchNorm in training mode needs more than one value per
 #: channel to estimate a variance (one cell raises an error) and two give a very noisy estimate.
@@ -88,6 +90,10 @@ class DataSplitter(LightningDataModule):
     **loader_kwargs
         Passed to every :class:`~pyrovi.dataloaders.AnnDataLoader`, e.g. ``data_and_attributes``,
         ``num_workers``; ``drop_last=True`` applies to the training loader only.
+    load_data_on_device
+        Put the registered arrays on the training device once and gather minibatches there (see
+        ``device`` in :class:`~pyrovi.dataloaders.AnnDataLoader`). ``None``: do so on a GPU when the
+        arrays take less than a quarter of its free memory; ``False`` (default) never.
 
     Under a distributed strategy (``trainer.world_size > 1``) every loader serves only this process's
     share of its cells (see ``num_replicas`` in :class:`~pyrovi.dataloaders.AnnDataLoader`); pyrovi's
@@ -120,6 +126,7 @@ class DataSplitter(LightningDataModule):
         train_idx: Sequence[int] | np.ndarray | None = None,
         val_idx: Sequence[int] | np.ndarray | None = None,
         test_idx: Sequence[int] | np.ndarray | None = None,
+        load_data_on_device: bool | None = False,
         **loader_kwargs: Any,
     ):
         super().__init__()
@@ -137,6 +144,7 @@ class DataSplitter(LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.seed = settings.seed if seed is None else int(seed)
         self.loader_kwargs = loader_kwargs
+        self.load_data_on_device = load_data_on_device
 
         n_cells = _n_cells(adata_manager)
         if train_idx is not None:
@@ -190,8 +198,23 @@ class DataSplitter(LightningDataModule):
             return {}
         return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
+    def _device(self) -> dict[str, Any]:
+        """``{"device": ...}`` when the arrays should live on the training device."""
+        trainer = self.trainer
+        if self.load_data_on_device is False or trainer is None:
+            return {}
+        device = trainer.strategy.root_device
+        if self.load_data_on_device is None:
+            if device.type != "cuda":
+                return {}
+            free, _ = torch.cuda.mem_get_info(device)
+            arrays = self.adata_manager.get_arrays()
+            if sum(nbytes(array) for array in arrays.values()) > free / 4:
+                return {}
+        return {"device": device}
+
     def _loader(self, indices: np.ndarray, **kwargs: Any) -> AnnDataLoader:
-        options = {**self._shard(), **self.loader_kwargs, **kwargs}
+        options = {**self._shard(), **self._device(), **self.loader_kwargs, **kwargs}
         return AnnDataLoader(
             self.adata_manager, indices=indices, batch_size=self.batch_size, seed=self.seed, **options
         )

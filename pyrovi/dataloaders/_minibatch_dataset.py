@@ -64,14 +64,20 @@ class _MinibatchDataset(Dataset):
         Row positions in the AnnData of the cells this dataset serves.
     """
 
-    def __init__(self, arrays: Mapping[str, object], indices: np.ndarray):
+    def __init__(self, arrays: Mapping[str, object], indices: np.ndarray, device: torch.device | None = None):
         self.arrays = {key: _prepare(key, value) for key, value in arrays.items()}
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None:
+            self._on_device = {key: _to_device(value, self.device) for key, value in self.arrays.items()}
+            self._indices_on_device = torch.from_numpy(self.indices).to(self.device)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        if self.device is not None:
+            return self._gather_on_device(positions)
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         batch = {}
         for key, array in self.arrays.items():
@@ -81,3 +87,38 @@ class _MinibatchDataset(Dataset):
             batch[key] = torch.from_numpy(np.ascontiguousarray(selected))
         batch[REGISTRY_KEYS.INDICES_KEY] = torch.from_numpy(rows.copy())
         return batch
+
+    def _gather_on_device(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        # the whole arrays already live on the device: one index_select per array, no host transfer
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64)).to(self.device, non_blocking=True)
+        rows = self._indices_on_device.index_select(0, positions)
+        batch = {}
+        for key, array in self._on_device.items():
+            selected = array.index_select(0, rows)
+            batch[key] = selected.to_dense() if selected.is_sparse else selected
+        batch[REGISTRY_KEYS.INDICES_KEY] = rows
+        return batch
+
+
+def _to_device(array: np.ndarray | sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    """A registry array as one tensor on ``device``; sparse stays sparse (COO, which can select rows)."""
+    if isinstance(array, BackedRows):
+        raise ValueError(
+            "load_data_on_device=True needs the data in memory, but the AnnData is backed (on disk); read it "
+            "without backed='r', or train with load_data_on_device=False."
+        )
+    if sp.issparse(array):
+        coo = array.tocoo()
+        indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        tensor = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape, is_coalesced=True)
+        return tensor.to(device)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def nbytes(array: object) -> int:
+    """Bytes an array takes once moved to a device (COO sparse: values plus two int64 indices)."""
+    if isinstance(array, BackedRows):
+        return 0
+    if sp.issparse(array):
+        return int(array.nnz) * (array.dtype.itemsize + 16)
+    return int(np.asarray(array).nbytes)

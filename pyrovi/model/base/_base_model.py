@@ -147,6 +147,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         shuffle_set_split: bool = True,
         batch_size: int = 128,
         early_stopping: bool = False,
+        load_data_on_device: bool | None = None,
         plan_kwargs: dict[str, Any] | None = None,
         datasplitter_kwargs: dict[str, Any] | None = None,
         **trainer_kwargs: Any,
@@ -168,6 +169,9 @@ class BaseModelClass(PosteriorSamplingMixin):
             Minibatch size.
         early_stopping
             Stop when ``elbo_validation`` stops improving (see :class:`~pyrovi.train.Trainer`).
+        load_data_on_device
+            Keep the registered data on the training device and gather minibatches there. ``None``
+            (default): on a GPU when it takes under a quarter of the free memory; never on the CPU.
         plan_kwargs
             Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``loss``...).
         datasplitter_kwargs
@@ -187,6 +191,7 @@ class BaseModelClass(PosteriorSamplingMixin):
             validation_size=validation_size,
             shuffle_set_split=shuffle_set_split,
             batch_size=batch_size,
+            load_data_on_device=load_data_on_device,
             **(datasplitter_kwargs or {}),
         )
         plan = self._training_plan_cls(self.module, **(plan_kwargs or {}))

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 def _use_sparse_path(value: torch.Tensor, batch_shape: torch.Size) -> bool:
     # Only the plain case: observed counts of exactly the batch shape, on the CPU. Broadcast values
-    # (enumeration, sample dimensions) and accelerators take torch's dense formula.
-    return value.device.type == "cpu" and value.shape == batch_shape and not value.requires_grad
+    # (enumeration, sample dimensions), scalars and accelerators take torch's dense formula.
+    return (
+        value.device.type == "cpu" and value.dim() > 0 and value.shape == batch_shape and not value.requires_grad
+    )
 
 
 class NegativeBinomial(dist.NegativeBinomial):

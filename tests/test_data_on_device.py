@@ -1,0 +1,54 @@
+"""Registered arrays kept on the device: the same minibatches, gathered there."""
+
+import numpy as np
+import pytest
+import torch
+
+import pyrovi
+from pyrovi.dataloaders import AnnDataLoader
+from pyrovi.model import SCVI
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _setup(seed=0):
+    adata = pyrovi.datasets.synthetic_iid(n_cells=300, n_genes=40, seed=seed)
+    SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+    return adata
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["csr", "dense"])
+def test_device_loader_serves_the_same_minibatches(sparse):
+    adata = _setup()
+    if not sparse:
+        adata.X = adata.X.toarray()
+        SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+    manager = SCVI(adata).adata_manager
+    host = AnnDataLoader(manager, batch_size=64, shuffle=True, seed=3)
+    device = AnnDataLoader(manager, batch_size=64, shuffle=True, seed=3, device="cpu")
+    for a, b in zip(host, device):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and not b[key].is_sparse
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_training_with_data_on_device_equals_training_from_host():
+    runs = []
+    for on_device in (False, True):
+        pyrovi.settings.seed = 0
+        model = SCVI(_setup(), n_latent=3, n_hidden=16, gene_likelihood="nb")
+        model.train(max_epochs=3, batch_size=64, accelerator="cpu", progress_bar=False,
+                    load_data_on_device=on_device)
+        runs.append(model.get_latent_representation())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_backed_data_cannot_be_put_on_a_device(tmp_path):
+    import anndata as ad
+
+    _setup().write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    SCVI.setup_anndata(backed, batch_key="batch")
+    with pytest.raises(ValueError, match="backed"):
+        AnnDataLoader(SCVI(backed).adata_manager, device="cpu")
