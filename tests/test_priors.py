@@ -240,3 +240,29 @@ def test_mixture_prior_beats_standard_normal_on_clustered_data():
     z = torch.as_tensor(model.get_latent_representation())
     assignment = model.module.prior.responsibilities(z).argmax(-1).numpy()
     assert _adjusted_rand_index(assignment, data.obs["labels"].to_numpy()) > 0.5
+
+
+def test_dispersion_prior_model_saves_and_loads_exactly(adata, tmp_path):
+    model = SCVI(adata, n_latent=2, gene_likelihood="nb", dispersion_prior=dist.LogNormal(2.0, 1.0))
+    model.train(max_epochs=2, progress_bar=False)
+    model.save(tmp_path / "m")
+    loaded = SCVI.load(tmp_path / "m", adata)
+    assert loaded.module.global_sites == ("dispersion",)
+    for key, value in model.module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[key], value), key
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_totalvi_takes_the_same_prior_argument(tmp_path):
+    from pyrovi.model import TOTALVI
+
+    citeseq = pyrovi.datasets.synthetic_citeseq(n_cells=120, n_genes=30, n_proteins=6, seed=0)
+    TOTALVI.setup_anndata(citeseq, "protein_expression", batch_key="batch")
+    model = TOTALVI(citeseq, n_latent=3, n_hidden=16, prior=MixtureOfGaussians(3))
+    model.train(max_epochs=3, progress_bar=False)
+    assert isinstance(model.module.prior, MixtureOfGaussians)
+    assert np.isfinite(model.history["elbo_validation"].to_numpy()).all()
+    model.save(tmp_path / "tv")
+    loaded = TOTALVI.load(tmp_path / "tv", citeseq)
+    assert isinstance(loaded.module.prior, MixtureOfGaussians)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())

@@ -107,12 +107,15 @@ def _to_device(array: np.ndarray | sp.csr_matrix, device: torch.device) -> torch
             "load_data_on_device=True needs the data in memory, but the AnnData is backed (on disk); read it "
             "without backed='r', or train with load_data_on_device=False."
         )
+    # copies where the array is a read-only view of the user's AnnData (torch tensors are writable)
     if sp.issparse(array):
         coo = array.tocoo()
         indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-        tensor = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape, is_coalesced=True)
+        values = torch.from_numpy(np.array(coo.data, copy=not coo.data.flags.writeable))
+        # indices come from scipy and are in range; coalesce() sums duplicates a CSR matrix may hold
+        tensor = torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
         return tensor.to(device)
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return torch.from_numpy(np.array(array, order="C", copy=not array.flags.writeable)).to(device)
 
 
 def nbytes(array: object) -> int:
