@@ -1,11 +1,12 @@
 """Differential expression and feature correlation of SCVI on simulated data with known DE genes.
 
-Measured with the settings below (simulation and training seed 0, 1, 2; 5000 draws per group):
-A vs B in change mode with delta=0.5 gave ROC AUC 1.000, 1.000, 1.000 for ``proba_de`` against the truth
-and empirical FDR 0.000, 0.048, 0.048 of ``is_de_fdr_0.05`` (20, 21, 21 genes called for 20 true DE genes).
-Over seeds 0-9: AUC >= 0.997, FDR <= 0.091 (mean 0.043). The asserts leave room below those figures.
-100 epochs is about the least that fits: on seed 6 the fold changes are still shrunk towards 0 (2 genes
-called, none false), which 250 epochs cures.
+Measured with the settings below (simulation and training seed 0, 1, 2; 5000 draws per group; 150
+epochs): A vs B in change mode with delta=0.5 called 21 genes on each seed for 20 true DE genes, one of
+them false (empirical FDR 0.048), with lfc correlation to the truth 0.98. With 100 epochs (the earlier
+setting: AUC 1.000 and FDR 0.000-0.048 on seeds 0-2, AUC >= 0.997 and mean FDR 0.043 over seeds 0-9)
+the result depends on the initialisation: after the decoder stopped building unused heads, seed 0's
+posterior probabilities all stayed below the FDR rule (max 0.946) although its fold changes correlated
+0.977 with the truth. The asserts leave room below the figures.
 """
 
 import numpy as np
