@@ -52,3 +52,15 @@ def test_backed_data_cannot_be_put_on_a_device(tmp_path):
     SCVI.setup_anndata(backed, batch_key="batch")
     with pytest.raises(ValueError, match="backed"):
         AnnDataLoader(SCVI(backed).adata_manager, device="cpu")
+
+
+def test_a_device_loader_holds_only_its_own_cells():
+    manager = SCVI(_setup()).adata_manager
+    subset = np.arange(10, 300, 3)
+    loader = AnnDataLoader(manager, indices=subset, batch_size=32, device="cpu")
+    assert {a.shape[0] for a in loader.dataset._on_device.values()} == {len(subset)}
+    served = torch.cat([batch["indices"] for batch in loader]).numpy()
+    np.testing.assert_array_equal(served, subset)
+    host = AnnDataLoader(manager, indices=subset, batch_size=32)
+    for a, b in zip(host, loader):
+        torch.testing.assert_close(a["X"], b["X"], rtol=0, atol=0)

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningDataModule
 from pyrovi._settings import settings
 
 from ._ann_dataloader import AnnDataLoader, _n_cells
-from ._minibatch_dataset import nbytes
+from ._minibatch_dataset import _device_nbytes
 
 #: Smallest training minibatch that is kept. BatchNorm in training mode needs more than one value per
 #: channel to estimate a variance (one cell raises an error) and two give a very noisy estimate.
@@ -209,7 +209,7 @@ class DataSplitter(LightningDataModule):
                 return {}
             free, _ = torch.cuda.mem_get_info(device)
             arrays = self.adata_manager.get_arrays()
-            if sum(nbytes(array) for array in arrays.values()) > free / 4:
+            if sum(_device_nbytes(array) for array in arrays.values()) > free / 4:
                 return {}
         return {"device": device}
 

@@ -69,7 +69,8 @@ class _MinibatchDataset(Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.device = None if device is None else torch.device(device)
         if self.device is not None:
-            self._on_device = {key: _to_device(value, self.device) for key, value in self.arrays.items()}
+            # only this dataset's cells move: a training and a validation loader together hold one copy
+            self._on_device = {key: _to_device(value, self.indices, self.device) for key, value in self.arrays.items()}
             self._indices_on_device = torch.from_numpy(self.indices).to(self.device)
 
     def __len__(self) -> int:
@@ -89,36 +90,36 @@ class _MinibatchDataset(Dataset):
         return batch
 
     def _gather_on_device(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        # the whole arrays already live on the device: one index_select per array, no host transfer
+        # the dataset's rows already live on the device: one index_select per array, no host transfer
         positions = torch.as_tensor(np.asarray(positions, dtype=np.int64)).to(self.device, non_blocking=True)
-        rows = self._indices_on_device.index_select(0, positions)
         batch = {}
         for key, array in self._on_device.items():
-            selected = array.index_select(0, rows)
+            selected = array.index_select(0, positions)
             batch[key] = selected.to_dense() if selected.is_sparse else selected
-        batch[REGISTRY_KEYS.INDICES_KEY] = rows
+        batch[REGISTRY_KEYS.INDICES_KEY] = self._indices_on_device.index_select(0, positions)
         return batch
 
 
-def _to_device(array: np.ndarray | sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    """A registry array as one tensor on ``device``; sparse stays sparse (COO, which can select rows)."""
+def _to_device(array: np.ndarray | sp.csr_matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The ``rows`` of a registry array as one tensor on ``device``; sparse stays sparse (COO)."""
     if isinstance(array, BackedRows):
         raise ValueError(
             "load_data_on_device=True needs the data in memory, but the AnnData is backed (on disk); read it "
             "without backed='r', or train with load_data_on_device=False."
         )
-    # copies where the array is a read-only view of the user's AnnData (torch tensors are writable)
+    # fancy indexing makes a fresh, writable host copy of this dataset's cells (never the user's memory)
+    array = array[rows]
     if sp.issparse(array):
         coo = array.tocoo()
         indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-        values = torch.from_numpy(np.array(coo.data, copy=not coo.data.flags.writeable))
+        values = torch.from_numpy(coo.data)
         # indices come from scipy and are in range; coalesce() sums duplicates a CSR matrix may hold
         tensor = torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
         return tensor.to(device)
-    return torch.from_numpy(np.array(array, order="C", copy=not array.flags.writeable)).to(device)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
-def nbytes(array: object) -> int:
+def _device_nbytes(array: object) -> int:
     """Bytes an array takes once moved to a device (COO sparse: values plus two int64 indices)."""
     if isinstance(array, BackedRows):
         return 0
