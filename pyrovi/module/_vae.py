@@ -268,15 +268,17 @@ class VAE(BaseModuleClass):
                 else:
                     prior_loc = self.library_log_means[batch_index].unsqueeze(-1)
                     prior_scale = self.library_log_vars[batch_index].sqrt().unsqueeze(-1)
-                    library = pyro.sample(
-                        "log_library", dist.Normal(prior_loc, prior_scale).to_event(1)
-                    ).exp()
-            rho, log_theta_cell, zi_logits = self.decoder(z, batch_index, *cat_covs, cont=cont_covs)
-            pyro.deterministic("rho", rho, event_dim=1)
-            mu = library * rho
+                    log_library = pyro.sample("log_library", dist.Normal(prior_loc, prior_scale).to_event(1))
+                    library = log_library.exp()
+            # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
+            log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, batch_index, *cat_covs, cont=cont_covs)
+            rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
             theta = self._theta(theta, log_theta_cell, batch_index, labels)
-            build = self.gene_likelihood if callable(self.gene_likelihood) else COUNT_LIKELIHOODS[self.gene_likelihood]
-            likelihood = build(mu, theta, zi_logits)
+            if callable(self.gene_likelihood):
+                likelihood = self.gene_likelihood(library * rho, theta, zi_logits)
+            else:
+                log_mu = log_rho + (log_library if not self.use_observed_lib_size else torch.log(library + 1e-8))
+                likelihood = COUNT_LIKELIHOODS[self.gene_likelihood](None, theta, zi_logits, log_mu=log_mu)
             pyro.sample("x", likelihood.to_event(1), obs=x)
 
     def guide(

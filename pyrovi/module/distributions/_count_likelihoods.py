@@ -25,13 +25,19 @@ from ._sparse_nb import NegativeBinomial, ZeroInflatedNegativeBinomial
 _EPS = 1e-8
 
 
-def _nb_logits(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    # eps guards log(0) for genes with (numerically) zero expression
-    return torch.log(mu + _EPS) - torch.log(theta + _EPS)
+def _nb_logits(mu: torch.Tensor | None, theta: torch.Tensor, log_mu: torch.Tensor | None) -> torch.Tensor:
+    # eps guards log(0) for genes with (numerically) zero expression; a log mean needs no guard
+    log_mean = log_mu if log_mu is not None else torch.log(mu + _EPS)
+    return log_mean - torch.log(theta + _EPS)
 
 
-def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> NegativeBinomial:
+def negative_binomial(
+    mu: torch.Tensor | None, theta: torch.Tensor, *, log_mu: torch.Tensor | None = None
+) -> NegativeBinomial:
     """Negative binomial with mean ``mu`` and inverse dispersion ``theta``.
+
+    ``log_mu``, when given, replaces ``mu``: a decoder working in log space (a log-softmax) passes the log
+    mean directly, which skips a dense ``log`` and is accurate for tiny means.
 
     Examples
     --------
@@ -39,13 +45,15 @@ def negative_binomial(mu: torch.Tensor, theta: torch.Tensor) -> NegativeBinomial
     >>> float(d.mean)  # doctest: +ELLIPSIS
     5.0...
     """
-    return NegativeBinomial(total_count=theta, logits=_nb_logits(mu, theta))
+    return NegativeBinomial(total_count=theta, logits=_nb_logits(mu, theta, log_mu))
 
 
 def zero_inflated_negative_binomial(
-    mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor
+    mu: torch.Tensor | None, theta: torch.Tensor, zi_logits: torch.Tensor, *, log_mu: torch.Tensor | None = None
 ) -> ZeroInflatedNegativeBinomial:
     """Zero-inflated negative binomial: zero with probability ``sigmoid(zi_logits)``, else NB(mu, theta).
+
+    ``log_mu`` may replace ``mu``, as in :func:`negative_binomial`.
 
     Examples
     --------
@@ -54,7 +62,7 @@ def zero_inflated_negative_binomial(
     2.5
     """
     return ZeroInflatedNegativeBinomial(
-        total_count=theta, logits=_nb_logits(mu, theta), gate_logits=zi_logits
+        total_count=theta, logits=_nb_logits(mu, theta, log_mu), gate_logits=zi_logits
     )
 
 
@@ -69,9 +77,10 @@ def poisson(mu: torch.Tensor) -> dist.Poisson:
     return dist.Poisson(mu)
 
 
-#: gene_likelihood name -> constructor taking (mu, theta, zi_logits); unused arguments are ignored.
+#: gene_likelihood name -> constructor taking ``(mu, theta, zi_logits, log_mu=None)``; unused arguments
+#: are ignored, and ``mu`` may be ``None`` when ``log_mu`` is given.
 COUNT_LIKELIHOODS = {
-    "nb": lambda mu, theta, zi_logits: negative_binomial(mu, theta),
+    "nb": lambda mu, theta, zi_logits, log_mu=None: negative_binomial(mu, theta, log_mu=log_mu),
     "zinb": zero_inflated_negative_binomial,
-    "poisson": lambda mu, theta, zi_logits: poisson(mu),
+    "poisson": lambda mu, theta, zi_logits, log_mu=None: poisson(log_mu.exp() if mu is None else mu),
 }

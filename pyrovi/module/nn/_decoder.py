@@ -79,8 +79,19 @@ class DecoderSCVI(nn.Module):
         self, z: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Return ``(rho, log_theta, zi_logits)``, each ``(..., n_genes)`` (``None`` for a head not built)."""
+        log_rho, log_theta, zi_logits = self.decode_log(z, *cat_codes, cont=cont)
+        return log_rho.exp(), log_theta, zi_logits
+
+    def decode_log(
+        self, z: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """As :meth:`forward` with ``log rho`` (a log-softmax) in place of ``rho``.
+
+        A count likelihood needs ``log(library * rho)``: taking it from the log-softmax is exact for tiny
+        expression and saves the softmax-then-log passes of a training step.
+        """
         h = self.px_decoder(z, *cat_codes, cont=cont)
-        rho = torch.softmax(self.rho_logits(h), dim=-1)
+        log_rho = torch.log_softmax(self.rho_logits(h), dim=-1)
         log_theta = self.log_theta(h) if self.log_theta is not None else None
         zi_logits = self.zi_logits(h) if self.zi_logits is not None else None
-        return rho, log_theta, zi_logits
+        return log_rho, log_theta, zi_logits
