@@ -37,7 +37,8 @@ class ObsmField(BaseField):
     DataFrame's columns, else from ``adata.uns[colnames_uns_key]``, else they are ``"0"``, ``"1"``, ...
     Summary: ``{f"n_{registry_key}": n_columns}``. Data given later must have the registered column names
     (any order, extra ones dropped); data without its own column names is taken in the registered order
-    when its number of columns matches. :meth:`get_array` returns float32, CSR when the data is sparse.
+    when its number of columns matches. A matrix without columns is an error. :meth:`get_array` returns
+    float32, CSR when the data is sparse.
 
     Examples
     --------

@@ -185,11 +185,6 @@ def _warn_empty(cells_with_counts: np.ndarray, genes_with_counts: np.ndarray | N
         )
 
 
-def _warn_empty_cells(matrix: Matrix, source: str) -> None:
-    """Warn about cells whose counts are all zero; only meaningful for non-negative data."""
-    _warn_empty(_nonzero_lines(matrix)[0], None, source)
-
-
 #: Largest integer that float16 and float32 represent exactly (every smaller integer is exact too).
 _EXACT_INTEGER = {np.dtype(np.float16): 2**11, np.dtype(np.float32): 2**24}
 
