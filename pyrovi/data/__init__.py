@@ -18,7 +18,7 @@ Examples
 2
 """
 
-from ._errors import MissingKeyError
+from ._errors import MissingKeyError, UnseenCategoryError
 from ._manager import AnnDataManager
 from ._registry import read_registry
 from .fields import (
@@ -43,5 +43,6 @@ __all__ = [
     "NumericalJointObsField",
     "ObsmField",
     "MissingKeyError",
+    "UnseenCategoryError",
     "CONSTANT_CATEGORY",
 ]

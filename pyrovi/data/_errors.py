@@ -20,3 +20,35 @@ class MissingKeyError(KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnseenCategoryError(ValueError):
+    """Data transferred to a registered setup holds categories (batches, labels...) the setup did not have.
+
+    Raised when query data, or the data given when a saved model is loaded, has a category of a categorical
+    obs column that was not registered. The attributes let a caller word the fix for its context (a trained
+    model cannot embed a category it has never seen).
+
+    Parameters
+    ----------
+    message
+        The message to print.
+    source
+        Where the column lives, e.g. ``"adata.obs['batch']"``.
+    unseen
+        The new categories, as strings.
+    categories
+        The registered categories, as strings.
+
+    Examples
+    --------
+    >>> err = UnseenCategoryError("new batch 'c'", "adata.obs['batch']", ["c"], ["a", "b"])
+    >>> isinstance(err, ValueError), err.unseen
+    (True, ['c'])
+    """
+
+    def __init__(self, message: str, source: str, unseen: list[str], categories: list[str]):
+        super().__init__(message)
+        self.source = source
+        self.unseen = list(unseen)
+        self.categories = list(categories)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from .. import __version__
 from ._registry import _write_registry, read_registry
 from ._view import _format_registry
 from .fields import BaseField
+from .fields._lookup import _format_names
 
 # Statistics every model may read; 0 when no field provides them (n_cells and n_vars come from the data).
 _DEFAULT_SUMMARY_KEYS = ("n_batch", "n_labels", "n_extra_categorical_covs", "n_extra_continuous_covs")
@@ -269,7 +271,21 @@ def _check_adata(adata: AnnData) -> None:
             "instead, e.g. adata[mask].copy()."
         )
     if adata.n_obs == 0:
-        raise ValueError("The AnnData has no cells.")
+        raise ValueError(
+            f"The AnnData has no cells (shape {adata.shape}); a model needs at least one cell. Check the cell "
+            "filtering or subsetting that produced it."
+        )
+    if not adata.obs_names.is_unique:
+        duplicated = adata.obs_names[adata.obs_names.duplicated()].unique()
+        # Not an error: training does not read cell names, but outputs indexed by them and messages that
+        # name a cell would be ambiguous.
+        warnings.warn(
+            f"adata.obs_names holds {len(duplicated)} cell name(s) more than once (e.g. "
+            f"{_format_names(duplicated, 5)}); results indexed by cell name and error messages naming a cell "
+            "would be ambiguous. Make them unique with adata.obs_names_make_unique().",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _source_states(source_registry: dict[str, Any], fields: list[BaseField]) -> dict[str, dict[str, Any]]:

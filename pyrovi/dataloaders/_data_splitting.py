@@ -154,6 +154,22 @@ class DataSplitter(LightningDataModule):
         else:
             _validate_sizes(self.train_size, self.validation_size)
             self._split(n_cells)
+        self._check_minibatches(n_cells)
+
+    def _check_minibatches(self, n_cells: int) -> None:
+        """Fail now, not inside BatchNorm at the first step, when a training minibatch would hold one cell."""
+        if self.n_train == 1:
+            raise ValueError(
+                f"The training set has a single cell (of {n_cells} in the AnnData), and a training minibatch "
+                "needs at least 2 cells (BatchNorm estimates a variance per minibatch). Train on more cells; to "
+                "embed a few cells, train (or load) a model on other data and query it, e.g. "
+                "model.get_latent_representation(adata=few_cells)."
+            )
+        if self.batch_size == 1:
+            raise ValueError(
+                "batch_size=1 gives training minibatches of a single cell, and a training minibatch needs at "
+                "least 2 cells (BatchNorm estimates a variance per minibatch). Use batch_size >= 2."
+            )
 
     def _split(self, n_cells: int) -> None:
         n_train, n_val = _split_sizes(n_cells, self.train_size, self.validation_size)

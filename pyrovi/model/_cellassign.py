@@ -13,6 +13,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from .._constants import REGISTRY_KEYS
 from ..data import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField, NumericalObsField
+from ..data.fields._lookup import _did_you_mean
 from ..module import CellAssignModule
 from ..train import ExpectationMaximization, ExpectationStep
 from .base import BaseModelClass
@@ -28,11 +29,30 @@ def _marker_table(cell_type_markers: pd.DataFrame | dict) -> pd.DataFrame:
         )
     if not isinstance(cell_type_markers, pd.DataFrame):
         raise TypeError("cell_type_markers must be a pandas DataFrame of 0/1, genes (index) x cell types (columns).")
+    if cell_type_markers.shape[0] == 0 or cell_type_markers.shape[1] == 0:
+        raise ValueError(
+            f"cell_type_markers is empty (shape {cell_type_markers.shape}); it needs marker genes as rows and "
+            "cell types as columns, with 1 where a gene marks a type."
+        )
     values = cell_type_markers.to_numpy()
-    if not np.isin(values, (0, 1)).all():
-        raise ValueError("cell_type_markers must hold only 0 and 1 (1: the gene marks the type).")
-    if cell_type_markers.index.has_duplicates or cell_type_markers.columns.has_duplicates:
-        raise ValueError("cell_type_markers has duplicated gene or type names.")
+    bad = ~np.isin(values, (0, 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        value = values[row, col]
+        value = value.item() if isinstance(value, np.generic) else value  # 0.5, not np.float64(0.5)
+        raise ValueError(
+            f"cell_type_markers must hold only 0 and 1 (1: the gene marks the type), but has {int(bad.sum())} "
+            f"other value(s); the first is {value!r} for gene {str(cell_type_markers.index[row])!r}, "
+            f"type {str(cell_type_markers.columns[col])!r}. Binarise the table, e.g. (markers > 0).astype(int), "
+            "and fill missing values with 0."
+        )
+    for axis, names in (("gene", cell_type_markers.index), ("type", cell_type_markers.columns)):
+        if names.has_duplicates:
+            repeated = sorted(map(str, names[names.duplicated()].unique()))
+            raise ValueError(
+                f"cell_type_markers names some {axis}s more than once: {repeated}. Give each {axis} one "
+                f"{'row' if axis == 'gene' else 'column'}."
+            )
     empty = [t for t, n in zip(cell_type_markers.columns, values.sum(0)) if n == 0 and str(t).lower() != OTHER]
     if empty:
         raise ValueError(
@@ -114,7 +134,8 @@ class CellAssign(BaseModelClass):
             raise ValueError(
                 f"{len(missing)} marker genes are not in the AnnData: {missing[:10]}"
                 + (" ..." if len(missing) > 10 else "")
-                + ". Use gene names from adata.var_names (same spelling and case)."
+                + f".{_did_you_mean(str(missing[0]), var_names)} Use gene names from adata.var_names (same "
+                "spelling and case), or drop those rows from cell_type_markers."
             )
         self.cell_type_markers = markers
         self._record_init_params(locals())

@@ -5,15 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._errors import UnseenCategoryError
 from ._lookup import _format_names
 
 
 def _check_no_missing(column: pd.Series, source: str) -> None:
-    n_missing = int(column.isna().sum())
+    missing = column.isna().to_numpy()
+    n_missing = int(missing.sum())
     if n_missing:
+        first = str(column.index[int(np.flatnonzero(missing)[0])])
         raise ValueError(
-            f"{source} has {n_missing} missing value{'s' if n_missing > 1 else ''} (NaN). Fill them (e.g. with "
-            "an 'unknown' category) or remove those cells before setting up the data."
+            f"{source} has {n_missing} missing value{'s' if n_missing > 1 else ''} (NaN), the first in cell "
+            f"{first!r}. Fill them (e.g. with an 'unknown' category) or remove those cells before setting up "
+            "the data."
         )
 
 
@@ -60,11 +64,14 @@ def _encode(
     occurring = np.unique(codes)
     unseen = [labels[i] for i in occurring if labels[i] not in position]
     if unseen and not extend_categories:
-        raise ValueError(
+        raise UnseenCategoryError(
             f"{source} has {len(unseen)} categor{'ies' if len(unseen) > 1 else 'y'} not seen when the model "
             f"was set up: {_format_names(unseen)}. Registered categories: {_format_names(categories)}. Pass "
             "extend_categories=True to append the new categories (e.g. query data with new batches), or map "
-            "the values to registered categories."
+            "the values to registered categories.",
+            source,
+            unseen,
+            categories,
         )
     n_registered = len(categories)
     categories = list(categories) + unseen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,9 @@ from scipy import sparse
 from .._errors import MissingKeyError
 from ._backed import BackedRows
 from ._base import BaseField
-from ._lookup import _format_names
+from ._lookup import _did_you_mean, _format_names
 from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
-from ._validation import _validate_values, _warn_empty_cells
+from ._validation import _max_value, _nonzero_lines, _validate_values, _warn_count_dtype, _warn_empty
 
 
 class LayerField(BaseField):
@@ -36,8 +37,10 @@ class LayerField(BaseField):
     -----
     State: ``{"layer": str | None, "var_names": list[str], "n_vars": int}``. Summary: ``{"n_vars": n_vars}``.
     :meth:`get_array` returns a float32 numpy array for dense data and a float32 CSR matrix for sparse data
-    (CSC and COO are converted; sparse data is never densified). Cells whose counts are all zero raise a
-    :class:`UserWarning`, not an error.
+    (CSC and COO are converted, with a warning, since the conversion is a copy; sparse data is never
+    densified). Zero genes are an error. With ``is_count_data``, cells (and, at registration, genes) whose counts
+    are all zero raise a :class:`UserWarning`, not an error, and so do dtypes that may have lost counts (integers
+    narrower than 32 bits, float16 above 2048) or counts above 2**24.
 
     Examples
     --------
@@ -67,7 +70,7 @@ class LayerField(BaseField):
         var_names = _unique_names(
             adata.var_names, "adata.var_names", fix="make them unique with adata.var_names_make_unique()."
         )
-        self._validate(matrix, adata, var_names, self.layer)
+        self._validate(matrix, adata, var_names, self.layer, warn_empty_genes=True)
         return {"layer": self.layer, "var_names": var_names, "n_vars": len(var_names)}
 
     def transfer(
@@ -105,13 +108,32 @@ class LayerField(BaseField):
             return _check_matrix(adata.X, "adata.X")
         if layer not in adata.layers:
             raise MissingKeyError(
-                f"adata.layers has no layer {layer!r}. Available layers: {_format_names(adata.layers.keys())}; "
-                "pass one of them, or layer=None to use adata.X."
+                f"adata.layers has no layer {layer!r}.{_did_you_mean(layer, adata.layers.keys())} Available "
+                f"layers: {_format_names(adata.layers.keys())}; pass one of them, or layer=None to use adata.X."
             )
         return _check_matrix(adata.layers[layer], _layer_source(layer))
 
-    def _validate(self, matrix: Matrix, adata: AnnData, var_names: list[str], layer: str | None) -> None:
+    def _validate(
+        self, matrix: Matrix, adata: AnnData, var_names: list[str], layer: str | None, warn_empty_genes: bool = False
+    ) -> None:
+        """Check the values, then warn about empty cells (and genes) and lossy dtypes.
+
+        Empty genes are only worth a warning at registration: query data must keep every registered gene.
+        """
         source = _layer_source(layer)
+        if matrix.shape[1] == 0:
+            raise ValueError(
+                f"{source} has no genes (shape {matrix.shape}); a model needs at least one gene. Check the gene "
+                "filtering that produced this AnnData."
+            )
+        if sparse.issparse(matrix) and matrix.format != "csr":
+            warnings.warn(
+                f"{source} is a {matrix.format.upper()} sparse matrix; pyrovi reads cells (rows), so it converts "
+                f"it to CSR, a copy, each time it reads the data. Convert it once yourself: "
+                f"{source} = {source}.tocsr().",
+                UserWarning,
+                stacklevel=4,
+            )
         if layer is None:
             hint = (
                 "Count models need the raw counts: if adata.X was normalised and the counts are stored in a "
@@ -119,15 +141,20 @@ class LayerField(BaseField):
             )
         else:
             hint = "Count models need the raw counts: pass the layer that holds them, or layer=None for adata.X."
-        if isinstance(matrix, BackedRows):
-            # on disk: check one chunk of rows at a time (the first bad chunk raises)
-            for start, block in matrix.chunks():
-                obs_names = adata.obs_names[start : start + block.shape[0]]
-                _validate_values(block, obs_names, var_names, source, self.is_count_data, hint)
-        else:
-            _validate_values(matrix, adata.obs_names, var_names, source, self.is_count_data, hint)
+        # on disk, the matrix is checked one chunk of rows at a time (the first bad chunk raises)
+        blocks = matrix.chunks() if isinstance(matrix, BackedRows) else [(0, matrix)]
+        cells, genes, max_value = [], np.zeros(len(var_names), dtype=bool), 0.0
+        for start, block in blocks:
+            obs_names = adata.obs_names[start : start + block.shape[0]]
+            _validate_values(block, obs_names, var_names, source, self.is_count_data, hint)
+            if self.is_count_data:
+                block_cells, block_genes = _nonzero_lines(block)
+                cells.append(block_cells)
+                genes |= block_genes
+                max_value = max(max_value, _max_value(block))
         if self.is_count_data:
-            _warn_empty_cells(matrix, source)
+            _warn_count_dtype(matrix.dtype, max_value, source)
+            _warn_empty(np.concatenate(cells), genes if warn_empty_genes else None, source)
 
 
 def _layer_source(layer: str | None) -> str:

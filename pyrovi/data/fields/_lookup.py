@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,14 @@ def _format_names(names: Iterable[Any], max_items: int = 10) -> str:
     return f"[{shown}]"
 
 
+def _did_you_mean(key: str, available: Iterable[Any]) -> str:
+    """`` Did you mean 'x'?`` naming the available names closest to a mistyped ``key`` ('' when none is close)."""
+    close = difflib.get_close_matches(str(key), [str(name) for name in available], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" Did you mean {' or '.join(repr(name) for name in close)}?"
+
+
 def _obs_source(obs_key: str) -> str:
     return f"adata.obs[{obs_key!r}]"
 
@@ -28,7 +37,8 @@ def _get_obs_column(adata: AnnData, obs_key: str) -> pd.Series:
     """The column ``adata.obs[obs_key]``; a clear error lists the columns when it is absent."""
     if obs_key not in adata.obs.columns:
         raise MissingKeyError(
-            f"adata.obs has no column {obs_key!r}. Available columns: {_format_names(adata.obs.columns, 50)}."
+            f"adata.obs has no column {obs_key!r}.{_did_you_mean(obs_key, adata.obs.columns)} Available columns: "
+            f"{_format_names(adata.obs.columns, 50)}; pass one of them, or add the column to adata.obs."
         )
     column = adata.obs[obs_key]
     if isinstance(column, pd.DataFrame):
@@ -41,7 +51,8 @@ def _get_obsm(adata: AnnData, obsm_key: str) -> Any:
     """The entry ``adata.obsm[obsm_key]``; a clear error lists the entries when it is absent."""
     if obsm_key not in adata.obsm:
         raise MissingKeyError(
-            f"adata.obsm has no entry {obsm_key!r}. Available entries: {_format_names(adata.obsm.keys(), 50)}."
+            f"adata.obsm has no entry {obsm_key!r}.{_did_you_mean(obsm_key, adata.obsm.keys())} Available "
+            f"entries: {_format_names(adata.obsm.keys(), 50)}; pass one of them, or store the matrix in adata.obsm."
         )
     return adata.obsm[obsm_key]
 

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .._errors import MissingKeyError
 from ._base import BaseField
-from ._lookup import _format_names, _get_obsm
+from ._lookup import _did_you_mean, _format_names, _get_obsm
 from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
 from ._validation import _validate_values
 
@@ -37,7 +37,8 @@ class ObsmField(BaseField):
     DataFrame's columns, else from ``adata.uns[colnames_uns_key]``, else they are ``"0"``, ``"1"``, ...
     Summary: ``{f"n_{registry_key}": n_columns}``. Data given later must have the registered column names
     (any order, extra ones dropped); data without its own column names is taken in the registered order
-    when its number of columns matches. :meth:`get_array` returns float32, CSR when the data is sparse.
+    when its number of columns matches. A matrix without columns is an error. :meth:`get_array` returns
+    float32, CSR when the data is sparse.
 
     Examples
     --------
@@ -127,8 +128,9 @@ class ObsmField(BaseField):
             return matrix, [str(i) for i in range(n_cols)], False
         if self.colnames_uns_key not in adata.uns:
             raise MissingKeyError(
-                f"adata.uns has no entry {self.colnames_uns_key!r} with the column names of {source}. "
-                f"Available entries: {_format_names(adata.uns.keys(), 50)}."
+                f"adata.uns has no entry {self.colnames_uns_key!r} with the column names of {source}."
+                f"{_did_you_mean(self.colnames_uns_key, adata.uns.keys())} Available entries: "
+                f"{_format_names(adata.uns.keys(), 50)}."
             )
         names = _unique_names(
             pd.Index(list(adata.uns[self.colnames_uns_key])),
@@ -153,6 +155,11 @@ class ObsmField(BaseField):
         return _select_columns(matrix, columns)
 
     def _validate(self, matrix: Matrix, adata: AnnData, names: list[str], obsm_key: str) -> None:
+        if matrix.shape[1] == 0:
+            raise ValueError(
+                f"{_obsm_source(obsm_key)} has no columns (shape {matrix.shape}); store at least one measurement "
+                "per cell there (e.g. one column per protein)."
+            )
         hint = "Pass the obsm entry that holds the raw counts."
         _validate_values(
             matrix, adata.obs_names, names, _obsm_source(obsm_key), self.is_count_data, hint, col_label="column"

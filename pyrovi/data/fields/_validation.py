@@ -115,6 +115,12 @@ def _validate_values(
         plural = "s" if count > 1 else ""
         where = f"the first is {value!r} in cell {str(obs_names[row])!r}, {col_label} {str(col_names[col])!r}"
         if is_count_data:
+            if kind == _NEGATIVE and matrix.dtype.kind == "i" and matrix.dtype.itemsize < 4:
+                hint = (
+                    f"{matrix.dtype} holds counts only up to {np.iinfo(matrix.dtype).max}: larger counts "
+                    f"converted to {matrix.dtype} wrap around to negative values. Convert the original counts "
+                    f"with .astype(np.int32) or .astype(np.float32) instead. {hint}"
+                )
             raise ValueError(
                 f"{source} must hold raw counts (finite, non-negative integers) but has {count} {kind} "
                 f"value{plural}; {where}. {hint}"
@@ -122,15 +128,101 @@ def _validate_values(
         raise ValueError(f"{source} has {count} {kind} value{plural}; {where}. Replace or remove them.")
 
 
-def _warn_empty_cells(matrix: Matrix, source: str) -> None:
-    """Warn about cells whose counts are all zero; only meaningful for non-negative data."""
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
-    n_empty = int(np.count_nonzero(totals == 0))
+def _nonzero_lines(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the rows and of the columns of ``matrix`` that hold at least one non-zero value.
+
+    Scanned a block at a time (like the value checks) and never summed, so no total can overflow a narrow
+    dtype (float16, int8) and stored zeros of a sparse matrix count as zeros.
+    """
+    n_rows, n_cols = matrix.shape
+    rows, cols = np.zeros(n_rows, dtype=bool), np.zeros(n_cols, dtype=bool)
+    if not sparse.issparse(matrix):
+        step = max(1, _BLOCK_ELEMENTS // max(n_cols, 1))
+        for start in range(0, n_rows, step):
+            nonzero = matrix[start : start + step] != 0
+            rows[start : start + step] = nonzero.any(axis=1)
+            cols |= nonzero.any(axis=0)
+        return rows, cols
+    if matrix.format not in ("csr", "csc", "coo"):
+        matrix = matrix.tocsr()
+    for start in range(0, matrix.data.size, _BLOCK_ELEMENTS):
+        positions = start + np.flatnonzero(matrix.data[start : start + _BLOCK_ELEMENTS] != 0)
+        if matrix.format == "coo":
+            rows[matrix.row[positions]] = True
+            cols[matrix.col[positions]] = True
+            continue
+        # CSR stores rows along indptr and columns in indices; CSC the other way round.
+        major = np.searchsorted(matrix.indptr, positions, side="right") - 1
+        minor = matrix.indices[positions]
+        if matrix.format == "csc":
+            major, minor = minor, major
+        rows[major] = True
+        cols[minor] = True
+    return rows, cols
+
+
+def _warn_empty(cells_with_counts: np.ndarray, genes_with_counts: np.ndarray | None, source: str) -> None:
+    """Warn about cells (and, unless ``genes_with_counts`` is None, genes) whose counts are all zero."""
+    n_empty = int(np.count_nonzero(~cells_with_counts))
     if n_empty:
         warnings.warn(
-            f"{n_empty} of {matrix.shape[0]} cells have no counts in {source} (all zeros). They carry no "
+            f"{n_empty} of {cells_with_counts.size} cells have no counts in {source} (all zeros). They carry no "
             "information for training; consider removing them, e.g. with "
             "scanpy.pp.filter_cells(adata, min_counts=1).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
+        )
+    if genes_with_counts is None:
+        return
+    n_empty = int(np.count_nonzero(~genes_with_counts))
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} of {genes_with_counts.size} genes have no counts in {source} (all zeros). The model "
+            "learns nothing about them but still spends time on them; consider removing them before setup, "
+            "e.g. with scanpy.pp.filter_genes(adata, min_counts=1).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+#: Largest integer that float16 and float32 represent exactly (every smaller integer is exact too).
+_EXACT_INTEGER = {np.dtype(np.float16): 2**11, np.dtype(np.float32): 2**24}
+
+
+def _max_value(matrix: Matrix) -> float:
+    """The largest stored value of ``matrix`` (0 for an empty one)."""
+    values = matrix.data if sparse.issparse(matrix) else matrix
+    return float(values.max()) if values.size else 0.0
+
+
+def _warn_count_dtype(dtype: np.dtype, max_value: float, source: str) -> None:
+    """Warn when the dtype of a count matrix may have lost counts, or when float32 cannot hold them exactly.
+
+    Narrow integers wrap around (or clip) counts they cannot hold when data is converted to them, which no
+    later check can detect; float16 rounds integers above 2048. pyrovi computes in float32, exact for counts
+    up to 2**24.
+    """
+    fix = f"Store the raw counts as int32 or float32, e.g. {source} = counts.astype(np.float32)."
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        warnings.warn(
+            f"{source} stores counts as {dtype}, which holds at most {np.iinfo(dtype).max}: if the counts were "
+            f"converted to {dtype} from a wider type, larger counts wrapped around or were clipped without any "
+            f"error, and pyrovi cannot tell. {fix}",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif dtype == np.float16 and max_value > _EXACT_INTEGER[dtype]:
+        warnings.warn(
+            f"{source} stores counts as float16, which rounds integers above 2048 (its largest value is "
+            f"{max_value:g}): those counts were rounded when they were stored. {fix}",
+            UserWarning,
+            stacklevel=3,
+        )
+    if max_value > _EXACT_INTEGER[np.dtype(np.float32)]:
+        warnings.warn(
+            f"{source} holds counts up to {max_value:g}, above 2**24, the largest integer float32 represents "
+            "exactly; pyrovi computes in float32, so such counts are rounded. Raw UMI counts are far smaller: "
+            "check that these are raw counts of single cells.",
+            UserWarning,
+            stacklevel=3,
         )

@@ -14,11 +14,12 @@ from anndata import AnnData
 
 from ..._constants import REGISTRY_KEYS
 from ..._settings import settings
-from ...data import AnnDataManager, read_registry
+from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
 from ._posterior_sampling import PosteriorSamplingMixin
+from ._query_errors import _unknown_to_model
 from ._save_load import load_model, save_model
 
 logger = logging.getLogger("pyrovi")
@@ -77,9 +78,19 @@ class BaseModelClass(PosteriorSamplingMixin):
                 f"`{name}.setup_anndata(adata, ...)` first."
             )
         self.adata = adata
-        self.adata_manager = self._manager(registry["setup_args"]).register_fields(
-            adata, source_registry=registry
-        )
+        try:
+            self.adata_manager = self._manager(registry["setup_args"]).register_fields(
+                adata, source_registry=registry
+            )
+        except UnseenCategoryError as err:
+            raise UnseenCategoryError(
+                f"{err.source} has categories that were not there when the AnnData was set up: "
+                f"{err.unseen}. The data changed after {name}.setup_anndata; call it again on the data as it is "
+                "now.",
+                err.source,
+                err.unseen,
+                err.categories,
+            ) from None
         self.summary_stats: dict[str, int] = dict(self.adata_manager.summary_stats)
         self.module: BaseModuleClass
         self.init_params_: dict[str, Any] = {}
@@ -132,7 +143,10 @@ class BaseModelClass(PosteriorSamplingMixin):
         """The manager of ``adata``: the model's own, or one transferred to new data with the same genes."""
         if adata is None or adata is self.adata:
             return self.adata_manager
-        return self.adata_manager.transfer_fields(adata)
+        try:
+            return self.adata_manager.transfer_fields(adata)
+        except UnseenCategoryError as err:
+            raise _unknown_to_model(err, type(self).__name__) from None
 
     # ----------------------------------------------------------------------------------------------
     # training

@@ -15,6 +15,7 @@ from anndata import AnnData, read_h5ad
 from safetensors.torch import load_file, save_file
 
 from ..._constants import REGISTRY_KEYS
+from ...data import UnseenCategoryError
 from ...module.priors import (
     LatentPrior,
     distribution_from_config,
@@ -22,6 +23,7 @@ from ...module.priors import (
     prior_from_config,
     prior_to_config,
 )
+from ._query_errors import _unknown_to_model
 
 if TYPE_CHECKING:
     from ._base_model import BaseModelClass
@@ -183,7 +185,10 @@ def load_model(
     _check_genes(meta["var_names"], adata)
 
     registry = meta["registry"]
-    cls._manager(registry["setup_args"]).register_fields(adata, source_registry=registry)
+    try:
+        cls._manager(registry["setup_args"]).register_fields(adata, source_registry=registry)
+    except UnseenCategoryError as err:
+        raise _unknown_to_model(err, cls.__name__) from None
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(meta["init_params"])
     if unknown:
