@@ -62,6 +62,23 @@ class BaseModelClass(PosteriorSamplingMixin):
 
     _training_plan_cls = TrainingPlan
     _data_splitter_cls = DataSplitter
+    #: Every model class by name. A saved model's class name is only compared with these, never imported.
+    _model_classes: dict[str, type[BaseModelClass]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BaseModelClass._model_classes[cls.__name__] = cls
+
+    @classmethod
+    def known_models(cls) -> dict[str, type[BaseModelClass]]:
+        """The model classes defined so far (pyrovi's and their subclasses), by class name.
+
+        Examples
+        --------
+        >>> sorted(BaseModelClass.known_models())[:3]  # doctest: +SKIP
+        ['CellAssign', 'SCVI', 'TOTALVI']
+        """
+        return dict(BaseModelClass._model_classes)
 
     def __init__(self, adata: AnnData):
         registry = read_registry(adata)
