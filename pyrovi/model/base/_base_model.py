@@ -289,7 +289,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         dir_path
             Directory to create.
         overwrite
-            Replace an existing directory (written next to it first, so a failure leaves it intact).
+            Replace an existing model directory (written next to it first, so a failure leaves it intact).
+            Without it an existing non-empty directory is an error and is left untouched; with it, a
+            directory holding other files than a model's is still refused.
         save_anndata
             Also write the AnnData as ``adata.h5ad``.
 
@@ -319,6 +321,13 @@ class BaseModelClass(PosteriorSamplingMixin):
             ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
         **init_overrides
             Init parameters to use instead of the saved ones (required for user code).
+
+        Raises
+        ------
+        pyrovi.ModelFileError
+            The directory is not a pyrovi model of this class, a file is missing, malformed or tampered
+            with, or it was saved by a newer pyrovi. Loading reads only JSON, safetensors and HDF5: it
+            never unpickles and never imports a name found in a file.
 
         Examples
         --------
