@@ -84,19 +84,19 @@ def _param_from_json(name: str, value: Any, overrides: dict[str, Any], meta_path
             f"This model was saved with user code for `{name}` ({value['__custom__']}), which is not stored "
             f"in the file. Pass it again: `Model.load(path, adata, {name}=...)`."
         )
-    for marker, rebuild in (("__prior__", prior_from_config), ("__distribution__", distribution_from_config)):
-        if marker not in value:
-            continue
-        config = value[marker]
-        if isinstance(config, dict) and "custom" in config and marker == "__prior__":
-            return prior_from_config(config)  # asks the user for their prior class
-        if not isinstance(config, dict):
-            raise ModelFileError(f"{meta_path}: init parameter {name!r} has a malformed {marker} entry. Save the model again.")
-        try:
-            return rebuild(config)
-        except ValueError as err:
-            raise ModelFileError(f"{meta_path}: init parameter {name!r}: {err} Save the model again.") from err
-    return value
+    marker = next((m for m in ("__prior__", "__distribution__") if m in value), None)
+    if marker is None:
+        return value
+    config = value[marker]
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{meta_path}: init parameter {name!r} has a malformed {marker} entry. Save the model again.")
+    if marker == "__prior__" and "custom" in config:
+        return prior_from_config(config)  # raises, asking the user to pass their prior class again
+    rebuild = prior_from_config if marker == "__prior__" else distribution_from_config
+    try:
+        return rebuild(config)
+    except ValueError as err:
+        raise ModelFileError(f"{meta_path}: init parameter {name!r}: {err} Save the model again.") from err
 
 
 def _indices(values: np.ndarray | None) -> list[int] | None:
