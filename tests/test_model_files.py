@@ -281,7 +281,8 @@ def test_weights_of_another_model(scvi, saved, tmp_path):
     other = SCVI(scvi[0].adata, n_hidden=8, n_latent=3)
     other.save(tmp_path / "other")
     shutil.copy(tmp_path / "other" / "model.safetensors", saved / "model.safetensors")
-    with pytest.raises(ModelFileError, match=r"does not match the architecture.* has shape \(3, 8\), the architecture needs \(2, 8\)"):
+    mismatch = r"does not match the architecture.* has shape \(3, 8\), the architecture needs \(2, 8\)"
+    with pytest.raises(ModelFileError, match=mismatch):
         SCVI.load(saved, accelerator="cpu")
 
 

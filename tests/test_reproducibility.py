@@ -83,6 +83,7 @@ def test_a_fresh_process_with_another_hash_seed_gives_the_same_fit():
         "from test_reproducibility import _fit, _digest\n"
         "print(_digest(*_fit('SCVI', seed=5)))\n"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": path}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == _digest(*_fit("SCVI", seed=5))

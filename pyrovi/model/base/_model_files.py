@@ -91,7 +91,9 @@ def _is_history(value: Any) -> bool:
     if not isinstance(value, dict):
         return False
     for frame in value.values():
-        if not (isinstance(frame, dict) and isinstance(frame.get("epoch"), list) and isinstance(frame.get("value"), list)):
+        if not isinstance(frame, dict):
+            return False
+        if not (isinstance(frame.get("epoch"), list) and isinstance(frame.get("value"), list)):
             return False
         if len(frame["epoch"]) != len(frame["value"]) or not all(_is_int(e) for e in frame["epoch"]):
             return False
@@ -217,4 +219,6 @@ def read_saved_adata(path: Path) -> AnnData:
     try:
         return read_h5ad(adata_path)
     except (OSError, KeyError, ValueError, TypeError) as err:
-        raise _fail(adata_path, f"cannot be read as an AnnData ({err}).", "Pass the data: Model.load(path, adata).") from err
+        raise _fail(
+            adata_path, f"cannot be read as an AnnData ({err}).", "Pass the data: Model.load(path, adata)."
+        ) from err

@@ -89,7 +89,9 @@ def _param_from_json(name: str, value: Any, overrides: dict[str, Any], meta_path
         return value
     config = value[marker]
     if not isinstance(config, dict):
-        raise ModelFileError(f"{meta_path}: init parameter {name!r} has a malformed {marker} entry. Save the model again.")
+        raise ModelFileError(
+            f"{meta_path}: init parameter {name!r} has a malformed {marker} entry. Save the model again."
+        )
     if marker == "__prior__" and "custom" in config:
         return prior_from_config(config)  # raises, asking the user to pass their prior class again
     rebuild = prior_from_config if marker == "__prior__" else distribution_from_config
