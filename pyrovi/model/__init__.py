@@ -1,8 +1,9 @@
 """User-facing models: AnnData in, posterior queries out."""
 
+from .._errors import ModelFileError
 from ._cellassign import CellAssign
 from ._scvi import SCVI
 from ._totalvi import TOTALVI
 from .base import BaseModelClass, VAEMixin
 
-__all__ = ["SCVI", "TOTALVI", "CellAssign", "BaseModelClass", "VAEMixin"]
+__all__ = ["SCVI", "TOTALVI", "CellAssign", "BaseModelClass", "VAEMixin", "ModelFileError"]

@@ -63,6 +63,23 @@ class BaseModelClass(PosteriorSamplingMixin):
 
     _training_plan_cls = TrainingPlan
     _data_splitter_cls = DataSplitter
+    #: Every model class by name. A saved model's class name is only compared with these, never imported.
+    _model_classes: dict[str, type[BaseModelClass]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BaseModelClass._model_classes[cls.__name__] = cls
+
+    @classmethod
+    def known_models(cls) -> dict[str, type[BaseModelClass]]:
+        """The model classes defined so far (pyrovi's and their subclasses), by class name.
+
+        Examples
+        --------
+        >>> sorted(BaseModelClass.known_models())[:3]  # doctest: +SKIP
+        ['CellAssign', 'SCVI', 'TOTALVI']
+        """
+        return dict(BaseModelClass._model_classes)
 
     def __init__(self, adata: AnnData):
         registry = read_registry(adata)
@@ -286,7 +303,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         dir_path
             Directory to create.
         overwrite
-            Replace an existing directory (written next to it first, so a failure leaves it intact).
+            Replace an existing model directory (written next to it first, so a failure leaves it intact).
+            Without it an existing non-empty directory is an error and is left untouched; with it, a
+            directory holding other files than a model's is still refused.
         save_anndata
             Also write the AnnData as ``adata.h5ad``.
 
@@ -316,6 +335,13 @@ class BaseModelClass(PosteriorSamplingMixin):
             ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
         **init_overrides
             Init parameters to use instead of the saved ones (required for user code).
+
+        Raises
+        ------
+        pyrovi.ModelFileError
+            The directory is not a pyrovi model of this class, a file is missing, malformed or tampered
+            with, or it was saved by a newer pyrovi. Loading reads only JSON, safetensors and HDF5: it
+            never unpickles and never imports a name found in a file.
 
         Examples
         --------

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from anndata import AnnData, read_h5ad
-from safetensors.torch import load_file, save_file
+from anndata import AnnData
+from safetensors.torch import save_file
 
 from ..._constants import REGISTRY_KEYS
-from ...data import UnseenCategoryError
+from ..._errors import ModelFileError
+from ...data import MissingKeyError, UnseenCategoryError
 from ...module.priors import (
     LatentPrior,
     distribution_from_config,
@@ -23,15 +25,26 @@ from ...module.priors import (
     prior_from_config,
     prior_to_config,
 )
+from ._model_files import (
+    ADATA_FILE,
+    FORMAT_VERSION,
+    META_FILE,
+    WEIGHTS_FILE,
+    check_model_dir,
+    check_state,
+    read_meta,
+    read_saved_adata,
+    read_weights,
+)
 from ._query_errors import _unknown_to_model
 
 if TYPE_CHECKING:
     from ._base_model import BaseModelClass
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-ADATA_FILE = "adata.h5ad"
-FORMAT_VERSION = 1
+__all__ = ["save_model", "load_model", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
+
+#: The files a saved model consists of: only a directory holding nothing else is replaced by overwrite=True.
+_MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE})
 
 
 def _history_to_json(history: dict[str, pd.DataFrame]) -> dict[str, dict[str, list]]:
@@ -61,34 +74,94 @@ def _param_to_json(name: str, value: Any) -> Any:
     return value
 
 
-def _param_from_json(name: str, value: Any, overrides: dict[str, Any]) -> Any:
+def _param_from_json(name: str, value: Any, overrides: dict[str, Any], meta_path: Path) -> Any:
+    """An init parameter from JSON. Priors and distributions come from fixed tables of known classes."""
     if name in overrides:
         return overrides[name]
     if not isinstance(value, dict):
         return value
-    if "__prior__" in value:
-        return prior_from_config(value["__prior__"])
-    if "__distribution__" in value:
-        return distribution_from_config(value["__distribution__"])
     if "__custom__" in value:
         raise ValueError(
             f"This model was saved with user code for `{name}` ({value['__custom__']}), which is not stored "
             f"in the file. Pass it again: `Model.load(path, adata, {name}=...)`."
         )
-    return value
+    marker = next((m for m in ("__prior__", "__distribution__") if m in value), None)
+    if marker is None:
+        return value
+    config = value[marker]
+    if not isinstance(config, dict):
+        raise ModelFileError(
+            f"{meta_path}: init parameter {name!r} has a malformed {marker} entry. Save the model again."
+        )
+    if marker == "__prior__" and "custom" in config:
+        return prior_from_config(config)  # raises, asking the user to pass their prior class again
+    rebuild = prior_from_config if marker == "__prior__" else distribution_from_config
+    try:
+        return rebuild(config)
+    except ValueError as err:
+        raise ModelFileError(f"{meta_path}: init parameter {name!r}: {err} Save the model again.") from err
 
 
 def _indices(values: np.ndarray | None) -> list[int] | None:
     return None if values is None else [int(i) for i in values]
 
 
+def _check_target(path: Path, overwrite: bool) -> None:
+    """``path`` may be written: new, empty, or (with ``overwrite``) a saved model and nothing else."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
+    contents = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if not contents:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it.")
+    foreign = [name for name in contents if name not in _MODEL_FILES]
+    if foreign:
+        # overwrite replaces the whole directory: never delete files a user keeps there
+        raise FileExistsError(
+            f"{path} is not a saved pyrovi model (it holds {', '.join(foreign[:5])}); overwrite=True only "
+            "replaces a model directory. Choose another path or empty it first."
+        )
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk, so that a crash after the swap cannot leave an empty file."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # directories cannot be opened on some platforms (Windows); nothing to flush there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Move the finished ``staging`` directory to ``path``; an old model there stays until the new one is in.
+
+    Both moves are renames within one directory (atomic on POSIX). Between them, the old model is kept under a
+    hidden sibling name and moved back if the second rename fails.
+    """
+    if not path.exists():
+        staging.rename(path)
+        return
+    backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    path.rename(backup)
+    try:
+        staging.rename(path)
+    except BaseException:
+        backup.rename(path)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, save_anndata: bool) -> None:
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
     path = Path(dir_path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory.")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it.")
+    _check_target(path, overwrite)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_name": type(model).__name__,
@@ -103,8 +176,8 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
         "history": _history_to_json(model.history),
     }
     try:
-        meta_text = json.dumps(meta, indent=1)
-    except TypeError as err:
+        meta_text = json.dumps(meta, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as err:
         raise TypeError(
             f"Cannot save {type(model).__name__}: an init parameter is not JSON-serialisable ({err}). "
             "Pass hyperparameters as plain numbers, strings, lists or dicts."
@@ -112,20 +185,23 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
 
     # Write beside the target, then swap: an interrupted save never leaves a half-written model
-    # in place of a good one.
+    # in place of a good one, and a failed one leaves nothing behind.
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"pyrovi_model": type(model).__name__})
-        (staging / META_FILE).write_text(meta_text)
+        (staging / META_FILE).write_text(meta_text, encoding="utf-8")
         if save_anndata:
             model.adata.write_h5ad(staging / ADATA_FILE)
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
+        for written in staging.iterdir():
+            _fsync(written)
+        _fsync(staging)
+        _swap_in(staging, path)
+        _fsync(path.parent)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _version() -> str:
@@ -165,23 +241,19 @@ def load_model(
     accelerator: str,
     overrides: dict[str, Any] | None = None,
 ):
-    """Rebuild a model written by :func:`save_model` (see :meth:`BaseModelClass.load`)."""
+    """Rebuild a model written by :func:`save_model` (see :meth:`BaseModelClass.load`).
+
+    Every file is checked before it is used (:mod:`._model_files`); the model class is the caller's, never
+    one named in the file; problems with the files raise :class:`~pyrovi.ModelFileError`.
+    """
+    from ._base_model import BaseModelClass
+
     path = Path(dir_path)
-    meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a saved pyrovi model: expected {META_FILE} and {WEIGHTS_FILE} in it."
-        )
-    meta: dict[str, Any] = json.loads(meta_path.read_text())
-    if meta.get("model_name") != cls.__name__:
-        raise ValueError(
-            f"{path} holds a {meta.get('model_name')} model; load it with "
-            f"{meta.get('model_name')}.load, not {cls.__name__}.load."
-        )
+    meta_path = path / META_FILE
+    check_model_dir(path)
+    meta = read_meta(path, BaseModelClass.known_models(), cls)
     if adata is None:
-        if not (path / ADATA_FILE).is_file():
-            raise ValueError(f"{path} holds no AnnData (saved without save_anndata=True); pass adata=...")
-        adata = read_h5ad(path / ADATA_FILE)
+        adata = read_saved_adata(path)
     _check_genes(meta["var_names"], adata)
 
     registry = meta["registry"]
@@ -189,19 +261,35 @@ def load_model(
         cls._manager(registry["setup_args"]).register_fields(adata, source_registry=registry)
     except UnseenCategoryError as err:
         raise _unknown_to_model(err, cls.__name__) from None
+    except MissingKeyError:
+        raise  # the data lacks a column the model was set up with: the data's problem, not the file's
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ModelFileError(
+            f"{meta_path}: the saved AnnData setup (registry) is malformed ({type(err).__name__}: {err}). "
+            "Save the model again."
+        ) from err
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(meta["init_params"])
     if unknown:
         raise TypeError(f"load got arguments that are not init parameters of the saved model: {sorted(unknown)}.")
-    init_params = {k: _param_from_json(k, v, overrides) for k, v in meta["init_params"].items()}
-    model = cls(adata, **init_params)
-    state = load_file(str(weights_path))
+    init_params = {k: _param_from_json(k, v, overrides, meta_path) for k, v in meta["init_params"].items()}
+    try:
+        model = cls(adata, **init_params)
+    except (TypeError, KeyError, ValueError) as err:
+        given = f" with the overrides {sorted(overrides)}" if overrides else ""
+        raise ModelFileError(
+            f"{meta_path}: its init_params{given} do not build a {cls.__name__} ({type(err).__name__}: {err}). "
+            "Save the model again, or check the arguments passed to load."
+        ) from err
+
+    state = read_weights(path)
+    check_state(path / WEIGHTS_FILE, state, model.module.state_dict())
     model.module.load_state_dict(state, strict=True)
     model.module.to(resolve_device(accelerator))
     model.module.eval()
-    model.is_trained_ = bool(meta["is_trained"])
+    model.is_trained_ = meta["is_trained"]
     model.history_ = _history_from_json(meta["history"])
     for name in ("train_indices", "validation_indices", "test_indices"):
-        values = meta.get(name)
+        values = meta[name]
         setattr(model, name, None if values is None else np.asarray(values, dtype=np.int64))
     return model

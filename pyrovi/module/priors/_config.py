@@ -32,7 +32,16 @@ def prior_from_config(config: dict[str, Any]) -> LatentPrior:
             "saved file but its code is not. Pass an instance to load: `Model.load(path, adata, "
             "prior=MyPrior(...))`."
         )
-    return BUILTIN_PRIORS[config["name"]](**config["kwargs"])
+    name, kwargs = config.get("name"), config.get("kwargs", {})
+    # Only the built-in priors are looked up by name: a saved file never names code to import or call.
+    if not isinstance(name, str) or name not in BUILTIN_PRIORS:
+        raise ValueError(f"unknown prior {name!r}; the built-in priors are {sorted(BUILTIN_PRIORS)}.")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"the arguments of prior {name} must be a JSON object, got {kwargs!r}.")
+    try:
+        return BUILTIN_PRIORS[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"prior {name} cannot be built from the arguments {kwargs!r}: {err}") from err
 
 
 def distribution_to_config(d: dist.Distribution) -> dict[str, Any]:
@@ -62,5 +71,18 @@ def distribution_to_config(d: dist.Distribution) -> dict[str, Any]:
 
 
 def distribution_from_config(config: dict[str, Any]) -> dist.Distribution:
-    """Inverse of :func:`distribution_to_config`."""
-    return getattr(dist, config["name"])(**{k: torch.tensor(v) for k, v in config["args"].items()})
+    """Inverse of :func:`distribution_to_config`.
+
+    Only classes of ``pyro.distributions`` are built, and only from numbers: ``pyro.distributions`` also
+    holds functions (``enable_validation``...), which a saved file must not be able to call.
+    """
+    name, args = config.get("name"), config.get("args", {})
+    cls = getattr(dist, name, None) if isinstance(name, str) and not name.startswith("_") else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.distributions.Distribution)):
+        raise ValueError(f"{name!r} is not a distribution of pyro.distributions.")
+    if not isinstance(args, dict):
+        raise ValueError(f"the parameters of {name} must be a JSON object, got {args!r}.")
+    try:
+        return cls(**{k: torch.tensor(v) for k, v in args.items()})
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} cannot be built from the parameters {args!r}: {err}") from err

@@ -1,0 +1,224 @@
+"""Reading a saved model directory: each file checked before anything in it is used.
+
+Only three readers ever touch a model directory: :mod:`json` (``model.json``), safetensors
+(``model.safetensors``, raw tensor bytes behind a JSON header) and anndata's HDF5 reader (``adata.h5ad``).
+None of them can run code. Names in the JSON are compared with known classes, never imported; a pickle
+found where a model file should be is reported, never opened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from anndata import AnnData, read_h5ad
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..._errors import ModelFileError
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+ADATA_FILE = "adata.h5ad"
+#: Version of the layout of ``model.json`` and the weights. Files of any version up to this one load;
+#: raise it when a saved field changes meaning, and convert older files in :func:`read_meta`.
+FORMAT_VERSION = 1
+
+_PICKLE_MAGIC = b"\x80"  # protocol 2+ pickles start with the PROTO opcode
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive: a zip of pickles
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: Suffixes of the pickled files other tools write in model directories (scvi-tools, torch.save, joblib).
+_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
+
+_RESAVE = "Save the model again with pyrovi (Model.save) from the session that trained it."
+
+
+def _fail(path: Path, problem: str, fix: str = _RESAVE) -> ModelFileError:
+    return ModelFileError(f"{path}: {problem} {fix}")
+
+
+def _sniff(path: Path) -> str | None:
+    """What a file's first bytes say it is, when that is a pickle or a torch archive."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head[:1] == _PICKLE_MAGIC:
+        return "a pickle"
+    if head[:4] == _ZIP_MAGIC:
+        return "a torch.save archive (a zip of pickles)"
+    return None
+
+
+def check_model_dir(path: Path) -> None:
+    """The directory exists and holds ``model.json`` and ``model.safetensors``."""
+    if not path.is_dir():
+        raise _fail(path, "no such directory.", "Pass the directory that Model.save wrote.")
+    missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if not missing:
+        return
+    foreign = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+    if foreign:
+        raise _fail(
+            path,
+            f"this is not a pyrovi model directory: it lacks {', '.join(missing)} and holds "
+            f"{', '.join(foreign)}, pickled files of another tool (e.g. scvi-tools). pyrovi never unpickles, "
+            "because unpickling runs code stored in the file.",
+            "Retrain the model with pyrovi, or load it with the tool that wrote it.",
+        )
+    raise _fail(
+        path / missing[0],
+        f"missing; a saved pyrovi model is a directory with {META_FILE} and {WEIGHTS_FILE} "
+        f"(lacking: {', '.join(missing)}).",
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(meta_path: Path, meta: Mapping[str, Any], key: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise _fail(meta_path, f"field {key!r} must be {expected}, got {meta.get(key)!r:.200}.")
+
+
+def _is_index_list(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(_is_int(i) and i >= 0 for i in value))
+
+
+def _is_history(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for frame in value.values():
+        if not isinstance(frame, dict):
+            return False
+        if not (isinstance(frame.get("epoch"), list) and isinstance(frame.get("value"), list)):
+            return False
+        if len(frame["epoch"]) != len(frame["value"]) or not all(_is_int(e) for e in frame["epoch"]):
+            return False
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in frame["value"]):
+            return False
+    return True
+
+
+def read_meta(path: Path, known_models: Mapping[str, type], expected: type) -> dict[str, Any]:
+    """Parse and validate ``model.json``: format version first, then the model class, then every field."""
+    meta_path = path / META_FILE
+    kind = _sniff(meta_path)
+    if kind is not None:
+        raise _fail(meta_path, f"is {kind}, not JSON; pyrovi never unpickles (it would run code from the file).")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise _fail(meta_path, f"is not UTF-8 text ({err.reason} at byte {err.start}).") from err
+    except json.JSONDecodeError as err:
+        raise _fail(meta_path, f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from err
+    if not isinstance(meta, dict):
+        raise _fail(meta_path, f"must hold a JSON object, got {type(meta).__name__}.")
+
+    # The version decides how to read everything else, so it is checked before any other field.
+    version = meta.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise _fail(meta_path, f"has no valid format_version (got {version!r}); it was not written by pyrovi.")
+    if version > FORMAT_VERSION:
+        from ... import __version__
+
+        raise _fail(
+            meta_path,
+            f"was saved by a newer pyrovi (format version {version}; pyrovi {__version__} reads versions up "
+            f"to {FORMAT_VERSION}, saved by pyrovi {meta.get('pyrovi_version', '?')}).",
+            "Upgrade pyrovi to load it.",
+        )
+
+    name = meta.get("model_name")
+    if not isinstance(name, str) or name not in known_models:
+        raise _fail(
+            meta_path,
+            f"names an unknown model class {name!r:.200}; pyrovi's models are {sorted(known_models)}.",
+        )
+    if name != expected.__name__:
+        raise _fail(
+            path,
+            f"holds a {name} model, not a {expected.__name__}.",
+            f"Load it with {name}.load(...), not {expected.__name__}.load(...).",
+        )
+
+    _check_field(meta_path, meta, "init_params", isinstance(meta.get("init_params"), dict), "a JSON object")
+    registry = meta.get("registry")
+    _check_field(
+        meta_path,
+        meta,
+        "registry",
+        isinstance(registry, dict) and isinstance(registry.get("setup_args"), dict),
+        "a JSON object with 'setup_args'",
+    )
+    var_names = meta.get("var_names")
+    _check_field(
+        meta_path,
+        meta,
+        "var_names",
+        isinstance(var_names, list) and len(var_names) > 0 and all(isinstance(v, str) for v in var_names),
+        "a non-empty list of gene names",
+    )
+    _check_field(meta_path, meta, "is_trained", isinstance(meta.get("is_trained"), bool), "true or false")
+    for key in ("train_indices", "validation_indices", "test_indices"):
+        _check_field(meta_path, meta, key, _is_index_list(meta.get(key)), "null or a list of cell positions")
+    _check_field(meta_path, meta, "history", _is_history(meta.get("history")), "a JSON object of epochs and values")
+    return meta
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of ``model.safetensors``; a pickle, a truncated or otherwise broken file is a ModelFileError."""
+    weights_path = path / WEIGHTS_FILE
+    kind = _sniff(weights_path)
+    if kind is not None:
+        raise _fail(
+            weights_path,
+            f"is {kind}, not a safetensors file; pyrovi never unpickles (it would run code from the file).",
+        )
+    try:
+        return load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _fail(weights_path, f"is not a readable safetensors file (truncated or corrupt: {err}).") from err
+
+
+def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """The saved tensors are exactly the module's: same names, shapes and dtypes."""
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    for key, value in expected.items():
+        saved = state.get(key)
+        if saved is None:
+            continue
+        if saved.shape != value.shape:
+            problems.append(f"{key} has shape {tuple(saved.shape)}, the architecture needs {tuple(value.shape)}")
+        elif saved.dtype != value.dtype:
+            problems.append(f"{key} is {saved.dtype}, the architecture needs {value.dtype}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise _fail(
+            weights_path,
+            f"does not match the architecture described in {META_FILE} ({shown}).",
+            "The two files must come from the same Model.save; save the model again.",
+        )
+
+
+def read_saved_adata(path: Path) -> AnnData:
+    """The ``adata.h5ad`` saved with ``save_anndata=True`` (HDF5: read as data, never executed)."""
+    adata_path = path / ADATA_FILE
+    if not adata_path.is_file():
+        raise _fail(
+            path,
+            f"holds no {ADATA_FILE} (the model was saved without save_anndata=True).",
+            "Pass the data: Model.load(path, adata).",
+        )
+    with adata_path.open("rb") as handle:
+        if handle.read(8) != _HDF5_MAGIC:
+            raise _fail(adata_path, "is not an HDF5 (.h5ad) file.", "Pass the data: Model.load(path, adata).")
+    try:
+        return read_h5ad(adata_path)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise _fail(
+            adata_path, f"cannot be read as an AnnData ({err}).", "Pass the data: Model.load(path, adata)."
+        ) from err
