@@ -179,3 +179,24 @@ def test_clear_errors(kwargs, error, match):
 def test_rejects_object_without_manager_interface():
     with pytest.raises(TypeError, match="summary_stats"):
         AnnDataLoader(object())
+
+
+def test_sparse_keys_serve_csr_tensors_with_the_same_rows():
+    arrays = make_arrays(sparse=True)
+    loader = AnnDataLoader(FakeManager(arrays), batch_size=10, shuffle=True, sparse_keys=["X", "batch"])
+    for batch in loader:
+        x = batch[REGISTRY_KEYS.X_KEY]
+        assert x.layout == torch.sparse_csr and x.dtype == torch.float32
+        rows = batch[REGISTRY_KEYS.INDICES_KEY].numpy()
+        np.testing.assert_array_equal(x.to_dense().numpy(), dense(arrays[REGISTRY_KEYS.X_KEY])[rows])
+        # a dense array named in sparse_keys is served dense, as always
+        assert batch[REGISTRY_KEYS.BATCH_KEY].layout == torch.strided
+
+
+def test_sequential_minibatches_of_consecutive_rows_equal_indexed_ones():
+    # sequential passes slice runs of rows instead of fancy indexing: same contents
+    arrays = make_arrays(sparse=True)
+    indices = np.r_[np.arange(5, 25), [40, 2, 3]]
+    for batch in AnnDataLoader(FakeManager(arrays), indices=indices, batch_size=10):
+        rows = batch[REGISTRY_KEYS.INDICES_KEY].numpy()
+        np.testing.assert_array_equal(batch["X"].numpy(), dense(arrays["X"])[rows])

@@ -1,5 +1,6 @@
 """The neural building blocks: shapes, covariate injection and sample dimensions."""
 
+import pytest
 import torch
 
 from pyrovi.module.nn import DecoderSCVI, Encoder, FCLayers
@@ -42,3 +43,18 @@ def test_encoder_scale_is_floored_and_input_is_log1p():
     raw = Encoder(n_input=6, n_output=2, log1p_input=False).eval()
     raw.load_state_dict(enc.state_dict())
     assert torch.allclose(raw(torch.log1p(x))[0], loc)
+
+
+@pytest.mark.parametrize("n_cont", [0, 2], ids=["categorical", "categorical+continuous"])
+def test_sparse_csr_input_equals_dense_input(n_cont):
+    # the first layer of an encoder takes sparse counts as a sparse-dense product: same output
+    torch.manual_seed(0)
+    enc = Encoder(30, 4, n_cat_list=[3], n_cont=n_cont, n_layers=2, n_hidden=16).eval()
+    x = torch.poisson(torch.rand(12, 30) * 2.0)
+    x[x < 2] = 0.0
+    codes = torch.tensor([0, 1, 2] * 4)
+    cont = torch.randn(12, n_cont) if n_cont else None
+    dense = enc(x, codes, cont=cont)
+    sparse = enc(x.to_sparse_csr(), codes, cont=cont)
+    for a, b in zip(dense, sparse):
+        torch.testing.assert_close(a, b)

@@ -118,6 +118,10 @@ class AnnDataLoader(DataLoader):
         process) and dealt out in turn, so the processes see disjoint cells (the last few are repeated
         when the cells do not divide evenly). :class:`~pyrovi.dataloaders.DataSplitter` sets these under
         a distributed Lightning strategy.
+    sparse_keys
+        Registry keys of sparse arrays to serve as torch sparse CSR tensors instead of densifying them,
+        for consumers that accept them (a guide listing them in ``sparse_guide_inputs``). Ignored with
+        ``device``, where minibatches are gathered densely on the device.
     device
         Move every registered array to this device once (e.g. ``"cuda"``) and gather minibatches there:
         no host-to-device copy per minibatch. The arrays must fit in the device's memory (sparse counts
@@ -151,6 +155,7 @@ class AnnDataLoader(DataLoader):
         num_replicas: int = 1,
         rank: int = 0,
         device: str | torch.device | None = None,
+        sparse_keys: Sequence[str] = (),
         **kwargs: Any,
     ):
         reserved = [key for key in _RESERVED_KWARGS if key in kwargs]
@@ -171,7 +176,7 @@ class AnnDataLoader(DataLoader):
         self.minibatch_size = int(batch_size)
         arrays = _select_arrays(dict(adata_manager.get_arrays()), data_and_attributes, n_cells)
         self.data_and_attributes = list(arrays)
-        dataset = _MinibatchDataset(arrays, self.indices, device=device)
+        dataset = _MinibatchDataset(arrays, self.indices, device=device, sparse_keys=sparse_keys)
 
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}.")

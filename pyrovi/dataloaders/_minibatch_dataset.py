@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -64,8 +65,15 @@ class _MinibatchDataset(Dataset):
         Row positions in the AnnData of the cells this dataset serves.
     """
 
-    def __init__(self, arrays: Mapping[str, object], indices: np.ndarray, device: torch.device | None = None):
+    def __init__(
+        self,
+        arrays: Mapping[str, object],
+        indices: np.ndarray,
+        device: torch.device | None = None,
+        sparse_keys: Sequence[str] = (),
+    ):
         self.arrays = {key: _prepare(key, value) for key, value in arrays.items()}
+        self.sparse_keys = frozenset(sparse_keys)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.device = None if device is None else torch.device(device)
         if self.device is not None:
@@ -80,9 +88,15 @@ class _MinibatchDataset(Dataset):
         if self.device is not None:
             return self._gather_on_device(positions)
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        # a sequential pass (queries) asks for runs of consecutive rows: a CSR slice is far cheaper than
+        # fancy row indexing; dense arrays keep the indexing copy so no batch is a view of the user's data
+        run = slice(int(rows[0]), int(rows[-1]) + 1) if _is_run(rows) else None
         batch = {}
         for key, array in self.arrays.items():
-            selected = array[rows]
+            selected = array[run] if run is not None and sp.issparse(array) else array[rows]
+            if sp.issparse(selected) and key in self.sparse_keys:
+                batch[key] = _csr_tensor(selected)
+                continue
             if sp.issparse(selected):
                 selected = selected.toarray()
             batch[key] = torch.from_numpy(np.ascontiguousarray(selected))
@@ -98,6 +112,29 @@ class _MinibatchDataset(Dataset):
             batch[key] = selected.to_dense() if selected.is_sparse else selected
         batch[REGISTRY_KEYS.INDICES_KEY] = self._indices_on_device.index_select(0, positions)
         return batch
+
+
+def _csr_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
+    """A scipy CSR minibatch as a torch sparse CSR tensor (its own copy of the arrays)."""
+    matrix = matrix.tocsr()
+    if not matrix.has_canonical_format:
+        matrix = matrix.copy()
+        matrix.sum_duplicates()  # also sorts the column indices, as torch's CSR expects
+    with warnings.catch_warnings():
+        # torch calls its sparse CSR layout "beta"; the operations used here (addmm) are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(np.ascontiguousarray(matrix.data)),
+            size=matrix.shape,
+            check_invariants=False,  # canonical scipy CSR: sorted, in-range indices by construction
+        )
+
+
+def _is_run(rows: np.ndarray) -> bool:
+    """Whether ``rows`` are consecutive increasing row positions."""
+    return len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1))
 
 
 def _to_device(array: np.ndarray | sp.csr_matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -98,6 +98,8 @@ class VAE(BaseModuleClass):
     """
 
     local_latent_sites = ("z", "log_library")
+    # the encoders take sparse counts (their first layer is a sparse-dense product)
+    sparse_guide_inputs = (REGISTRY_KEYS.X_KEY,)
 
     def __init__(
         self,

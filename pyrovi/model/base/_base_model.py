@@ -278,10 +278,14 @@ class BaseModelClass(PosteriorSamplingMixin):
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         shuffle: bool = False,
+        guide_only: bool = False,
     ) -> AnnDataLoader:
+        # a query that runs the guide alone may leave the inputs the guide takes sparse as they are
         manager = self._validate_anndata(adata)
+        sparse_keys = getattr(self.module, "sparse_guide_inputs", ()) if guide_only else ()
         return AnnDataLoader(
-            manager, indices=indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle
+            manager, indices=indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle,
+            sparse_keys=sparse_keys,
         )
 
     def _fn_args(self, batch: dict[str, torch.Tensor], **overrides: Any) -> tuple[tuple, dict]:

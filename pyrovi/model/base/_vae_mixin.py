@@ -69,7 +69,7 @@ class VAEMixin:
         """
         self.module.eval()
         out = []
-        for batch in self._make_data_loader(adata, indices, batch_size):
+        for batch in self._make_data_loader(adata, indices, batch_size, guide_only=True):
             args, kwargs = self._fn_args(batch)
             fn = poutine.trace(self.module.guide).get_trace(*args, **kwargs).nodes[self._latent_site]["fn"]
             if not give_mean:

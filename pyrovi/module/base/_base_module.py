@@ -48,6 +48,9 @@ class BaseModuleClass(PyroModule):
     #: Whether reconstruction/KL terms can be read per cell off a guide and a replayed model trace
     #: (False for models that enumerate a latent in the model, which the guide then lacks).
     per_cell_terms: bool = True
+    #: Registry keys the guide accepts as torch sparse CSR tensors (2-D, no sample dimensions). Queries
+    #: that run the guide alone (e.g. the latent representation) then skip densifying those minibatches.
+    sparse_guide_inputs: tuple[str, ...] = ()
 
     def model(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

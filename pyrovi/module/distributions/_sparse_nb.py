@@ -69,25 +69,28 @@ def _log_gamma_theta(theta: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(_gather(theta, flat))
 
 
-def _nonzero_terms(
-    value: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor, log_sigmoid_neg: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions of the non-zero counts and, there, ``log NB(x) - theta log sigmoid(-logits)``.
+def _gamma_terms(value: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions of the non-zero counts and, there, ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``.
 
     One flat index (``index_select``/``index_add``) is several times cheaper on the CPU than indexing
-    with a tuple of row and column tensors.
+    with a tuple of row and column tensors; only ``theta`` is gathered, from its per-gene row when it is
+    shared by every cell, so the backward pass scatters into a vector of genes, not a dense matrix.
     """
     flat_value = value.reshape(-1)
     flat = (flat_value != 0).nonzero().squeeze(1)
-    x, theta_nz = flat_value.index_select(0, flat), _gather(theta, flat)
-    log_sigmoid_pos = _gather(logits, flat) + _gather(log_sigmoid_neg, flat)
-    terms = (
-        x * log_sigmoid_pos
-        + torch.lgamma(x + theta_nz)
-        - _log_gamma_theta(theta, flat)
-        - _log_factorial(x)
-    )
+    x = flat_value.index_select(0, flat)
+    terms = torch.lgamma(x + _gather(theta, flat)) - _log_gamma_theta(theta, flat) - _log_factorial(x)
     return flat, terms
+
+
+def _dense_terms(value: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``theta log sigmoid(-logits)`` (the log-density at zero) and the log-density less its Gamma terms.
+
+    ``x log sigmoid(logits) = x (logits + log sigmoid(-logits))``: one dense ``logsigmoid`` serves both.
+    """
+    log_sigmoid_neg = F.logsigmoid(-logits)
+    at_zero = theta * log_sigmoid_neg
+    return at_zero, at_zero + value * (logits + log_sigmoid_neg)
 
 
 class NegativeBinomial(dist.NegativeBinomial):
@@ -110,9 +113,8 @@ class NegativeBinomial(dist.NegativeBinomial):
         if self._validate_args:
             self._validate_sample(value)
         theta, logits = self.total_count, self.logits
-        log_sigmoid_neg = F.logsigmoid(-logits)
-        flat, terms = _nonzero_terms(value, theta, logits, log_sigmoid_neg)
-        dense = theta * log_sigmoid_neg
+        _, dense = _dense_terms(value, theta, logits)
+        flat, terms = _gamma_terms(value, theta)
         return dense.reshape(-1).index_add(0, flat, terms).view(dense.shape)
 
 
@@ -149,13 +151,9 @@ class ZeroInflatedNegativeBinomial(dist.ZeroInflatedNegativeBinomial):
             self._validate_sample(value)
         theta, logits = self.base_dist.total_count, self.base_dist.logits
         theta, logits, gate = torch.broadcast_tensors(theta, logits, self.gate_logits)
-        log_sigmoid_neg = F.logsigmoid(-logits)
+        at_zero, nb = _dense_terms(value, theta, logits)
         log_gate = F.logsigmoid(gate)
-        zero_branch = log_gate + F.softplus(theta * log_sigmoid_neg - gate)
-        flat, terms = _nonzero_terms(value, theta, logits, log_sigmoid_neg)
-        # log sigmoid(-gate) = log sigmoid(gate) - gate; the non-zero branch replaces the zero branch there
-        nonzero_branch = (
-            _gather(log_gate, flat) - _gather(gate, flat)
-            + _gather(theta, flat) * _gather(log_sigmoid_neg, flat) + terms
-        )
-        return zero_branch.reshape(-1).index_copy(0, flat, nonzero_branch).view(zero_branch.shape)
+        # log sigmoid(-gate) = log sigmoid(gate) - gate
+        log_prob = torch.where(value == 0, log_gate + F.softplus(at_zero - gate), log_gate - gate + nb)
+        flat, terms = _gamma_terms(value, theta)
+        return log_prob.reshape(-1).index_add(0, flat, terms).view(log_prob.shape)

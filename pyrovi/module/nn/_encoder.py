@@ -10,6 +10,15 @@ from torch import nn
 from ._fc_layers import FCLayers
 
 
+def _log1p(x: torch.Tensor) -> torch.Tensor:
+    """``log1p`` of dense or sparse CSR counts; for CSR, of the stored values alone (``log1p(0) = 0``)."""
+    if x.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(
+            x.crow_indices(), x.col_indices(), torch.log1p(x.values()), x.shape, check_invariants=False
+        )
+    return torch.log1p(x)
+
+
 class Encoder(nn.Module):
     """Map ``log1p`` counts to the location and scale of a diagonal Normal, ``q(z | x)``.
 
@@ -76,6 +85,6 @@ class Encoder(nn.Module):
         self, x: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of the Normal posterior for each cell."""
-        h = self.encoder(torch.log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
+        h = self.encoder(_log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
         scale = torch.sqrt(torch.exp(self.log_var(h)) + self.var_eps)
         return self.loc(h), scale

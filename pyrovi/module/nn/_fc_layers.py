@@ -101,9 +101,27 @@ class FCLayers(nn.Module):
         if self.n_cont:
             covs.append(cont.to(x.dtype).expand(*x.shape[:-1], self.n_cont))
         lead = x.shape[:-1]
-        h = x
-        for i, block in enumerate(self.layers):
+        h, first = x, 0
+        if x.layout == torch.sparse_csr:
+            h, first = self._sparse_first_layer(x, covs), 1
+        for i, block in enumerate(self.layers[first:], start=first):
             if covs and (i == 0 or self.inject_covariates):
                 h = torch.cat([h, *covs], dim=-1)
             h = block(h.reshape(-1, h.shape[-1])).reshape(*lead, -1)
         return h
+
+    def _sparse_first_layer(self, x: torch.Tensor, covs: list[torch.Tensor]) -> torch.Tensor:
+        """The first block on a sparse CSR ``x`` (cells x features): a sparse-dense product, no densifying.
+
+        The covariates' columns of the weight multiply the (dense) covariates separately, which equals
+        the product with the concatenated input.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"a sparse input must be a 2-D (cells x features) CSR tensor, got {x.dim()} dims.")
+        block = self.layers[0]
+        linear = block[0]
+        n_x = x.shape[-1]
+        h = torch.addmm(linear.bias, x, linear.weight[:, :n_x].t())
+        if covs:
+            h = h + torch.cat(covs, dim=-1) @ linear.weight[:, n_x:].t()
+        return block[1:](h)
