@@ -3,7 +3,9 @@
 Both tools get the same data, the same train/validation split, the same architecture (n_latent 10,
 n_hidden 128, one layer, batch norm, dropout 0.1), the same optimiser (Adam, lr 1e-3, eps 0.01, weight
 decay 1e-6), the same KL warm-up and the same number of epochs. Every configuration runs in a fresh
-subprocess so that its peak RSS is its own. Printed: a table, then one JSON line.
+subprocess so that its peak RSS is its own, ``--repeats`` times (default 3) with the two tools alternating,
+and each figure is the median over the repeats: on a shared machine single runs of the same
+configuration differ by up to 20%. Printed: a table, then one JSON line.
 
 Figures (per configuration):
 
@@ -168,6 +170,32 @@ def _run_config(args: argparse.Namespace, tool: str, likelihood: str, batch_size
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """Median of each figure over the repeated runs of one tool and configuration."""
+    out = dict(runs[0])
+    for key in ("cells_per_s", "s_per_epoch", "peak_rss_mb", "latent_s", "elbo_val"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["repeats"] = len(runs)
+    return out
+
+
+def _collect_runs(args: argparse.Namespace) -> dict:
+    """Run every configuration ``args.repeats`` times, alternating the tools within each configuration.
+
+    Alternating (pyrovi, scvi-tools, pyrovi, ...) spreads slow phases of a shared machine over both
+    tools instead of charging them to whichever happened to run then.
+    """
+    runs: dict = {}
+    for likelihood in args.likelihoods:
+        for batch_size in args.batch_sizes:
+            for _ in range(args.repeats):
+                for tool in args.tools:
+                    runs.setdefault((tool, likelihood, batch_size), []).append(
+                        _run_config(args, tool, likelihood, batch_size)
+                    )
+    return runs
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -182,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     parser.add_argument("--tools", nargs="+", default=["pyrovi", "scvi-tools"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool and configuration (medians)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tool", help=argparse.SUPPRESS)
     parser.add_argument("--likelihood", help=argparse.SUPPRESS)
@@ -194,15 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     imports = {"pyrovi": _import_seconds("pyrovi")}
     if "scvi-tools" in args.tools:
         imports["scvi-tools"] = _import_seconds("scvi")
+    runs = _collect_runs(args)
     rows = [
-        _run_config(args, tool, likelihood, batch_size)
+        _median_run(runs[(tool, likelihood, batch_size)])
         for likelihood in args.likelihoods
         for batch_size in args.batch_sizes
         for tool in args.tools
     ]
     header = f"{'tool':<11}{'lik':<6}{'batch':>6}{'cells/s':>10}{'s/epoch':>9}{'RSS MB':>8}{'latent s':>10}{'ELBO val':>11}"
     print(f"data: {args.data} {'' if args.data == 'pbmc' else f'{args.n_cells} x {args.n_genes}'}, "
-          f"{args.epochs} epochs, torch threads {os.cpu_count()} cores")
+          f"{args.epochs} epochs, {os.cpu_count()} cores, medians of {args.repeats} interleaved runs")
     print(header)
     for r in rows:
         print(f"{r['tool']:<11}{r['likelihood']:<6}{r['batch_size']:>6}{r['cells_per_s']:>10.0f}"

@@ -46,6 +46,7 @@ def test_encoder_scale_is_floored_and_input_is_log1p():
 
 
 @pytest.mark.parametrize("n_cont", [0, 2], ids=["categorical", "categorical+continuous"])
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_sparse_csr_input_equals_dense_input(n_cont):
     # the first layer of an encoder takes sparse counts as a sparse-dense product: same output
     torch.manual_seed(0)
