@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from pyrovi._constants import REGISTRY_KEYS
@@ -77,6 +77,30 @@ def _select_arrays(arrays: dict, data_and_attributes: list[str] | None, n_cells:
     return arrays
 
 
+class _EpochRandomSampler(Sampler[int]):
+    """A random order of the cells that depends on the seed and the epoch number only.
+
+    Like torch's ``DistributedSampler``, the permutation of epoch ``e`` is drawn from a generator seeded with
+    ``seed + e``: a run resumed from a checkpoint at epoch ``e`` visits the cells in the order the
+    uninterrupted run would have. Lightning calls :meth:`set_epoch` before every epoch; without it (a loader
+    iterated by hand) every pass moves on to the next epoch's order, so successive passes still differ.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class _EpochBatchSampler(BatchSampler):
     """A BatchSampler that passes ``set_epoch`` on to its sampler, as Lightning calls it every epoch."""
 
@@ -104,8 +128,10 @@ class AnnDataLoader(DataLoader):
     batch_size
         Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
     shuffle
-        Visit the cells in a random order. The order is drawn from a generator seeded with ``seed``, so a
-        loader built with the same seed repeats the same sequence of orders, while successive epochs differ.
+        Visit the cells in a random order. The order of epoch ``e`` is drawn from a generator seeded with
+        ``seed + e`` (Lightning sets the epoch; iterated by hand, each pass is the next epoch), so a loader
+        built with the same seed repeats the same sequence of orders, successive epochs differ, and a run
+        resumed at epoch ``e`` continues the sequence.
     drop_last
         Skip the last minibatch when it holds fewer than ``batch_size`` cells.
     data_and_attributes
@@ -181,9 +207,7 @@ class AnnDataLoader(DataLoader):
                 dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=self.seed
             )
         elif shuffle:
-            # One generator for the loader's lifetime: every epoch draws a fresh permutation from it.
-            generator = torch.Generator().manual_seed(self.seed)
-            positions = RandomSampler(dataset, generator=generator)
+            positions = _EpochRandomSampler(len(dataset), self.seed)
         else:
             positions = SequentialSampler(dataset)
         sampler = _EpochBatchSampler(positions, batch_size=self.minibatch_size, drop_last=drop_last)

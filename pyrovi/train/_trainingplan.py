@@ -414,10 +414,32 @@ class TrainingPlan(pl.LightningModule):
             return
         # cell-weighted epoch means, as Lightning's on_epoch logging computes them; the training loss over
         # the steps taken (a skipped step's loss is not finite)
+        mean_loss = None
         if self._epoch_loss_sum is not None:
             mean_loss = self._epoch_loss_sum / self._epoch_loss_cells
             self.log("elbo_train", mean_loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
+        self._step_plateau_scheduler(mean_loss)
+
+    def _step_plateau_scheduler(self, mean_loss: torch.Tensor | None) -> None:
+        if not self.reduce_lr_on_plateau:
+            return
+        key = self.lr_scheduler_metric
+        metric = mean_loss if key == "elbo_train" else self.trainer.callback_metrics.get(key)
+        if metric is None:
+            raise ValueError(
+                f"reduce_lr_on_plateau monitors {key!r}, which was not logged this epoch; logged metrics are "
+                f"{sorted(self.trainer.callback_metrics)}. Set lr_scheduler_metric to one of them (e.g. 'elbo_train' "
+                "when there is no validation set)."
+            )
+        self.lr_schedulers().step(metric)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Do nothing: the plan steps its plateau scheduler itself, at the end of :meth:`on_train_epoch_end`.
+
+        Lightning steps epoch schedulers after the epoch's checkpoint is written, so a run resumed from that
+        checkpoint would never take that epoch's step; stepped here, it is part of the checkpoint.
+        """
 
     def on_train_end(self) -> None:
         if self.n_skipped_steps:
