@@ -62,6 +62,7 @@ def test_resumed_training_reaches_the_parameters_of_an_uninterrupted_run(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # one file, replaced every epoch
     saved = SafeCheckpointIO().load_checkpoint(checkpoint)
     assert (saved["epoch"], saved["global_step"]) == (1, 8)  # written as epoch 1 ended
+    assert saved["lr_schedulers"][0]["last_epoch"] == 2  # the plateau scheduler's step of epoch 1 is in it
 
     # a fresh process would start from a fresh model; something else draws random numbers meanwhile
     torch.rand(10), np.random.rand(10)

@@ -422,7 +422,8 @@ class TrainingPlan(pl.LightningModule):
         self._step_plateau_scheduler(mean_loss)
 
     def _step_plateau_scheduler(self, mean_loss: torch.Tensor | None) -> None:
-        if not self.reduce_lr_on_plateau:
+        scheduler = getattr(self, "_plateau_scheduler", None)
+        if not self.reduce_lr_on_plateau or scheduler is None:
             return
         key = self.lr_scheduler_metric
         metric = mean_loss if key == "elbo_train" else self.trainer.callback_metrics.get(key)
@@ -432,14 +433,18 @@ class TrainingPlan(pl.LightningModule):
                 f"{sorted(self.trainer.callback_metrics)}. Set lr_scheduler_metric to one of them (e.g. 'elbo_train' "
                 "when there is no validation set)."
             )
-        self.lr_schedulers().step(metric)
+        scheduler.step(metric)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        """Do nothing: the plan steps its plateau scheduler itself, at the end of :meth:`on_train_epoch_end`.
+        """Step a scheduler for Lightning; the plan's own plateau scheduler is stepped in ``on_train_epoch_end``.
 
         Lightning steps epoch schedulers after the epoch's checkpoint is written, so a run resumed from that
-        checkpoint would never take that epoch's step; stepped here, it is part of the checkpoint.
+        checkpoint would never take that epoch's step; stepped by the plan, it is part of the checkpoint.
+        Other schedulers (from a subclass's ``configure_optimizers``) are stepped by Lightning as usual.
         """
+        if scheduler is getattr(self, "_plateau_scheduler", None):
+            return
+        super().lr_scheduler_step(scheduler, metric)
 
     def on_train_end(self) -> None:
         if self.n_skipped_steps:
@@ -481,6 +486,7 @@ class TrainingPlan(pl.LightningModule):
             min_lr=self.lr_min,
             threshold_mode="abs",
         )
+        self._plateau_scheduler = scheduler
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_metric},
