@@ -98,6 +98,12 @@ def test_the_shuffle_order_depends_on_seed_and_epoch_only(tmp_path):
     late = AnnDataLoader(model.adata_manager, batch_size=60, shuffle=True, seed=7)
     late.sampler.set_epoch(2)  # as Lightning does on resuming at epoch 2
     assert next(iter(late))["indices"].tolist() == orders[0][2]
+    late.sampler.set_epoch(0)  # and back
+    assert next(iter(late))["indices"].tolist() == orders[0][0]
+    # the orders of torch's RandomSampler over one seeded generator, as before resuming existed: seeded
+    # results of earlier versions are unchanged
+    reference = torch.utils.data.RandomSampler(range(60), generator=torch.Generator().manual_seed(7))
+    assert [list(reference) for _ in range(3)] == orders[0]
 
 
 def test_a_checkpoint_holds_no_pickle(tmp_path):

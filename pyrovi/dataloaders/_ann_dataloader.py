@@ -78,16 +78,22 @@ def _select_arrays(arrays: dict, data_and_attributes: list[str] | None, n_cells:
 
 
 class _EpochRandomSampler(Sampler[int]):
-    """A random order of the cells that depends on the seed and the epoch number only.
+    """A random order of the cells per epoch that depends on the seed and the epoch number only.
 
-    Like torch's ``DistributedSampler``, the permutation of epoch ``e`` is drawn from a generator seeded with
-    ``seed + e``: a run resumed from a checkpoint at epoch ``e`` visits the cells in the order the
-    uninterrupted run would have. Lightning calls :meth:`set_epoch` before every epoch; without it (a loader
-    iterated by hand) every pass moves on to the next epoch's order, so successive passes still differ.
+    The orders are those of torch's ``RandomSampler`` over one generator seeded with ``seed`` (so those of
+    earlier pyrovi versions): every epoch draws two permutations from the stream and uses the first (torch's
+    sampler draws a second one for the remainder, which is empty). :meth:`set_epoch`, which Lightning calls
+    before every epoch, positions the stream at that epoch, replaying the earlier epochs' draws when it has
+    to jump, as on resuming from a checkpoint: a resumed run visits the cells in the order the uninterrupted
+    run would have. Iterated by hand without ``set_epoch``, each pass is the next epoch.
     """
+
+    _DRAWS_PER_EPOCH = 2
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        self._generator = torch.Generator().manual_seed(seed)
+        self._epochs_drawn = 0  # epochs whose permutations the generator has produced
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -95,10 +101,22 @@ class _EpochRandomSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
+    def _draw_epoch(self) -> torch.Tensor:
+        order = torch.randperm(self.n, generator=self._generator)
+        for _ in range(self._DRAWS_PER_EPOCH - 1):
+            torch.randperm(self.n, generator=self._generator)
+        self._epochs_drawn += 1
+        return order
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.epoch < self._epochs_drawn:  # an earlier epoch: replay the stream from its start
+            self._generator.manual_seed(self.seed)
+            self._epochs_drawn = 0
+        while self._epochs_drawn < self.epoch:  # a later one (resuming): skip the epochs in between
+            self._draw_epoch()
+        order = self._draw_epoch()
         self.epoch += 1
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(order.tolist())
 
 
 class _EpochBatchSampler(BatchSampler):
@@ -128,10 +146,10 @@ class AnnDataLoader(DataLoader):
     batch_size
         Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
     shuffle
-        Visit the cells in a random order. The order of epoch ``e`` is drawn from a generator seeded with
-        ``seed + e`` (Lightning sets the epoch; iterated by hand, each pass is the next epoch), so a loader
-        built with the same seed repeats the same sequence of orders, successive epochs differ, and a run
-        resumed at epoch ``e`` continues the sequence.
+        Visit the cells in a random order. The orders are drawn from a generator seeded with ``seed``, so a
+        loader built with the same seed repeats the same sequence of orders while successive epochs differ;
+        the order of epoch ``e`` depends on the seed and ``e`` only (Lightning sets the epoch; iterated by
+        hand, each pass is the next epoch), so a run resumed at epoch ``e`` continues the sequence.
     drop_last
         Skip the last minibatch when it holds fewer than ``batch_size`` cells.
     data_and_attributes
