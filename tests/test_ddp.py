@@ -64,9 +64,7 @@ def test_elbo_matches_the_single_process_run(runs):
     np.testing.assert_array_equal(ddp.validation_indices, val)
     elbo_ddp, elbo_single = ddp.get_elbo(indices=val), single.get_elbo(indices=val)
     # Both are unbiased SGD runs of the same length; two ranks take half as many steps per epoch with
-    # twice the cells each, so agreement is within optimisation noise, not exact. The fewer steps cost the
-    # DDP run about 5% here (4.9% and 5.05% with two shuffle orders of the single run): 7% allows for that,
-    # while weights lost on the way back from the spawned ranks would be far off.
-    assert abs(elbo_ddp - elbo_single) / abs(elbo_single) < 0.07
+    # twice the cells each, so agreement is within optimisation noise, not exact.
+    assert abs(elbo_ddp - elbo_single) / abs(elbo_single) < 0.05
     # and the full-data scaling held: per-cell ELBOs, not ELBOs scaled by a rank's share
     assert ddp.history["elbo_validation"]["elbo_validation"].iloc[-1] == pytest.approx(-elbo_ddp, rel=0.05)
