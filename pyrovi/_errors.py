@@ -1,14 +1,16 @@
-"""Errors of pyrovi's saved-model files."""
+"""Errors of pyrovi's saved-model and checkpoint files, and of training."""
 
 from __future__ import annotations
 
 
 class ModelFileError(ValueError):
-    """A saved model directory cannot be read: a file is missing, malformed, tampered with or foreign.
+    """A saved model directory or a training checkpoint cannot be read: missing, malformed, tampered or foreign.
 
-    Raised by ``Model.load`` before any of the directory's contents is used to build a model. The message
-    names the file, what is wrong with it and what to do. Loading only ever parses JSON and safetensors
-    (and an ``adata.h5ad``, which is HDF5): a pickle in a model directory is reported, never opened.
+    Raised by ``Model.load`` before any of the directory's contents is used to build a model, and by
+    ``Model.train(resume_from=...)`` before a checkpoint's contents are used. The message names the file, what
+    is wrong with it and what to do. Loading only ever parses JSON and safetensors (and an ``adata.h5ad``,
+    which is HDF5): a pickle (or a ``torch.save`` file) where a model or checkpoint should be is reported,
+    never opened.
 
     Examples
     --------
@@ -20,4 +22,33 @@ class ModelFileError(ValueError):
     """
 
 
-__all__ = ["ModelFileError"]
+class NumericalFaultError(FloatingPointError):
+    """Training met a NaN or infinite loss or gradient, and stopped before the optimiser applied it.
+
+    The model keeps its parameters from before the faulty step (the last finite state). The message names
+    the step, the epoch and what was not finite (the loss, or which parameter's gradient), with the likely
+    causes: data that are not raw counts (normalised or log values) or a learning rate that is too high.
+    ``model.train(..., plan_kwargs={"on_nonfinite": "skip"})`` skips such steps instead and counts them.
+
+    Attributes
+    ----------
+    step, epoch
+        Optimiser step (Lightning's ``global_step``) and epoch of the faulty step.
+    culprit
+        ``"loss"`` or the name of the first parameter whose gradient was not finite.
+
+    Examples
+    --------
+    >>> import pyrovi
+    >>> try:
+    ...     model.train(plan_kwargs={"lr": 1e6})  # doctest: +SKIP
+    ... except pyrovi.NumericalFaultError as err:
+    ...     print(err.step, err.culprit)  # doctest: +SKIP
+    """
+
+    def __init__(self, message: str, step: int, epoch: int, culprit: str):
+        super().__init__(message)
+        self.step, self.epoch, self.culprit = step, epoch, culprit
+
+
+__all__ = ["ModelFileError", "NumericalFaultError"]

@@ -368,3 +368,26 @@ def test_overwrite_refuses_a_directory_that_is_not_a_model(scvi, tmp_path):
     empty.mkdir()
     scvi[0].save(empty)  # an empty directory is free to use
     assert sorted(os.listdir(empty)) == ["model.json", "model.safetensors"]
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_the_pickle_byte_is_not_a_pickle(tmp_path):
+    """Safetensors headers are padded to multiples of 8, so one length in 32 has 0x80 as its first byte."""
+    from safetensors.torch import load_file, save_file
+
+    from pyrovi._files import sniff_pickle
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(300):
+        save_file({"w": torch.ones(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length whose first byte is 0x80")
+    assert sniff_pickle(path) is None
+    assert torch.equal(load_file(str(path))["w"], torch.ones(2))
+    pickled = tmp_path / "p.pkl"
+    pickled.write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    assert sniff_pickle(pickled) == "a pickle"
+    archive = tmp_path / "a.pt"
+    torch.save({"w": torch.ones(2)}, archive)
+    assert sniff_pickle(archive) == "a torch.save archive (a zip of pickles)"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from pyrovi._constants import REGISTRY_KEYS
@@ -77,6 +77,48 @@ def _select_arrays(arrays: dict, data_and_attributes: list[str] | None, n_cells:
     return arrays
 
 
+class _EpochRandomSampler(Sampler[int]):
+    """A random order of the cells per epoch that depends on the seed and the epoch number only.
+
+    The orders are those of torch's ``RandomSampler`` over one generator seeded with ``seed`` (so those of
+    earlier pyrovi versions): every epoch draws two permutations from the stream and uses the first (torch's
+    sampler draws a second one for the remainder, which is empty). :meth:`set_epoch`, which Lightning calls
+    before every epoch, positions the stream at that epoch, replaying the earlier epochs' draws when it has
+    to jump, as on resuming from a checkpoint: a resumed run visits the cells in the order the uninterrupted
+    run would have. Iterated by hand without ``set_epoch``, each pass is the next epoch.
+    """
+
+    _DRAWS_PER_EPOCH = 2
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self._generator = torch.Generator().manual_seed(seed)
+        self._epochs_drawn = 0  # epochs whose permutations the generator has produced
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _draw_epoch(self) -> torch.Tensor:
+        order = torch.randperm(self.n, generator=self._generator)
+        for _ in range(self._DRAWS_PER_EPOCH - 1):
+            torch.randperm(self.n, generator=self._generator)
+        self._epochs_drawn += 1
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        if self.epoch < self._epochs_drawn:  # an earlier epoch: replay the stream from its start
+            self._generator.manual_seed(self.seed)
+            self._epochs_drawn = 0
+        while self._epochs_drawn < self.epoch:  # a later one (resuming): skip the epochs in between
+            self._draw_epoch()
+        order = self._draw_epoch()
+        self.epoch += 1
+        return iter(order.tolist())
+
+
 class _EpochBatchSampler(BatchSampler):
     """A BatchSampler that passes ``set_epoch`` on to its sampler, as Lightning calls it every epoch."""
 
@@ -104,8 +146,10 @@ class AnnDataLoader(DataLoader):
     batch_size
         Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
     shuffle
-        Visit the cells in a random order. The order is drawn from a generator seeded with ``seed``, so a
-        loader built with the same seed repeats the same sequence of orders, while successive epochs differ.
+        Visit the cells in a random order. The orders are drawn from a generator seeded with ``seed``, so a
+        loader built with the same seed repeats the same sequence of orders while successive epochs differ;
+        the order of epoch ``e`` depends on the seed and ``e`` only (Lightning sets the epoch; iterated by
+        hand, each pass is the next epoch), so a run resumed at epoch ``e`` continues the sequence.
     drop_last
         Skip the last minibatch when it holds fewer than ``batch_size`` cells.
     data_and_attributes
@@ -186,9 +230,7 @@ class AnnDataLoader(DataLoader):
                 dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=self.seed
             )
         elif shuffle:
-            # One generator for the loader's lifetime: every epoch draws a fresh permutation from it.
-            generator = torch.Generator().manual_seed(self.seed)
-            positions = RandomSampler(dataset, generator=generator)
+            positions = _EpochRandomSampler(len(dataset), self.seed)
         else:
             positions = SequentialSampler(dataset)
         sampler = _EpochBatchSampler(positions, batch_size=self.minibatch_size, drop_last=drop_last)

@@ -1,8 +1,17 @@
 """Training: one generic SVI :class:`TrainingPlan` run by a Lightning :class:`Trainer`."""
 
 from ._callbacks import EpochProgressBar, HistoryLogger
+from ._checkpoint import SafeCheckpointIO
 from ._em import ExpectationMaximization, ExpectationStep
 from ._trainer import Trainer
 from ._trainingplan import TrainingPlan
 
-__all__ = ["TrainingPlan", "Trainer", "HistoryLogger", "EpochProgressBar", "ExpectationMaximization", "ExpectationStep"]
+__all__ = [
+    "TrainingPlan",
+    "Trainer",
+    "HistoryLogger",
+    "EpochProgressBar",
+    "ExpectationMaximization",
+    "ExpectationStep",
+    "SafeCheckpointIO",
+]

@@ -131,10 +131,28 @@ class EpochProgressBar(pl.Callback):
 
 
 class _PackHistory(pl.Callback):
-    """On rank 0, put the history into ``callback_metrics`` so that a spawned run can return it."""
+    """On rank 0, put the history into ``callback_metrics`` so that a spawned run can return it.
+
+    Also carries the history in checkpoints, so that a resumed run's history starts with the epochs before
+    the checkpoint.
+    """
 
     def __init__(self, history_logger: HistoryLogger):
         self.history_logger = history_logger
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # A checkpoint is written in an epoch's end hooks, after the epoch's metrics are computed
+        # (callback_metrics) but before Lightning hands them to the loggers: add them here.
+        metrics = {key: dict(values) for key, values in self.history_logger._metrics.items()}
+        epoch = trainer.current_epoch
+        for key, value in trainer.callback_metrics.items():
+            if not key.startswith(_PACKED_PREFIX) and epoch not in metrics.get(key, {}):
+                metrics.setdefault(key, {})[epoch] = float(value)
+        checkpoint["pyrovi_history"] = {key: sorted(values.items()) for key, values in metrics.items()}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for key, rows in checkpoint.get("pyrovi_history", {}).items():
+            self.history_logger._metrics[key].update({int(e): float(v) for e, v in rows})
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

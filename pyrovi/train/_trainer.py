@@ -7,19 +7,27 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping
 
 from .._settings import settings
 from ._callbacks import EpochProgressBar, HistoryLogger, _PackHistory
+from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
 
 
 class Trainer(pl.Trainer):
     """A :class:`lightning.pytorch.Trainer` configured for variational inference of pyrovi models.
 
     Defaults: accelerator and devices ``"auto"``; an epoch progress bar showing the ELBO (in place of
-    Lightning's per-step bar); no checkpoint files unless ``enable_checkpointing=True``; every
-    epoch-level metric collected by a :class:`HistoryLogger` (``trainer.history_logger``); optional
-    early stopping on ``elbo_validation``. Any other keyword goes to Lightning.
+    Lightning's per-step bar); no checkpoint files unless ``checkpoint_dir`` is given (or
+    ``enable_checkpointing=True``); every epoch-level metric collected by a :class:`HistoryLogger`
+    (``trainer.history_logger``); optional early stopping on ``elbo_validation``. Any other keyword goes
+    to Lightning.
+
+    Checkpoints are written and read by :class:`~pyrovi.train.SafeCheckpointIO` (safetensors + JSON, never
+    pickle), and hold the random generators' states and the history as well as Lightning's own state
+    (module, optimiser, loop counters, scheduler and callback states): ``fit(..., ckpt_path=path)``
+    continues a run as if it had not stopped.
 
     Parameters
     ----------
@@ -32,12 +40,17 @@ class Trainer(pl.Trainer):
         ``early_stopping_patience`` epochs.
     progress_bar
         Show the epoch bar (default: ``pyrovi.settings.progress_bar``).
+    checkpoint_dir
+        Write a checkpoint to ``checkpoint_dir/last.ckpt`` after every epoch (replacing the previous one,
+        atomically), from which ``fit(..., ckpt_path=...)`` resumes.
 
     Examples
     --------
     >>> trainer = Trainer(max_epochs=20, accelerator="cpu", progress_bar=False)
     >>> trainer.fit(plan, datamodule=splitter)  # doctest: +SKIP
     >>> trainer.history_logger.history()["elbo_validation"]  # doctest: +SKIP
+    >>> Trainer(max_epochs=20, checkpoint_dir="ckpt/").fit(plan, datamodule=splitter)  # doctest: +SKIP
+    >>> Trainer(max_epochs=40).fit(plan, datamodule=splitter, ckpt_path="ckpt/last.ckpt")  # doctest: +SKIP
     """
 
     def __init__(
@@ -51,6 +64,7 @@ class Trainer(pl.Trainer):
         early_stopping_min_delta: float = 0.0,
         progress_bar: bool | None = None,
         enable_checkpointing: bool = False,
+        checkpoint_dir: str | None = None,
         **kwargs: Any,
     ):
         # Lightning announces device choices and product tips at INFO: show them only in debug mode.
@@ -68,7 +82,11 @@ class Trainer(pl.Trainer):
                     mode="min",
                 )
             )
+        if checkpoint_dir is not None:
+            callbacks.append(_last_checkpoint(checkpoint_dir))
+            enable_checkpointing = True  # with this callback in place of Lightning's default one
         callbacks.append(_PackHistory(self.history_logger))
+        callbacks.append(_RandomState())
         if settings.progress_bar if progress_bar is None else progress_bar:
             callbacks.append(EpochProgressBar())
         loggers = [self.history_logger, *_as_list(kwargs.pop("logger", None))]
@@ -78,6 +96,11 @@ class Trainer(pl.Trainer):
         # pyrovi's loaders shard cells over processes themselves (DataSplitter); Lightning's sampler
         # replacement would rebuild them without their whole-minibatch sampler
         kwargs.setdefault("use_distributed_sampler", False)
+        # Every checkpoint is written and read without pickle, unless the caller brings its own format.
+        plugins = _as_list(kwargs.pop("plugins", None))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(SafeCheckpointIO())
+        kwargs["plugins"] = plugins
         super().__init__(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -99,6 +122,11 @@ class Trainer(pl.Trainer):
             warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
             # The plan moves its flat minibatch dicts itself (TrainingPlan.transfer_batch_to_device).
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            if kwargs.get("ckpt_path") is not None:
+                # Resuming into the checkpoint's own directory, or without writing further checkpoints, is
+                # what resume_from is for, not a mistake.
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+                warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be.*")
             super().fit(*args, **kwargs)
         self.history_logger.unpack_from(self.callback_metrics)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -12,7 +13,12 @@ from pyro import poutine
 from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .._constants import REGISTRY_KEYS
+from .._errors import NumericalFaultError
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
+
+#: history key of the number of optimiser steps skipped in an epoch (``on_nonfinite="skip"``)
+SKIPPED_STEPS_METRIC = "nonfinite_steps_skipped"
+_NONFINITE_MODES = ("raise", "skip")
 
 # Pyro rejects non-positive scales; the first warm-up epoch therefore uses this tiny weight, which
 # for the optimiser is indistinguishable from scVI's zero.
@@ -35,6 +41,15 @@ def _kl_weight(
     else:
         progress = 1.0
     return max(min_kl_weight + (max_kl_weight - min_kl_weight) * progress, _MIN_POSITIVE_KL_WEIGHT)
+
+
+def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """``targets[i].copy_(sources[i])`` for all ``i``, in one fused call where torch has one (torch >= 2.2)."""
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(targets, sources)
+    else:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
 
 
 def _make_adam(cls: type, params: list[torch.Tensor], **settings: float) -> torch.optim.Optimizer:
@@ -87,11 +102,28 @@ class TrainingPlan(pl.LightningModule):
     validate_distributions
         Run Pyro/torch argument validation inside the training loop. Off by default: the data layer has
         already validated the counts, and validation checks synchronise the host with the device.
+    on_nonfinite
+        What to do when the loss or a gradient of a step is NaN or infinite. ``"raise"`` (default): stop
+        with :class:`pyrovi.NumericalFaultError`, which names the step, the epoch, the loss or the parameter
+        whose gradient is not finite, and the likely causes; the optimiser step is never taken, so the model
+        keeps its last finite parameters. ``"skip"``: leave the parameters and the optimiser state unchanged
+        for that step and go on; the number of skipped steps is logged per epoch
+        (``history["nonfinite_steps_skipped"]``) and a warning gives the total when training ends.
+
+    Notes
+    -----
+    The finiteness check is one fused norm over all gradients plus the loss, before the optimiser step. On
+    the CPU the decision is made on the host (no synchronisation is involved there). On an accelerator with
+    the fused Adam/AdamW pyrovi builds, it stays on the device: a faulty step is skipped inside the fused
+    kernel (its ``found_inf`` input, as with mixed-precision gradient scaling), and ``"raise"`` also skips
+    every later step of the epoch and raises at the end of the epoch, naming the first faulty step. With
+    another optimiser on an accelerator the check costs one host synchronisation per step.
 
     Examples
     --------
     >>> plan = TrainingPlan(VAE(n_input=100), lr=1e-3)  # doctest: +SKIP
     >>> Trainer(max_epochs=10).fit(plan, datamodule=DataSplitter(manager))  # doctest: +SKIP
+    >>> TrainingPlan(VAE(n_input=100), on_nonfinite="skip")  # doctest: +SKIP
     """
 
     def __init__(
@@ -115,8 +147,11 @@ class TrainingPlan(pl.LightningModule):
         lr_scheduler_metric: str = "elbo_validation",
         log_train_terms: bool = False,
         validate_distributions: bool = False,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
     ):
         super().__init__()
+        if on_nonfinite not in _NONFINITE_MODES:
+            raise ValueError(f"on_nonfinite={on_nonfinite!r}: use 'raise' (stop with an error) or 'skip'.")
         self.module = module
         self.loss = loss if loss is not None else TraceMeanField_ELBO()
         # The ELBO module only wraps the (bound) model and guide; the parameters are the module's.
@@ -131,6 +166,11 @@ class TrainingPlan(pl.LightningModule):
         self.lr_scheduler_metric = lr_scheduler_metric
         self.log_train_terms = log_train_terms
         self.validate_distributions = validate_distributions
+        self.on_nonfinite = on_nonfinite
+        #: Decide on the device (True), on the host (False), or by device and optimiser (None); tests force it.
+        self._check_on_device: bool | None = None
+        self._step_loss: torch.Tensor | None = None
+        self.n_skipped_steps = 0
         self.n_obs_training: int | None = None
         self.n_obs_validation: int | None = None
 
@@ -193,31 +233,228 @@ class TrainingPlan(pl.LightningModule):
         # generic collection walk, which costs milliseconds a step.
         return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
+    def on_train_start(self) -> None:
+        self.n_skipped_steps = 0
+        # Buffers a forward pass changes (BatchNorm's running statistics): a faulty step must not keep their
+        # update either. Collected here, after Lightning moved the module to its device.
+        self._running = [
+            b for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers()
+        ]
+        self._running_saved: list[torch.Tensor] | None = None
+
     def on_train_epoch_start(self) -> None:
         # Epoch sums of the training loss stay on the device: no per-step self.log (which costs a few
         # milliseconds a call on the CPU) and no per-step host synchronisation.
         self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_loss_cells: int | torch.Tensor = 0  # cells of the steps taken (a device count on accelerators)
+        self._pending: tuple[torch.Tensor, int] | None = None
         self._epoch_kl_sum, self._epoch_cells = 0.0, 0
+        self._epoch_first_step = self.global_step
+        self._epoch_skipped = 0
+        # device-side fault state of this epoch (see _flag_on_device)
+        self._halted: torch.Tensor | None = None
+        self._n_steps_before_halt: torch.Tensor | None = None
+        self._fault_mask: torch.Tensor | None = None
+        self._skipped_on_device: torch.Tensor | None = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         kl_weight = self.kl_weight
+        self._commit_pending()  # a minibatch without an optimiser step of its own (gradient accumulation)
+        self._save_running_buffers()
         loss = self._loss(batch, self.n_obs_training, kl_weight)
+        self._step_loss = loss.detach()
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        weighted = loss.detach() * n
-        self._epoch_loss_sum = weighted if self._epoch_loss_sum is None else self._epoch_loss_sum + weighted
+        # added to the epoch's training loss once the step is known to be finite (on_before_optimizer_step)
+        self._pending = (loss.detach() * n, n)
         self._epoch_kl_sum += kl_weight * n
         self._epoch_cells += n
         if self.log_train_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "train")
         return loss
 
+    # ----------------------------------------------------------------------------------------------
+    # numerical faults
+
+    def _commit_pending(self, taken: bool | torch.Tensor = True) -> None:
+        """Add the last minibatch's loss to the epoch's, unless its step was skipped (``taken``: a device bool)."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None or taken is False:
+            return
+        weighted, n = pending
+        if isinstance(taken, torch.Tensor):
+            weighted = torch.where(taken, weighted, torch.zeros_like(weighted))  # a NaN times 0 stays NaN
+            n = taken.to(weighted.dtype) * n
+        self._epoch_loss_sum = weighted if self._epoch_loss_sum is None else self._epoch_loss_sum + weighted
+        self._epoch_loss_cells = self._epoch_loss_cells + n
+
+    def _save_running_buffers(self) -> None:
+        running = getattr(self, "_running", None)
+        if not running:
+            return
+        if self._running_saved is None:
+            self._running_saved = [b.clone() for b in running]
+        else:
+            _copy_all(self._running_saved, running)
+
+    def _restore_running_buffers(self, flag: torch.Tensor | None = None) -> None:
+        """Put back the running statistics of before this step (where ``flag``, a device bool, is set)."""
+        running, saved = getattr(self, "_running", None), getattr(self, "_running_saved", None)
+        if not running or saved is None:
+            return
+        if flag is None:
+            _copy_all(running, saved)
+            return
+        for buffer, before in zip(running, saved):
+            buffer.copy_(torch.where(flag, before, buffer))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Check the loss and the gradients of this step before the optimiser applies them."""
+        loss, self._step_loss = self._step_loss, None
+        if loss is None:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            self._commit_pending()
+            return
+        # One fused norm per gradient (a single kernel launch for all of them) and the loss in one vector:
+        # the step is finite exactly when every entry is.
+        norms = torch._foreach_norm([p.grad for p in params])
+        finite = torch.isfinite(torch.stack([*norms, loss.reshape(()).to(norms[0].dtype)]))
+        if self._decide_on_device(optimizer, loss):
+            self._fault_params = params  # the order of the entries of the fault mask
+            self._flag_on_device(optimizer, finite)
+        elif not bool(finite.all()):  # on the CPU this reads memory the host already holds: no sync
+            self._on_fault(optimizer, params, finite)
+        else:
+            self._commit_pending()
+
+    def _decide_on_device(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+        if self._check_on_device is not None:
+            return self._check_on_device
+        # The fused Adam kernels take a found_inf flag and skip the update on the device when it is set.
+        return loss.device.type != "cpu" and bool(optimizer.defaults.get("fused"))
+
+    def _on_fault(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], finite: torch.Tensor) -> None:
+        """A faulty step seen on the host: raise before the optimiser step, or skip it."""
+        self._restore_running_buffers()
+        if self.on_nonfinite == "raise":
+            raise self._fault_error(self.global_step, self.current_epoch, params, finite)
+        # Optimisers leave parameters without gradient untouched (no update, no moment or step count change).
+        for p in params:
+            p.grad = None
+        self._epoch_skipped += 1
+        self._commit_pending(False)
+
+    def _flag_on_device(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+        """A fault flag kept on the device and handed to the fused optimiser: no host synchronisation."""
+        bad = ~finite.all()
+        if self.on_nonfinite == "skip":
+            self._skipped_on_device = bad.long() if self._skipped_on_device is None else self._skipped_on_device + bad
+            optimizer.found_inf = bad.float()
+            self._restore_running_buffers(bad)
+            self._commit_pending(~bad)
+            return
+        # "raise": from the first faulty step on, every step of the epoch is skipped, so the parameters stay
+        # at the last finite state until on_train_epoch_end raises; the first fault's mask names the culprit.
+        before = self._halted if self._halted is not None else torch.zeros_like(bad)
+        halted = before | bad
+        newly = halted & ~before
+        mask = self._fault_mask
+        if mask is None or mask.shape != finite.shape:  # a step whose set of gradients differs
+            mask = torch.zeros_like(finite)
+        self._fault_mask = torch.where(newly, ~finite, mask)
+        steps = (~halted).long()
+        self._n_steps_before_halt = steps if self._n_steps_before_halt is None else self._n_steps_before_halt + steps
+        self._halted = halted
+        optimizer.found_inf = halted.float()
+        self._restore_running_buffers(halted)
+        self._commit_pending(~halted)
+
+    def _check_device_faults(self) -> None:
+        """Once per epoch (where the epoch's metrics synchronise anyway): act on the device-side flags."""
+        if self._skipped_on_device is not None:
+            self._epoch_skipped += int(self._skipped_on_device)
+            self._skipped_on_device = None
+        if self._halted is not None and bool(self._halted):
+            # the flags restart every epoch, so the first faulty step lies in this one
+            step = self._epoch_first_step + int(self._n_steps_before_halt)
+            params = self._fault_params
+            raise self._fault_error(step, self.current_epoch, params, ~self._fault_mask.cpu())
+
+    def _fault_error(
+        self, step: int, epoch: int, params: list[torch.Tensor], finite: torch.Tensor
+    ) -> NumericalFaultError:
+        finite = finite.cpu()
+        names = {id(p): name for name, p in self.named_parameters()}
+        if not bool(finite[-1]):
+            culprit, what = "loss", "the loss"
+        else:
+            first = int((~finite[:-1]).nonzero()[0])
+            culprit = names.get(id(params[first]), f"parameter {first}")
+            n_bad = int((~finite[:-1]).sum())
+            others = f" (and {n_bad - 1} other parameters)" if n_bad > 1 else ""
+            what = f"the gradient of {culprit}{others}"
+        message = (
+            f"Training stopped at optimiser step {step} (epoch {epoch}): {what} is NaN or infinite. The step was "
+            "not applied: the model keeps its parameters from before it (the last finite state). Likely causes: "
+            "data that are not raw counts (normalised or log-transformed values; pass the counts with "
+            "setup_anndata(adata, layer='counts')), or a learning rate that is too high (lower it, e.g. "
+            "plan_kwargs={'lr': 1e-4}). To skip such steps and go on training, use "
+            "plan_kwargs={'on_nonfinite': 'skip'}."
+        )
+        return NumericalFaultError(message, step=step, epoch=epoch, culprit=culprit)
+
     def on_train_epoch_end(self) -> None:
+        self._check_device_faults()
+        if self.on_nonfinite == "skip":
+            self.n_skipped_steps += self._epoch_skipped
+            self.log(SKIPPED_STEPS_METRIC, float(self._epoch_skipped), on_epoch=True, sync_dist=True)
+        self._commit_pending()
         if not self._epoch_cells:
             return
-        # cell-weighted epoch means, as Lightning's on_epoch logging computes them
-        mean_loss = self._epoch_loss_sum / self._epoch_cells
-        self.log("elbo_train", mean_loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        # cell-weighted epoch means, as Lightning's on_epoch logging computes them; the training loss over
+        # the steps taken (a skipped step's loss is not finite)
+        mean_loss = None
+        if self._epoch_loss_sum is not None:
+            mean_loss = self._epoch_loss_sum / self._epoch_loss_cells
+            self.log("elbo_train", mean_loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
+        self._step_plateau_scheduler(mean_loss)
+
+    def _step_plateau_scheduler(self, mean_loss: torch.Tensor | None) -> None:
+        scheduler = getattr(self, "_plateau_scheduler", None)
+        if not self.reduce_lr_on_plateau or scheduler is None:
+            return
+        key = self.lr_scheduler_metric
+        metric = mean_loss if key == "elbo_train" else self.trainer.callback_metrics.get(key)
+        if metric is None:
+            raise ValueError(
+                f"reduce_lr_on_plateau monitors {key!r}, which was not logged this epoch; logged metrics are "
+                f"{sorted(self.trainer.callback_metrics)}. Set lr_scheduler_metric to one of them (e.g. 'elbo_train' "
+                "when there is no validation set)."
+            )
+        scheduler.step(metric)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step a scheduler for Lightning; the plan's own plateau scheduler is stepped in ``on_train_epoch_end``.
+
+        Lightning steps epoch schedulers after the epoch's checkpoint is written, so a run resumed from that
+        checkpoint would never take that epoch's step; stepped by the plan, it is part of the checkpoint.
+        Other schedulers (from a subclass's ``configure_optimizers``) are stepped by Lightning as usual.
+        """
+        if scheduler is getattr(self, "_plateau_scheduler", None):
+            return
+        super().lr_scheduler_step(scheduler, metric)
+
+    def on_train_end(self) -> None:
+        if self.n_skipped_steps:
+            warnings.warn(
+                f"{self.n_skipped_steps} optimiser steps had a NaN or infinite loss or gradient and were skipped "
+                f"(on_nonfinite='skip'; per epoch in history['{SKIPPED_STEPS_METRIC}']). Many skipped steps "
+                "suggest data that are not raw counts or a learning rate that is too high.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch, self.n_obs_validation, 1.0)
@@ -249,6 +486,7 @@ class TrainingPlan(pl.LightningModule):
             min_lr=self.lr_min,
             threshold_mode="abs",
         )
+        self._plateau_scheduler = scheduler
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_metric},

@@ -181,9 +181,17 @@ class BaseModelClass(PosteriorSamplingMixin):
         load_data_on_device: bool | None = None,
         plan_kwargs: dict[str, Any] | None = None,
         datasplitter_kwargs: dict[str, Any] | None = None,
+        checkpoint_dir: str | None = None,
+        resume_from: str | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Fit the model by stochastic variational inference.
+
+        A step whose loss or gradient is NaN or infinite stops training with
+        :class:`pyrovi.NumericalFaultError` before it is applied (the model keeps its last finite
+        parameters); ``plan_kwargs={"on_nonfinite": "skip"}`` skips such steps instead, counts them in
+        ``history["nonfinite_steps_skipped"]`` and warns at the end. With ``checkpoint_dir`` a checkpoint is
+        written after every epoch, and ``resume_from`` continues a run from one.
 
         Parameters
         ----------
@@ -204,15 +212,35 @@ class BaseModelClass(PosteriorSamplingMixin):
             Keep the registered data on the training device and gather minibatches there. ``None``
             (default): on a GPU when it takes under a quarter of the free memory; never on the CPU.
         plan_kwargs
-            Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``loss``...).
+            Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``loss``,
+            ``on_nonfinite``...).
         datasplitter_kwargs
             Further arguments of the :class:`~pyrovi.dataloaders.DataSplitter`.
+        checkpoint_dir
+            Write a resumable checkpoint to ``checkpoint_dir/last.ckpt`` at the end of every epoch (the
+            previous one is replaced atomically). It holds the module and optimiser state, the epoch and step
+            counters (and so the KL warm-up position), scheduler and early-stopping states, the random
+            generators' states and the history. The file is safetensors with a JSON header: no pickle.
+        resume_from
+            Path of such a checkpoint: restore it and train on up to ``max_epochs`` (counted from the start
+            of the first run). Use the same data, split and settings (seed, ``batch_size``, ``plan_kwargs``)
+            as the interrupted run; on one process and the CPU the result is then bitwise that of an
+            uninterrupted run. A file that is not a pyrovi checkpoint (e.g. a ``torch.save`` or pickle file)
+            raises :class:`pyrovi.ModelFileError` without being unpickled.
         **trainer_kwargs
             Further arguments of the :class:`~pyrovi.train.Trainer` (and Lightning's).
+
+        Raises
+        ------
+        pyrovi.NumericalFaultError
+            A NaN or infinite loss or gradient (with the default ``on_nonfinite="raise"``).
 
         Examples
         --------
         >>> model.train(max_epochs=100, early_stopping=True, plan_kwargs={"lr": 2e-3})  # doctest: +SKIP
+        >>> model.train(max_epochs=100, checkpoint_dir="ckpt/")  # interrupted at some epoch  # doctest: +SKIP
+        >>> model.train(max_epochs=100, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt")  # doctest: +SKIP
+        >>> model.train(plan_kwargs={"on_nonfinite": "skip"})  # doctest: +SKIP
         """
         n_cells = self.summary_stats["n_cells"]
         max_epochs = max_epochs if max_epochs is not None else _max_epochs_heuristic(n_cells)
@@ -231,11 +259,16 @@ class BaseModelClass(PosteriorSamplingMixin):
             accelerator=accelerator,
             devices=devices,
             early_stopping=early_stopping,
+            checkpoint_dir=checkpoint_dir,
             **trainer_kwargs,
         )
         # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
         self.module.train()
-        trainer.fit(plan, datamodule=splitter)
+        try:
+            trainer.fit(plan, datamodule=splitter, ckpt_path=None if resume_from is None else str(resume_from))
+        finally:
+            # a fit stopped by an error (e.g. a numerical fault) leaves the module as it was, in eval mode
+            self.module.eval()
         self.train_indices = splitter.train_idx
         self.validation_indices = splitter.val_idx
         self.test_indices = splitter.test_idx

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..._errors import ModelFileError
+from ..._files import sniff_pickle
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -27,8 +28,6 @@ ADATA_FILE = "adata.h5ad"
 #: raise it when a saved field changes meaning, and convert older files in :func:`read_meta`.
 FORMAT_VERSION = 1
 
-_PICKLE_MAGIC = b"\x80"  # protocol 2+ pickles start with the PROTO opcode
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive: a zip of pickles
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: Suffixes of the pickled files other tools write in model directories (scvi-tools, torch.save, joblib).
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
@@ -42,13 +41,7 @@ def _fail(path: Path, problem: str, fix: str = _RESAVE) -> ModelFileError:
 
 def _sniff(path: Path) -> str | None:
     """What a file's first bytes say it is, when that is a pickle or a torch archive."""
-    with path.open("rb") as handle:
-        head = handle.read(8)
-    if head[:1] == _PICKLE_MAGIC:
-        return "a pickle"
-    if head[:4] == _ZIP_MAGIC:
-        return "a torch.save archive (a zip of pickles)"
-    return None
+    return sniff_pickle(path)
 
 
 def check_model_dir(path: Path) -> None:
