@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [
     "scvi_quickstart",
@@ -58,3 +60,36 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     # reStructuredText roles are translated for Markdown (docs/_ext/griffe_rst.py), never shown raw
     for page in site.glob("api/*/index.html"):
         assert ":class:`" not in page.read_text(encoding="utf-8"), page
+
+
+def _load(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docstring_markup_translated() -> None:
+    rst_to_markdown = _load("griffe_rst").rst_to_markdown
+    text = (
+        "See :class:`~pyrovi.priors.LatentPrior` and :func:`pyrovi.datasets.pbmc_small`, :math:`z_n`.\n\n"
+        ".. math::\n\n    a &= b \\\\\n    c &= d\n\n"
+        "Parameters\n----------\nn_hidden, n_latent\n    Sizes.\n"
+    )
+    out = rst_to_markdown(text)
+    assert "`LatentPrior`" in out and "`pyrovi.datasets.pbmc_small`" in out and "$z_n$" in out
+    assert "$$\n\\begin{aligned}\na &= b \\\\\nc &= d\n\\end{aligned}\n$$" in out
+    # griffe would give every name of a group the first one's type and default: one entry each
+    assert "n_hidden\n    Sizes.\nn_latent\n    Sizes." in out
+
+
+def test_source_quotes_follow_the_code() -> None:
+    from mkdocs.exceptions import PluginError
+
+    hooks = _load("hooks")
+    block = hooks.quote_source("pyrovi/module/_vae.py", "VAE.model")
+    assert block.startswith("```python") and "def model(" in block and 'pyro.sample("x"' in block
+    with pytest.raises(PluginError, match="defines no"):
+        hooks.quote_source("pyrovi/module/_vae.py", "VAE.no_such_method")

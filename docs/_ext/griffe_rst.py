@@ -4,6 +4,9 @@ pyrovi's docstrings are numpydoc with a few Sphinx constructs; mkdocstrings rend
 rendering: ``:math:`x``` becomes ``$x$``, a ``.. math::`` block a ``$$`` block (aligned when it has
 ``&`` or ``\\``), cross-reference roles (``:class:`~pyrovi.priors.LatentPrior```) inline code of the
 name they show, and a paragraph ending in ``::`` a plain colon before its indented code block.
+
+Grouped parameters (``n_hidden, n_latent`` sharing one description) are split into one entry each:
+griffe gives every name of a group the type and default of the first one.
 """
 
 from __future__ import annotations
@@ -34,8 +37,45 @@ def _math_block(match: re.Match) -> str:
     return textwrap.indent(block, indent) + "\n\n"
 
 
+_GROUPED_SECTIONS = ("Parameters", "Other Parameters", "Attributes")
+_GROUP = re.compile(r"^(?P<names>[*\w]+(?:, [*\w]+)+)(?P<rest> : .*)?$")
+
+
+def split_grouped_parameters(text: str) -> str:
+    """Write ``a, b`` followed by a description as ``a`` and ``b``, each with that description."""
+    lines = text.split("\n")
+    out: list[str] = []
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if i + 1 < len(lines) and line.strip() and set(lines[i + 1].strip()) == {"-"} and not line.startswith(" "):
+            section = line.strip()
+            out += [line, lines[i + 1]]
+            i += 2
+            continue
+        match = _GROUP.match(line) if section in _GROUPED_SECTIONS else None
+        if match is None:
+            out.append(line)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and (lines[j].startswith(" ") or not lines[j].strip()):
+            j += 1
+        body = lines[i + 1 : j]
+        while body and not body[-1].strip():
+            body.pop()
+        trailing = j - (i + 1) - len(body)
+        for name in match["names"].split(", "):
+            out += [name + (match["rest"] or ""), *body]
+        out += [""] * trailing
+        i = j
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
     """Translate the reStructuredText constructs pyrovi's docstrings use into Markdown."""
+    text = split_grouped_parameters(text)
     text = _MATH_BLOCK.sub(_math_block, text)
     text = _MATH_ROLE.sub(lambda m: f"${m['tex']}$", text)
     text = _ROLE.sub(_role, text)
