@@ -3,6 +3,9 @@
 A line ``<!-- source: pyrovi/module/_vae.py::VAE.model -->`` in a page becomes a Python code block
 holding that function or class (decorators included), read from the file with :mod:`ast`. A path or
 name that does not exist stops the build, so a renamed function cannot leave a page quoting stale code.
+
+The tutorials are symlinks ``docs/tutorials/*.ipynb -> ../../notebooks/*.ipynb``; a link whose notebook
+is missing stops the build with the notebook's name (rather than a traceback from MkDocs).
 """
 
 from __future__ import annotations
@@ -49,3 +52,15 @@ def quote_source(path: str, qualname: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
     return _DIRECTIVE.sub(lambda m: quote_source(m["path"], m["name"]), markdown)
+
+
+
+def on_files(files, **kwargs):
+    missing = [
+        f"{file.src_uri} (-> {Path(file.abs_src_path).resolve()})"
+        for file in files
+        if file.src_uri.endswith(".ipynb") and not Path(file.abs_src_path).exists()
+    ]
+    if missing:
+        raise PluginError("tutorial notebooks missing: " + "; ".join(missing))
+    return files
