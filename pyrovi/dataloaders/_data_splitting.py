@@ -68,6 +68,10 @@ class DataSplitter(LightningDataModule):
     case the remaining cells form the test set. Cells are assigned from a permutation seeded with ``seed``
     when ``shuffle_set_split``, else in their AnnData order.
 
+    Under a distributed strategy (``trainer.world_size > 1``) every loader serves only this process's
+    share of its cells (see ``num_replicas`` in :class:`~pyrovi.dataloaders.AnnDataLoader`); pyrovi's
+    :class:`~pyrovi.train.Trainer` therefore turns off Lightning's own sampler replacement.
+
     Parameters
     ----------
     adata_manager
@@ -94,10 +98,6 @@ class DataSplitter(LightningDataModule):
         Put the registered arrays on the training device once and gather minibatches there (see
         ``device`` in :class:`~pyrovi.dataloaders.AnnDataLoader`). ``None``: do so on a GPU when the
         arrays take less than a quarter of its free memory; ``False`` (default) never.
-
-    Under a distributed strategy (``trainer.world_size > 1``) every loader serves only this process's
-    share of its cells (see ``num_replicas`` in :class:`~pyrovi.dataloaders.AnnDataLoader`); pyrovi's
-    :class:`~pyrovi.train.Trainer` therefore turns off Lightning's own sampler replacement.
 
     Attributes
     ----------

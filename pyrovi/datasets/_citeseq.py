@@ -117,18 +117,19 @@ def synthetic_citeseq(
 
     Returns
     -------
-    AnnData with integer RNA counts in ``X`` (``var_names`` ``"gene_0"``, ...), ``obs["batch"]``
-    (``"batch_0"``, ...) and ``obs["labels"]`` (``"label_0"``, ...) as categoricals, and
+    AnnData
+        Integer RNA counts in ``X`` (``var_names`` ``"gene_0"``, ...), ``obs["batch"]``
+        (``"batch_0"``, ...) and ``obs["labels"]`` (``"label_0"``, ...) as categoricals, and
 
-    - ``obsm["protein_expression"]``: DataFrame of float32 integer protein counts, cells x proteins, columns
-      ``"protein_0"``, ... (also listed in ``uns["protein_names"]``);
-    - truth: ``obsm["z_true"]`` (float32), ``obs["library_true"]``, ``obsm["protein_foreground_true"]``
-      (bool ``v``), ``obsm["protein_background_mean_true"]`` (float32 ``beta``, counts scale),
-      ``obsm["protein_foreground_scale_true"]`` (float32 ``alpha_nt``);
-    - parameters: ``uns["synthetic"]`` (those of the RNA part, as from :func:`synthetic_iid`) and
-      ``uns["synthetic_citeseq"]``, JSON-able, including ``"protein_background_log_mean"`` (``c`` as a
-      nested list, batches x proteins), ``"protein_on_labels"`` (labels x proteins), ``"foreground_scale"``
-      (``alpha_t``) and ``"missing_proteins"`` (``{str(batch): [protein indices]}``).
+        - ``obsm["protein_expression"]``: DataFrame of float32 integer protein counts, cells x proteins, columns
+          ``"protein_0"``, ... (also listed in ``uns["protein_names"]``);
+        - truth: ``obsm["z_true"]`` (float32), ``obs["library_true"]``, ``obsm["protein_foreground_true"]``
+          (bool ``v``), ``obsm["protein_background_mean_true"]`` (float32 ``beta``, counts scale),
+          ``obsm["protein_foreground_scale_true"]`` (float32 ``alpha_nt``);
+        - parameters: ``uns["synthetic"]`` (those of the RNA part, as from :func:`synthetic_iid`) and
+          ``uns["synthetic_citeseq"]``, JSON-able, including ``"protein_background_log_mean"`` (``c`` as a
+          nested list, batches x proteins), ``"protein_on_labels"`` (labels x proteins), ``"foreground_scale"``
+          (``alpha_t``) and ``"missing_proteins"`` (``{str(batch): [protein indices]}``).
 
     See Also
     --------
