@@ -11,9 +11,9 @@ logits :math:`\\ell = \\log\\mu - \\log\\theta` is
 
 The bracketed terms vanish at :math:`x = 0`. Single-cell counts are mostly zeros (about 90% of the
 entries of a typical minibatch), and ``lgamma`` with its ``digamma`` gradient is the most expensive part
-of a CPU training step, so on the CPU only :math:`\\theta \\log\\sigma(-\\ell)` is computed for every
-entry, and the bracket on the non-zero entries alone (with :math:`\\log\\sigma(\\ell) = \\ell +
-\\log\\sigma(-\\ell)`, so no second dense ``logsigmoid``), added back at their positions.
+of a CPU training step, so on the CPU the Gamma terms are evaluated on the non-zero entries alone and
+added back at their positions, while the rest is computed densely with one ``logsigmoid``
+(:math:`\\log\\sigma(\\ell) = \\ell + \\log\\sigma(-\\ell)`, so no second dense ``logsigmoid``).
 
 The zero-inflated version, with gate logits :math:`\\gamma`, is at :math:`x = 0`
 
@@ -22,8 +22,8 @@ The zero-inflated version, with gate logits :math:`\\gamma`, is at :math:`x = 0`
     \\log\\big(\\sigma(\\gamma) + \\sigma(-\\gamma)\\, e^{\\theta\\log\\sigma(-\\ell)}\\big)
         = \\log\\sigma(\\gamma) + \\mathrm{softplus}(\\theta\\log\\sigma(-\\ell) - \\gamma)
 
-and :math:`\\log\\sigma(-\\gamma) + \\log \\mathrm{NB}(x)` elsewhere, again with the non-zero branch
-evaluated on the non-zero entries only. Both results equal Pyro's log-densities (every term is included,
+and :math:`\\log\\sigma(-\\gamma) + \\log \\mathrm{NB}(x)` elsewhere: both branches densely (one ``where``),
+again with the Gamma terms on the non-zero entries only. Both results equal Pyro's log-densities (every term is included,
 ``lgamma(x + 1)`` too), with the same gradients. On an accelerator, and for broadcast values
 (enumeration, sample dimensions), Pyro's dense formula is kept: finding the non-zeros would synchronise
 the host with the device every step, and there the dense work is cheap.
@@ -121,8 +121,8 @@ class NegativeBinomial(dist.NegativeBinomial):
 class ZeroInflatedNegativeBinomial(dist.ZeroInflatedNegativeBinomial):
     """:class:`pyro.distributions.ZeroInflatedNegativeBinomial` whose ``log_prob`` skips work at zeros.
 
-    Identical in value and gradient to Pyro's zero-inflated log-density; on the CPU it takes the
-    zero branch densely and the non-zero branch on the non-zero counts only (see the module notes).
+    Identical in value and gradient to Pyro's zero-inflated log-density; on the CPU its Gamma terms are
+    evaluated on the non-zero counts only (see the module notes).
 
     Examples
     --------
