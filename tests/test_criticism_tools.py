@@ -209,6 +209,8 @@ def test_scatter_plots(ppc, tmp_path):
     assert _legend_texts(ax) == ["NB", "Poisson", "y = x"]
     fig.savefig(tmp_path / "cv.png")
     assert (tmp_path / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # shown as a picture in a notebook even before pyplot's inline backend exists (no pyplot figure yet)
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
     both = pc.plots.plot_zero_fraction(ppc, dim="cells", split=None)
     assert _legend_texts(both.axes[0]) == ["NB", "NB (held-out)", "Poisson", "Poisson (held-out)", "y = x"]

@@ -60,6 +60,8 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     # reStructuredText roles are translated for Markdown (docs/_ext/griffe_rst.py), never shown raw
     for page in site.glob("api/*/index.html"):
         assert ":class:`" not in page.read_text(encoding="utf-8"), page
+    # ... and a cross-reference to a documented object is a link to its entry, across pages too
+    assert 'href="../train/#pyrovi.train.Trainer"' in model_api
 
 
 def _load(name: str):

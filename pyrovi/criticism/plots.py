@@ -10,6 +10,7 @@ split; a model keeps its colour across plots, its held-out series is drawn dashe
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,7 +36,26 @@ def _require_matplotlib() -> Any:
         raise ImportError(
             "pyrovi.criticism's plots need matplotlib: pip install 'pyrovi[plot]'."
         ) from err
-    return Figure
+    return _notebook_figure(Figure)
+
+
+@functools.cache
+def _notebook_figure(Figure: type) -> type:  # noqa: N803 - the class it extends
+    class _NotebookFigure(Figure):
+        """A Figure that shows itself as a PNG in Jupyter.
+
+        IPython draws a bare Figure only once pyplot's inline backend has registered its formatter (after
+        the first pyplot figure); before that a pyplot-free Figure would print as ``<Figure ...>``.
+        """
+
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", bbox_inches="tight")
+            return buffer.getvalue()
+
+    return _NotebookFigure
 
 
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
