@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [
     "scvi_quickstart",
     "posterior_predictive_checks",
-    # custom_priors is in notebooks/drafts/ until it has been executed; it joins the nav then
+    "custom_priors",
     "totalvi",
     "cellassign",
     "write_your_own_model",
