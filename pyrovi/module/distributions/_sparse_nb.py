@@ -95,16 +95,19 @@ class _NBDense(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        log_sigmoid_neg = F.logsigmoid(-logits)
+        log_sigmoid_neg = F.softplus(logits).neg_()  # one pass cheaper than logsigmoid(-logits)
         ctx.save_for_backward(x, theta, logits, log_sigmoid_neg)
-        return torch.addcmul(theta * log_sigmoid_neg, x, logits + log_sigmoid_neg)
+        out = logits + log_sigmoid_neg
+        return out.mul_(x).addcmul_(theta, log_sigmoid_neg)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        # saved tensors are never written to: a graph kept with retain_graph=True can be run again
         x, theta, logits, log_sigmoid_neg = ctx.saved_tensors
-        grad_logits = x - torch.sigmoid(logits).mul_(x + theta)
+        p = torch.sigmoid(logits)
+        grad_logits = torch.addcmul(x, p, x, value=-1.0).addcmul_(p, theta, value=-1.0).mul_(grad)
         # theta arrives expanded over cells: autograd's expand backward sums this over the cells
-        return None, log_sigmoid_neg * grad, grad_logits.mul_(grad)
+        return None, log_sigmoid_neg * grad, grad_logits
 
 
 class _ZINBDense(torch.autograd.Function):
@@ -119,23 +122,29 @@ class _ZINBDense(torch.autograd.Function):
     def forward(
         ctx, x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor
     ) -> torch.Tensor:
-        zero = x == 0
-        log_sigmoid_neg = F.logsigmoid(-logits)
-        at_zero = theta * log_sigmoid_neg
-        excess = at_zero - gate  # log-odds of an NB zero against a gate zero
-        # log sigmoid(-gate) = log sigmoid(gate) - gate
-        nonzero = torch.addcmul(at_zero, x, logits + log_sigmoid_neg).sub_(gate)
-        ctx.save_for_backward(x, theta, logits, gate, log_sigmoid_neg, excess, zero)
-        return torch.where(zero, F.softplus(excess), nonzero).add_(F.logsigmoid(gate))
+        # Each fresh 8 MB temporary costs page faults on the CPU: work in place wherever autograd allows.
+        nonzero = x != 0
+        log_sigmoid_neg = F.softplus(logits).neg_()
+        excess = theta * log_sigmoid_neg  # the NB log-density at zero ...
+        out = logits + log_sigmoid_neg
+        out.mul_(x).add_(excess)  # the NB log-density less its Gamma terms
+        excess.sub_(gate)  # ... less the gate: log-odds of an NB zero against a gate zero
+        # zeros: log sigmoid(gate) + softplus(excess); elsewhere log sigmoid(-gate) + NB, and
+        # log sigmoid(gate) = gate - softplus(gate), log sigmoid(-gate) = -softplus(gate)
+        out = torch.where(nonzero, out, F.softplus(excess).add_(gate), out=out)
+        softplus_gate = F.softplus(gate)
+        ctx.save_for_backward(x, theta, logits, softplus_gate, log_sigmoid_neg, excess, nonzero)
+        return out.sub_(softplus_gate)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, theta, logits, gate, log_sigmoid_neg, excess, zero = ctx.saved_tensors
-        w = torch.sigmoid(excess).masked_fill_(~zero, 1.0)
-        grad_logits = x - torch.sigmoid(logits).mul_(torch.addcmul(x, w, theta))
-        grad_theta = (w * log_sigmoid_neg).mul_(grad)
-        grad_gate = torch.sigmoid(-gate).sub_(w).mul_(grad)
-        return None, grad_theta, grad_logits.mul_(grad), grad_gate
+        x, theta, logits, softplus_gate, log_sigmoid_neg, excess, nonzero = ctx.saved_tensors
+        w = torch.sigmoid(excess).masked_fill_(nonzero, 1.0)
+        p = torch.sigmoid(logits)
+        grad_logits = torch.addcmul(x, p, x, value=-1.0).addcmul_(p.mul_(w), theta, value=-1.0).mul_(grad)
+        grad_gate = torch.neg(softplus_gate).exp_().sub_(w).mul_(grad)  # sigmoid(-gate) - w
+        grad_theta = w.mul_(log_sigmoid_neg).mul_(grad)
+        return None, grad_theta, grad_logits, grad_gate
 
 
 class NegativeBinomial(dist.NegativeBinomial):
