@@ -184,3 +184,21 @@ def test_latent_from_sparse_minibatches_equals_dense(trained):
             loc, _ = trained.module.z_encoder(args[0])
             dense.append(loc)
     np.testing.assert_allclose(z_sparse, torch.cat(dense).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_latent_queries_take_encode_batch_size(trained, monkeypatch):
+    # the encoder-only query batches by settings.encode_batch_size; the result does not depend on it
+    import pyrovi
+
+    calls = []
+    fn_args = trained._fn_args
+    monkeypatch.setattr(trained, "_fn_args", lambda batch, **kw: calls.append(len(batch["X"])) or fn_args(batch, **kw))
+    monkeypatch.setattr(pyrovi.settings, "encode_batch_size", 7)
+    small = trained.get_latent_representation()
+    n_cells = trained.adata.n_obs
+    assert calls[:-1] == [7] * (len(calls) - 1) and sum(calls) == n_cells
+    calls.clear()
+    monkeypatch.setattr(pyrovi.settings, "encode_batch_size", 1024)
+    large = trained.get_latent_representation()
+    assert calls == [min(n_cells, 1024)] + ([] if n_cells <= 1024 else calls[1:])
+    np.testing.assert_allclose(small, large, atol=1e-5)

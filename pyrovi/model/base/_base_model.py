@@ -316,8 +316,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         # a query that runs the guide alone may leave the inputs the guide takes sparse as they are
         manager = self._validate_anndata(adata)
         sparse_keys = getattr(self.module, "sparse_guide_inputs", ()) if guide_only else ()
+        default = settings.encode_batch_size if guide_only else settings.batch_size
         return AnnDataLoader(
-            manager, indices=indices, batch_size=batch_size or settings.batch_size, shuffle=shuffle,
+            manager, indices=indices, batch_size=batch_size or default, shuffle=shuffle,
             sparse_keys=sparse_keys,
         )
 

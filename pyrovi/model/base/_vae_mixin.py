@@ -56,7 +56,7 @@ class VAEMixin:
         mc_samples
             Draws averaged for the mean when the posterior has no closed-form mean.
         batch_size
-            Minibatch size (default ``pyrovi.settings.batch_size``).
+            Minibatch size (default ``pyrovi.settings.encode_batch_size``, 1024: only the encoder runs).
 
         Returns
         -------
