@@ -200,3 +200,31 @@ def test_sequential_minibatches_of_consecutive_rows_equal_indexed_ones():
     for batch in AnnDataLoader(FakeManager(arrays), indices=indices, batch_size=10):
         rows = batch[REGISTRY_KEYS.INDICES_KEY].numpy()
         np.testing.assert_array_equal(batch["X"].numpy(), dense(arrays["X"])[rows])
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sequential_sparse_minibatches_are_copies_of_the_rows():
+    # queries slice runs of a CSR matrix straight from its arrays: the same rows, in memory of their own
+    arrays = make_arrays(sparse=True)
+    source = arrays["X"]
+    before = source.toarray()
+    for batch in AnnDataLoader(FakeManager(arrays), batch_size=10, sparse_keys=["X"]):
+        x = batch["X"]
+        assert x.layout == torch.sparse_csr and x.dtype == torch.float32
+        rows = batch[REGISTRY_KEYS.INDICES_KEY].numpy()
+        np.testing.assert_array_equal(x.to_dense().numpy(), before[rows])
+        x.values().fill_(-1.0)
+        x.col_indices().zero_()
+    np.testing.assert_array_equal(source.toarray(), before)  # the user's matrix is untouched
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sequential_sparse_minibatches_sum_duplicate_entries():
+    # a CSR matrix may store one entry twice (it means their sum); sequential batches must agree
+    data, indices, indptr = np.array([1.0, 2.0, 3.0, 4.0], np.float32), np.array([0, 0, 2, 1]), np.array([0, 2, 3, 4])
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(3, 3))
+    assert not matrix.has_canonical_format
+    batch = next(iter(AnnDataLoader(FakeManager({"X": matrix}), batch_size=3, sparse_keys=["X"])))
+    x = batch["X"]
+    np.testing.assert_array_equal(x.to_dense().numpy(), [[3.0, 0, 0], [0, 0, 3.0], [0, 4.0, 0]])
+    assert x.values().numel() == 3  # duplicates summed, so log1p of the stored values stays right

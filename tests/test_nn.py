@@ -53,9 +53,34 @@ def test_sparse_csr_input_equals_dense_input(n_cont):
     enc = Encoder(30, 4, n_cat_list=[3], n_cont=n_cont, n_layers=2, n_hidden=16).eval()
     x = torch.poisson(torch.rand(12, 30) * 2.0)
     x[x < 2] = 0.0
+    x[5] = 0.0  # a cell with no counts: an empty bag, the bias alone
     codes = torch.tensor([0, 1, 2] * 4)
     cont = torch.randn(12, n_cont) if n_cont else None
     dense = enc(x, codes, cont=cont)
     sparse = enc(x.to_sparse_csr(), codes, cont=cont)
     for a, b in zip(dense, sparse):
+        torch.testing.assert_close(a, b)
+    # scipy's int32 indices as served by sequential queries
+    csr = x.to_sparse_csr()
+    int32 = torch.sparse_csr_tensor(
+        csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape, check_invariants=True
+    )
+    for a, b in zip(dense, enc(int32, codes, cont=cont)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_first_layer_gradients_equal_dense_ones():
+    # the embedding_bag form of x @ W.T must also train like the dense product
+    torch.manual_seed(1)
+    layers = FCLayers(25, 6, n_cat_list=[2], n_layers=1, dropout_rate=0.0).train()
+    x = torch.poisson(torch.rand(9, 25) * 2.0)
+    x[x < 2] = 0.0
+    codes = torch.tensor([0, 1] * 4 + [0])
+    grads = []
+    for inp in (x, x.to_sparse_csr()):
+        layers.zero_grad()
+        (layers(inp, codes) * torch.arange(6.0)).sum().backward()
+        grads.append([p.grad.clone() for p in layers.parameters()])
+    for a, b in zip(*grads):
         torch.testing.assert_close(a, b)

@@ -98,7 +98,7 @@ class VAE(BaseModuleClass):
     """
 
     local_latent_sites = ("z", "log_library")
-    # the encoders take sparse counts (their first layer is a sparse-dense product)
+    # the encoders take sparse counts (their first layer sums weight columns of the stored values: embedding_bag)
     sparse_guide_inputs = (REGISTRY_KEYS.X_KEY,)
 
     def __init__(

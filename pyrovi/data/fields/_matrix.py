@@ -55,6 +55,8 @@ def _column_indexer(
 
     The target may hold the registered names in any order and extra ones, which are dropped.
     """
+    if list(target_names) == list(registered_names):
+        return None  # the common case, checked without building string indexes (every query passes here)
     target = pd.Index([str(n) for n in target_names])
     registered = pd.Index(registered_names)
     if target.equals(registered):

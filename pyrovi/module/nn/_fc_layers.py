@@ -111,17 +111,24 @@ class FCLayers(nn.Module):
         return h
 
     def _sparse_first_layer(self, x: torch.Tensor, covs: list[torch.Tensor]) -> torch.Tensor:
-        """The first block on a sparse CSR ``x`` (cells x features): a sparse-dense product, no densifying.
+        """The first block on a sparse CSR ``x`` (cells x features), without densifying ``x``.
 
-        The covariates' columns of the weight multiply the (dense) covariates separately, which equals
-        the product with the concatenated input.
+        ``x @ W.T`` is a weighted sum, per cell, of the weight columns of its non-zero features: exactly
+        what ``embedding_bag`` computes from CSR's row offsets, column indices and values (5-6x faster
+        than a sparse-dense ``addmm`` on the CPU at 2,000 genes and 13% non-zero). The covariates'
+        columns of the weight multiply the (dense) covariates separately, which equals the product with
+        the concatenated input.
         """
         if x.dim() != 2:
             raise ValueError(f"a sparse input must be a 2-D (cells x features) CSR tensor, got {x.dim()} dims.")
         block = self.layers[0]
         linear = block[0]
         n_x = x.shape[-1]
-        h = torch.addmm(linear.bias, x, linear.weight[:, :n_x].t())
+        h = F.embedding_bag(
+            # embedding_bag reads weight rows: a strided (transposed) view is about 30x slower than a copy
+            x.col_indices(), linear.weight[:, :n_x].t().contiguous(), x.crow_indices(), mode="sum",
+            per_sample_weights=x.values(), include_last_offset=True,
+        ) + linear.bias
         if covs:
             h = h + torch.cat(covs, dim=-1) @ linear.weight[:, n_x:].t()
         return block[1:](h)
