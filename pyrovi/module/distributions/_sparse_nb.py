@@ -12,9 +12,10 @@ logits :math:`\\ell = \\log\\mu - \\log\\theta` is
 The bracketed terms vanish at :math:`x = 0`. Single-cell counts are mostly zeros (about 90% of the
 entries of a typical minibatch), and ``lgamma`` with its ``digamma`` gradient is the most expensive part
 of a CPU training step, so on the CPU the Gamma terms are evaluated on the non-zero entries alone and
-added back at their positions, while the rest is computed densely with one ``logsigmoid``
-(:math:`\\log\\sigma(\\ell) = \\ell + \\log\\sigma(-\\ell)`, so no second dense ``logsigmoid``), as
-one autograd function with its backward pass written out (fewer dense temporaries than op-by-op autograd).
+added back at their positions (in place), while the rest is computed densely with one ``softplus``
+(:math:`\\log\\sigma(-\\ell) = -\\mathrm{softplus}(\\ell)` and
+:math:`\\log\\sigma(\\ell) = \\ell - \\mathrm{softplus}(\\ell)`), as one autograd function with its
+backward pass written out (fewer dense temporaries than op-by-op autograd).
 
 The zero-inflated version, with gate logits :math:`\\gamma`, is at :math:`x = 0`
 
@@ -23,9 +24,11 @@ The zero-inflated version, with gate logits :math:`\\gamma`, is at :math:`x = 0`
     \\log\\big(\\sigma(\\gamma) + \\sigma(-\\gamma)\\, e^{\\theta\\log\\sigma(-\\ell)}\\big)
         = \\log\\sigma(\\gamma) + \\mathrm{softplus}(\\theta\\log\\sigma(-\\ell) - \\gamma)
 
-and :math:`\\log\\sigma(-\\gamma) + \\log \\mathrm{NB}(x)` elsewhere: both branches densely (one ``where``),
-again with the Gamma terms on the non-zero entries only. Both results equal Pyro's log-densities (every term is included,
-``lgamma(x + 1)`` too), with the same gradients. On an accelerator, and for broadcast values
+and :math:`\\log\\sigma(-\\gamma) + \\log \\mathrm{NB}(x)` elsewhere. The two differ by one dense term
+(see ``_ZINBLogProb``), added everywhere and taken back at the non-zero entries, so no data-dependent
+select over the dense matrix is needed; the Gamma terms are again evaluated on the non-zero entries
+only. Both results equal Pyro's log-densities (every term is included, ``lgamma(x + 1)`` too), with the
+same gradients. On an accelerator, and for broadcast values
 (enumeration, sample dimensions), Pyro's dense formula is kept: finding the non-zeros would synchronise
 the host with the device every step, and there the dense work is cheap.
 """
@@ -56,94 +59,116 @@ def _log_factorial(x: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(x + 1.0)
 
 
-def _gather(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``t.reshape(-1)[flat]`` without materialising a per-gene tensor broadcast over cells."""
-    if t.dim() == 2 and t.stride(0) == 0:
-        return t[0].index_select(0, flat % t.shape[1])
-    return t.reshape(-1).index_select(0, flat)
+class _NonZeros:
+    """The non-zero counts of a minibatch: flat positions, values, ``theta`` there and ``log(x!)``.
 
-
-def _log_gamma_theta(theta: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``lgamma(theta)`` at the flat positions; once per gene when theta is shared by every cell."""
-    if theta.dim() == 2 and theta.stride(0) == 0:
-        return torch.lgamma(theta[0]).index_select(0, flat % theta.shape[1])
-    return torch.lgamma(_gather(theta, flat))
-
-
-def _gamma_terms(value: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions of the non-zero counts and, there, ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``.
-
-    One flat index (``index_select``/``index_add``) is several times cheaper on the CPU than indexing
-    with a tuple of row and column tensors; only ``theta`` is gathered, from its per-gene row when it is
-    shared by every cell, so the backward pass scatters into a vector of genes, not a dense matrix.
+    One flat index (``index_select``/``index_add_``) is several times cheaper on the CPU than indexing
+    with a tuple of row and column tensors. When ``theta`` is shared by every cell (a per-gene row
+    expanded over cells), ``lgamma(theta)`` and ``digamma(theta)`` are taken once per gene and gathered.
     """
-    flat_value = value.reshape(-1)
-    flat = (flat_value != 0).nonzero().squeeze(1)
-    x = flat_value.index_select(0, flat)
-    terms = torch.lgamma(x + _gather(theta, flat)) - _log_gamma_theta(theta, flat) - _log_factorial(x)
-    return flat, terms
+
+    def __init__(self, x: torch.Tensor, theta: torch.Tensor):
+        flat_x = x.reshape(-1)
+        self.flat = flat_x.ne(0).nonzero().squeeze(1)
+        self.x = flat_x.index_select(0, self.flat)
+        self.per_gene = theta.dim() == 2 and theta.stride(0) == 0
+        if self.per_gene:
+            self.theta_row = theta[0]
+            self.genes = self.flat % theta.shape[1]
+            self.theta = self.theta_row.index_select(0, self.genes)
+        else:
+            self.theta = theta.reshape(-1).index_select(0, self.flat)
+
+    def log_gamma_terms(self) -> torch.Tensor:
+        """``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)`` at the non-zero counts."""
+        lgamma_theta = (
+            torch.lgamma(self.theta_row).index_select(0, self.genes) if self.per_gene else torch.lgamma(self.theta)
+        )
+        return torch.lgamma(self.x + self.theta).sub_(lgamma_theta).sub_(_log_factorial(self.x))
+
+    def theta_gradient(self) -> torch.Tensor:
+        """``d/dtheta`` of :meth:`log_gamma_terms`: ``digamma(x + theta) - digamma(theta)``."""
+        digamma_theta = (
+            torch.digamma(self.theta_row).index_select(0, self.genes) if self.per_gene else torch.digamma(self.theta)
+        )
+        return torch.digamma(self.x + self.theta).sub_(digamma_theta)
 
 
-class _NBDense(torch.autograd.Function):
-    """``theta log sigmoid(-l) + x log sigmoid(l)``, the NB log-density less its Gamma terms, with its gradient.
+class _NBLogProb(torch.autograd.Function):
+    """The NB log-density (module notes), with its backward pass written out.
 
-    ``x log sigmoid(l) = x (l + log sigmoid(-l))``: one dense ``logsigmoid`` serves both terms. The
-    backward pass is written out (``d/dl = x - sigmoid(l) (x + theta)``, ``d/dtheta = log sigmoid(-l)``)
-    rather than recorded op by op: at 1,024 cells x 2,000 genes every op is an 8 MB temporary, and
-    autograd would keep and revisit about twice as many of them.
+    With ``s = softplus(l) = -log sigmoid(-l)``: ``theta log sigmoid(-l) + x log sigmoid(l) = x (l - s) - theta s``,
+    plus the Gamma terms at the non-zero counts. Gradients: ``d/dl = x - sigmoid(l) (x + theta)`` and
+    ``d/dtheta = -s + [x > 0] (digamma(x + theta) - digamma(theta))``. Written out rather than recorded op by
+    op: at 1,024 cells x 2,000 genes every op is an 8 MB temporary, and autograd would keep and revisit
+    about twice as many of them.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        log_sigmoid_neg = F.softplus(logits).neg_()  # one pass cheaper than logsigmoid(-logits)
-        ctx.save_for_backward(x, theta, logits, log_sigmoid_neg)
-        out = logits + log_sigmoid_neg
-        return out.mul_(x).addcmul_(theta, log_sigmoid_neg)
+        nz = _NonZeros(x, theta)
+        softplus = F.softplus(logits)
+        out = torch.sub(logits, softplus).mul_(x).addcmul_(theta, softplus, value=-1.0)
+        out.view(-1).index_add_(0, nz.flat, nz.log_gamma_terms())
+        ctx.nz = nz
+        ctx.save_for_backward(x, theta, logits, softplus)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
         # saved tensors are never written to: a graph kept with retain_graph=True can be run again
-        x, theta, logits, log_sigmoid_neg = ctx.saved_tensors
+        x, theta, logits, softplus = ctx.saved_tensors
+        nz = ctx.nz
         p = torch.sigmoid(logits)
         grad_logits = torch.addcmul(x, p, x, value=-1.0).addcmul_(p, theta, value=-1.0).mul_(grad)
+        grad_theta = torch.mul(softplus, grad).neg_()
+        grad_nz = grad.reshape(-1).index_select(0, nz.flat)
+        grad_theta.view(-1).index_add_(0, nz.flat, nz.theta_gradient().mul_(grad_nz))
         # theta arrives expanded over cells: autograd's expand backward sums this over the cells
-        return None, log_sigmoid_neg * grad, grad_logits
+        return None, grad_theta, grad_logits
 
 
-class _ZINBDense(torch.autograd.Function):
-    """The ZINB log-density less its Gamma terms (see the module notes), with its gradient written out.
+class _ZINBLogProb(torch.autograd.Function):
+    """The ZINB log-density (module notes), without a data-dependent branch, with its gradient written out.
 
-    With ``a = theta log sigmoid(-l)`` (the NB log-density at zero) and ``w = sigmoid(a - gate)`` at the
-    zeros, ``w = 1`` elsewhere, the gradients are ``d/dl = x - sigmoid(l) (x + w theta)``,
-    ``d/dtheta = w log sigmoid(-l)`` and ``d/dgate = sigmoid(-gate) - w``.
+    With ``s = softplus(l)``, the NB log-density at zero ``a = -theta s`` and ``d = gate - a``, the density
+    is ``x (l - s) + a - softplus(gate)`` plus, at the zeros, ``softplus(d)`` and, elsewhere, the Gamma
+    terms: ``softplus(d)`` is added densely and taken back at the (few) non-zeros, so no ``where`` or mask
+    multiply over the dense matrix is needed (a data-dependent select is several times slower than
+    arithmetic on the CPU). With ``r = [x = 0] sigmoid(d)``, the posterior probability of a gate zero,
+    the gradients are ``d/dl = x - sigmoid(l) (x + (1 - r) theta)``, ``d/dgate = r - sigmoid(gate)`` and
+    ``d/dtheta = -(1 - r) s + [x > 0] (digamma(x + theta) - digamma(theta))``.
     """
 
     @staticmethod
     def forward(
         ctx, x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor
     ) -> torch.Tensor:
-        # Each fresh 8 MB temporary costs page faults on the CPU: work in place wherever autograd allows.
-        nonzero = x != 0
-        log_sigmoid_neg = F.softplus(logits).neg_()
-        excess = theta * log_sigmoid_neg  # the NB log-density at zero ...
-        out = logits + log_sigmoid_neg
-        out.mul_(x).add_(excess)  # the NB log-density less its Gamma terms
-        excess.sub_(gate)  # ... less the gate: log-odds of an NB zero against a gate zero
-        # zeros: log sigmoid(gate) + softplus(excess); elsewhere log sigmoid(-gate) + NB, and
-        # log sigmoid(gate) = gate - softplus(gate), log sigmoid(-gate) = -softplus(gate)
-        out = torch.where(nonzero, out, F.softplus(excess).add_(gate), out=out)
-        softplus_gate = F.softplus(gate)
-        ctx.save_for_backward(x, theta, logits, softplus_gate, log_sigmoid_neg, excess, nonzero)
-        return out.sub_(softplus_gate)
+        nz = _NonZeros(x, theta)
+        softplus = F.softplus(logits)
+        d = torch.addcmul(gate, theta, softplus)
+        out = torch.sub(logits, softplus).mul_(x).addcmul_(theta, softplus, value=-1.0)
+        out.add_(F.softplus(d)).sub_(F.softplus(gate))
+        # at the non-zeros: the Gamma terms, less the softplus(d) added above
+        d_nz = d.reshape(-1).index_select(0, nz.flat)
+        out.view(-1).index_add_(0, nz.flat, nz.log_gamma_terms().sub_(F.softplus(d_nz)))
+        ctx.nz = nz
+        ctx.save_for_backward(x, theta, logits, gate, softplus, d)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, theta, logits, softplus_gate, log_sigmoid_neg, excess, nonzero = ctx.saved_tensors
-        w = torch.sigmoid(excess).masked_fill_(nonzero, 1.0)
+        x, theta, logits, gate, softplus, d = ctx.saved_tensors
+        nz = ctx.nz
+        r = torch.sigmoid(d)
+        r.view(-1).index_fill_(0, nz.flat, 0.0)  # no gate zero where a count was seen
+        grad_gate = torch.sigmoid(gate).neg_().add_(r).mul_(grad)
+        minus_w = r.sub_(1.0)  # -(1 - r)
+        grad_theta = torch.mul(minus_w, softplus).mul_(grad)
+        grad_nz = grad.reshape(-1).index_select(0, nz.flat)
+        grad_theta.view(-1).index_add_(0, nz.flat, nz.theta_gradient().mul_(grad_nz))
         p = torch.sigmoid(logits)
-        grad_logits = torch.addcmul(x, p, x, value=-1.0).addcmul_(p.mul_(w), theta, value=-1.0).mul_(grad)
-        grad_gate = torch.neg(softplus_gate).exp_().sub_(w).mul_(grad)  # sigmoid(-gate) - w
-        grad_theta = w.mul_(log_sigmoid_neg).mul_(grad)
+        grad_logits = torch.addcmul(x, theta, minus_w, value=-1.0).mul_(p).neg_().add_(x).mul_(grad)
         return None, grad_theta, grad_logits, grad_gate
 
 
@@ -167,9 +192,7 @@ class NegativeBinomial(dist.NegativeBinomial):
         if self._validate_args:
             self._validate_sample(value)
         theta, logits = torch.broadcast_tensors(self.total_count, self.logits)
-        dense = _NBDense.apply(value, theta, logits)
-        flat, terms = _gamma_terms(value, theta)
-        return dense.reshape(-1).index_add(0, flat, terms).view(dense.shape)
+        return _NBLogProb.apply(value, theta, logits)
 
 
 class ZeroInflatedNegativeBinomial(dist.ZeroInflatedNegativeBinomial):
@@ -205,6 +228,4 @@ class ZeroInflatedNegativeBinomial(dist.ZeroInflatedNegativeBinomial):
             self._validate_sample(value)
         theta, logits = self.base_dist.total_count, self.base_dist.logits
         theta, logits, gate = torch.broadcast_tensors(theta, logits, self.gate_logits)
-        log_prob = _ZINBDense.apply(value, theta, logits, gate)
-        flat, terms = _gamma_terms(value, theta)
-        return log_prob.reshape(-1).index_add(0, flat, terms).view(log_prob.shape)
+        return _ZINBLogProb.apply(value, theta, logits, gate)
