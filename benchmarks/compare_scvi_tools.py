@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    sys.path.insert(0, HERE)
+    from _rss import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def _data(args: argparse.Namespace):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,10 @@ def _train_one_epoch(adata, batch_size: int) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.path.insert(0, HERE)
+    from _rss import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def main(argv: list[str] | None = None) -> None:
