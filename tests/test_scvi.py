@@ -1,6 +1,7 @@
 """SCVI end to end: training, what the latent space learns, queries, save and load."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,16 @@ def test_latent_queries_take_encode_batch_size(trained, monkeypatch):
     large = trained.get_latent_representation()
     assert calls == [min(n_cells, 1024)] + ([] if n_cells <= 1024 else calls[1:])
     np.testing.assert_allclose(small, large, atol=1e-5)
+
+
+def test_batch_norm_statistics_count_training_steps_only():
+    # Creating Pyro's lazy parameters runs the guide once before training: it must not move BatchNorm's
+    # running statistics (they would hold one extra, unoptimised minibatch).
+    pyrovi.settings.seed = 0
+    adata = pyrovi.datasets.synthetic_iid(n_cells=300, n_genes=40, seed=1)
+    SCVI.setup_anndata(adata)
+    model = SCVI(adata, n_latent=3)
+    model.train(max_epochs=2, batch_size=64, progress_bar=False)
+    steps = 2 * math.ceil(len(model.train_indices) / 64)
+    counts = {name: int(b) for name, b in model.module.named_buffers() if name.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {steps}, counts

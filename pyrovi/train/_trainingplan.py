@@ -205,8 +205,14 @@ class TrainingPlan(pl.LightningModule):
         device = self.module.device  # a second fit may find the module already on an accelerator
         batch = {key: value.to(device) for key, value in batch.items()}
         args, kwargs = self.module._get_fn_args_from_batch(batch)
-        with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
-            poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+        # in eval mode: this pass must not count as a training step (BatchNorm's running statistics)
+        training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
+                poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+        finally:
+            self.module.train(training)
 
     def _loss(self, batch: dict[str, torch.Tensor], n_obs: int | None, kl_weight: float) -> torch.Tensor:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
