@@ -13,7 +13,7 @@ Figures (per configuration):
   epoch after the first (the first includes one-off start-up costs of either library);
 - ``s_per_epoch``: that median epoch's seconds;
 - ``peak_rss_mb``: peak resident memory of the process (setup, training, queries);
-- ``latent_s``: ``get_latent_representation()`` on all cells (median of three calls);
+- ``latent_s``: ``get_latent_representation()`` on all cells (median of nine calls);
 - ``elbo_val``: held-out ELBO per cell (higher is better) from each tool's ``get_elbo`` on the
   validation cells;
 - ``import_s``: ``import pyrovi`` / ``import scvi`` in a fresh interpreter (median of three).
@@ -131,7 +131,7 @@ def _worker(args: argparse.Namespace) -> dict:
             datasplitter_kwargs={"external_indexing": [train_idx, val_idx]}, callbacks=[timer],
         )
     latent_times = []
-    for _ in range(3):  # median of three calls: the first also pays one-off allocation costs
+    for _ in range(9):  # a 20-50 ms call: the median of nine (the first also pays one-off allocation costs)
         start = time.perf_counter()
         model.get_latent_representation(batch_size=1024)
         latent_times.append(time.perf_counter() - start)
