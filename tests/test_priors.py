@@ -217,17 +217,18 @@ def _adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     return float((pairs - expected) / ((rows + cols) / 2 - expected))
 
 
-def test_mixture_prior_beats_standard_normal_on_clustered_data():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixture_prior_finds_the_clusters_and_fits_as_well_as_standard_normal(seed):
     """Six well-separated clusters, a 2-D latent space, 400 held-out cells, same seed and epochs.
 
-    Measured (seeds 0, 1, 2, 3): held-out ELBO margin of MixtureOfGaussians(6) over StandardNormal
-    +0.51, -0.48, +0.44, +0.83 nats per cell after the log-space likelihood (stop 11); before it +0.60,
-    +1.09, +0.76, +0.32, and with an earlier initialisation order +1.45, +0.26, +3.10 on seeds 0-2. The
-    margin follows the networks' initialisation and training path, and one seed in four is now below
-    zero: asserted on seed 0, margin > 0.3 nat, ARI of the component assignment against the clusters
-    > 0.5 (two clusters sometimes share a component). A multi-seed version is worth its run time.
+    What holds on every seed: the mixture's components recover the clusters (ARI of the component
+    assignment > 0.45; chance is 0) and its held-out ELBO is within 0.6 nat/cell of the standard normal
+    prior's. What does not: that the mixture's held-out ELBO is higher. Measured on seeds 0-5 (2026-12-03):
+    margins -0.24, -0.29, +0.41, -0.16, +0.84, +0.24 nats/cell (mean +0.13), ARI 0.63, 0.69, 0.54, 0.69,
+    0.71, 0.56. Earlier code paths gave +0.60, +1.09, +0.76, +0.32 and +0.51, -0.48, +0.44, +0.83: the
+    sign of the margin follows the training path, so an earlier single-seed "beats" assertion was fragile
+    and is not made. A broken mixture density or responsibilities would fail both checks.
     """
-    seed = 0
     data = pyrovi.datasets.synthetic_iid(n_cells=800, n_genes=100, n_batches=1, n_labels=6, seed=seed)
     SCVI.setup_anndata(data)
     elbo = {}
@@ -237,10 +238,10 @@ def test_mixture_prior_beats_standard_normal_on_clustered_data():
         model.train(max_epochs=150, train_size=0.5, progress_bar=False,
                     plan_kwargs={"n_epochs_kl_warmup": 10, "lr": 3e-3})
         elbo[name] = np.mean([model.get_elbo(indices=model.validation_indices) for _ in range(5)])
-    assert elbo["mixture"] - elbo["standard"] > 0.3, elbo
+    assert elbo["mixture"] - elbo["standard"] > -0.6, elbo
     z = torch.as_tensor(model.get_latent_representation())
     assignment = model.module.prior.responsibilities(z).argmax(-1).numpy()
-    assert _adjusted_rand_index(assignment, data.obs["labels"].to_numpy()) > 0.5
+    assert _adjusted_rand_index(assignment, data.obs["labels"].to_numpy()) > 0.45
 
 
 def test_dispersion_prior_model_saves_and_loads_exactly(adata, tmp_path):
