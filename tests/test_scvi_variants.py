@@ -97,3 +97,39 @@ def test_plateau_scheduler_gradient_clipping_and_train_terms(adata):
     assert history["kl_weight"]["kl_weight"].to_numpy() == pytest.approx([0.0, 0.2, 0.4], abs=1e-6)
     one = model.get_normalized_expression(indices=np.arange(3), return_mean=False)
     assert one.shape == (3, 30)  # a single draw is still a cells x genes table
+
+
+@pytest.mark.parametrize("dispersion", ["gene", "gene-cell"])
+def test_poisson_has_no_dispersion_parameters_and_every_parameter_learns(adata, dispersion):
+    # an unused parameter never gets a gradient, which DDP refuses without find_unused_parameters
+    import torch
+
+    from pyrovi.module import VAE
+
+    SCVI.setup_anndata(adata)
+    model = SCVI(adata, n_latent=3, gene_likelihood="poisson", dispersion=dispersion)
+    names = [name for name, _ in model.module.named_parameters()]
+    assert not any("log_theta" in name for name in names), names
+    model.train(max_epochs=1, progress_bar=False)
+    batch = next(iter(model._make_data_loader(batch_size=32)))
+    args, kwargs = model._fn_args(batch)
+    loss = pyrovi.train.TrainingPlan(model.module)._elbo(*args, n_obs=adata.n_obs, **kwargs)
+    loss.backward()
+    assert all(p.grad is not None for p in model.module.parameters())
+    # files written before the unused dispersion was dropped still load, strictly, to the same model
+    state = dict(model.module.state_dict())
+    state["log_theta"] = torch.zeros(30)
+    state["decoder.log_theta.weight"] = torch.zeros(30, 128)
+    state["decoder.log_theta.bias"] = torch.zeros(30)
+    fresh = VAE(n_input=30, n_latent=3, gene_likelihood="poisson", dispersion=dispersion)
+    fresh.load_state_dict(state, strict=True)
+    for key, value in model.module.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_dispersion_prior_with_poisson_is_refused(adata):
+    import pyro.distributions as dist
+
+    SCVI.setup_anndata(adata)
+    with pytest.raises(ValueError, match="no dispersion"):
+        SCVI(adata, gene_likelihood="poisson", dispersion_prior=dist.LogNormal(2.0, 1.0))

@@ -152,9 +152,16 @@ class VAE(BaseModuleClass):
         shapes = {"gene": (n_input,), "gene-batch": (n_batch, n_input), "gene-label": (n_labels, n_input)}
         self._dispersion_shape = shapes.get(dispersion)
         self._dispersion_prior_name: str | None = None
+        # the Poisson likelihood has no dispersion: no parameter that would never get a gradient (DDP)
+        self._uses_dispersion = callable(gene_likelihood) or gene_likelihood != "poisson"
         if dispersion_prior is not None:
+            if not self._uses_dispersion:
+                raise ValueError(
+                    "dispersion_prior was given with gene_likelihood='poisson', which has no dispersion; "
+                    "drop dispersion_prior or use gene_likelihood='nb' or 'zinb'."
+                )
             self._register_dispersion_prior(dispersion_prior)
-        elif dispersion in shapes:
+        elif dispersion in shapes and self._uses_dispersion:
             self.log_theta = nn.Parameter(torch.randn(shapes[dispersion]))
 
         cat_list = [n_batch, *(n_cats_per_cov or [])]
@@ -176,7 +183,7 @@ class VAE(BaseModuleClass):
         self.decoder = DecoderSCVI(
             n_latent, n_input, n_cat_list=cat_list, n_cont=n_continuous_cov, n_layers=n_layers,
             n_hidden=n_hidden, use_batch_norm=bn_dec, use_layer_norm=ln_dec,
-            dispersion_head=dispersion == "gene-cell",
+            dispersion_head=dispersion == "gene-cell" and self._uses_dispersion,
             # a callable likelihood may use the gate logits; of the built-ins only ZINB does
             zi_head=callable(gene_likelihood) or gene_likelihood == "zinb",
         )
@@ -196,6 +203,14 @@ class VAE(BaseModuleClass):
 
     # ----------------------------------------------------------------------------------------------
     # construction helpers
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # Poisson models saved before the unused dispersion was dropped carry it: ignore it, so that those
+        # files still load (strictly) and give the same model.
+        if not self._uses_dispersion:
+            for key in ("log_theta", "decoder.log_theta.weight", "decoder.log_theta.bias"):
+                state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _register_dispersion_prior(self, prior: dist.Distribution) -> None:
         if self._dispersion_shape is None:
@@ -275,7 +290,7 @@ class VAE(BaseModuleClass):
             # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
             log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, batch_index, *cat_covs, cont=cont_covs)
             rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
-            theta = self._theta(theta, log_theta_cell, batch_index, labels)
+            theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
             if callable(self.gene_likelihood):
                 likelihood = self.gene_likelihood(library * rho, theta, zi_logits)
             else:
