@@ -44,13 +44,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the helpers next to this script
 
-
-def _peak_rss_mb() -> float:
-    sys.path.insert(0, HERE)
-    from _rss import peak_rss_mb
-
-    return peak_rss_mb()
+from _rss import peak_rss_mb  # noqa: E402
 
 
 def _data(args: argparse.Namespace):
@@ -58,7 +54,6 @@ def _data(args: argparse.Namespace):
         import pyrovi
 
         return pyrovi.datasets.pbmc68k_reduced()
-    sys.path.insert(0, HERE)
     from _simulate import simulate_scvi_counts
 
     return simulate_scvi_counts(args.n_cells, args.n_genes, seed=args.seed)
@@ -146,7 +141,7 @@ def _worker(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "cells_per_s": len(train_idx) / s_per_epoch,
         "s_per_epoch": s_per_epoch,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "latent_s": latent_s,
         "elbo_val": elbo_val,
     }

@@ -23,6 +23,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the helpers next to this script
+
+from _rss import peak_rss_mb  # noqa: E402
 
 
 def _train_one_epoch(adata, batch_size: int) -> dict:
@@ -41,13 +44,6 @@ def _train_one_epoch(adata, batch_size: int) -> dict:
     }
 
 
-def _peak_rss_mb() -> float:
-    sys.path.insert(0, HERE)
-    from _rss import peak_rss_mb
-
-    return peak_rss_mb()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-cells", type=int, default=1_000_000)
@@ -62,10 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_file:
         adata = ad.read_h5ad(args.train_file, backed="r")
         figures = _train_one_epoch(adata, args.batch_size)
-        print(json.dumps({**figures, "peak_rss_mb": _peak_rss_mb()}))
+        print(json.dumps({**figures, "peak_rss_mb": peak_rss_mb()}))
         return
 
-    sys.path.insert(0, HERE)
     from _simulate import simulate_scvi_counts
 
     start = time.perf_counter()
@@ -74,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     figures = {"n_cells": args.n_cells, "n_genes": args.n_genes, "nnz": nnz, "backed": args.backed,
                "simulate_s": time.perf_counter() - start}
     if not args.backed:
-        figures["peak_rss_mb_before_setup"] = _peak_rss_mb()
+        figures["peak_rss_mb_before_setup"] = peak_rss_mb()
         figures.update(_train_one_epoch(adata, args.batch_size))
-        figures["peak_rss_mb"] = _peak_rss_mb()
+        figures["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(figures))
         return
     with tempfile.TemporaryDirectory() as tmp:
