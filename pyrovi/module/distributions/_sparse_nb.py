@@ -60,7 +60,7 @@ def _log_factorial(x: torch.Tensor) -> torch.Tensor:
 
 
 class _NonZeros:
-    """The non-zero counts of a minibatch: flat positions, values, ``theta`` there and ``log(x!)``.
+    """The non-zero counts of a minibatch: their flat positions, values and ``theta`` there.
 
     One flat index (``index_select``/``index_add_``) is several times cheaper on the CPU than indexing
     with a tuple of row and column tensors. When ``theta`` is shared by every cell (a per-gene row
@@ -79,19 +79,27 @@ class _NonZeros:
         else:
             self.theta = theta.reshape(-1).index_select(0, self.flat)
 
+    def _of_theta(self, fn) -> torch.Tensor:  # noqa: ANN001
+        """``fn(theta)`` at the non-zero counts: once per gene and gathered when theta is per gene."""
+        return fn(self.theta_row).index_select(0, self.genes) if self.per_gene else fn(self.theta)
+
     def log_gamma_terms(self) -> torch.Tensor:
         """``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)`` at the non-zero counts."""
-        lgamma_theta = (
-            torch.lgamma(self.theta_row).index_select(0, self.genes) if self.per_gene else torch.lgamma(self.theta)
-        )
-        return torch.lgamma(self.x + self.theta).sub_(lgamma_theta).sub_(_log_factorial(self.x))
+        return torch.lgamma(self.x + self.theta).sub_(self._of_theta(torch.lgamma)).sub_(_log_factorial(self.x))
 
-    def theta_gradient(self) -> torch.Tensor:
-        """``d/dtheta`` of :meth:`log_gamma_terms`: ``digamma(x + theta) - digamma(theta)``."""
-        digamma_theta = (
-            torch.digamma(self.theta_row).index_select(0, self.genes) if self.per_gene else torch.digamma(self.theta)
-        )
-        return torch.digamma(self.x + self.theta).sub_(digamma_theta)
+    def add_theta_gradient(self, grad_theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Add, in place, the Gamma terms' ``d/dtheta`` (``digamma(x + theta) - digamma(theta)``) times ``grad``."""
+        terms = torch.digamma(self.x + self.theta).sub_(self._of_theta(torch.digamma))
+        terms.mul_(grad.reshape(-1).index_select(0, self.flat))
+        grad_theta.view(-1).index_add_(0, self.flat, terms)
+        return grad_theta
+
+
+def _nb_less_gamma_terms(
+    x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor, softplus: torch.Tensor
+) -> torch.Tensor:
+    """``theta log sigmoid(-l) + x log sigmoid(l) = x (l - s) - theta s``, ``s = softplus(l)``, in a fresh tensor."""
+    return torch.sub(logits, softplus).mul_(x).addcmul_(theta, softplus, value=-1.0)
 
 
 class _NBLogProb(torch.autograd.Function):
@@ -108,7 +116,7 @@ class _NBLogProb(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         nz = _NonZeros(x, theta)
         softplus = F.softplus(logits)
-        out = torch.sub(logits, softplus).mul_(x).addcmul_(theta, softplus, value=-1.0)
+        out = _nb_less_gamma_terms(x, theta, logits, softplus)
         out.view(-1).index_add_(0, nz.flat, nz.log_gamma_terms())
         ctx.nz = nz
         ctx.save_for_backward(x, theta, logits, softplus)
@@ -121,9 +129,7 @@ class _NBLogProb(torch.autograd.Function):
         nz = ctx.nz
         p = torch.sigmoid(logits)
         grad_logits = torch.addcmul(x, p, x, value=-1.0).addcmul_(p, theta, value=-1.0).mul_(grad)
-        grad_theta = torch.mul(softplus, grad).neg_()
-        grad_nz = grad.reshape(-1).index_select(0, nz.flat)
-        grad_theta.view(-1).index_add_(0, nz.flat, nz.theta_gradient().mul_(grad_nz))
+        grad_theta = nz.add_theta_gradient(torch.mul(softplus, grad).neg_(), grad)
         # theta arrives expanded over cells: autograd's expand backward sums this over the cells
         return None, grad_theta, grad_logits
 
@@ -147,7 +153,7 @@ class _ZINBLogProb(torch.autograd.Function):
         nz = _NonZeros(x, theta)
         softplus = F.softplus(logits)
         d = torch.addcmul(gate, theta, softplus)
-        out = torch.sub(logits, softplus).mul_(x).addcmul_(theta, softplus, value=-1.0)
+        out = _nb_less_gamma_terms(x, theta, logits, softplus)
         out.add_(F.softplus(d)).sub_(F.softplus(gate))
         # at the non-zeros: the Gamma terms, less the softplus(d) added above
         d_nz = d.reshape(-1).index_select(0, nz.flat)
@@ -164,9 +170,7 @@ class _ZINBLogProb(torch.autograd.Function):
         r.view(-1).index_fill_(0, nz.flat, 0.0)  # no gate zero where a count was seen
         grad_gate = torch.sigmoid(gate).neg_().add_(r).mul_(grad)
         minus_w = r.sub_(1.0)  # -(1 - r)
-        grad_theta = torch.mul(minus_w, softplus).mul_(grad)
-        grad_nz = grad.reshape(-1).index_select(0, nz.flat)
-        grad_theta.view(-1).index_add_(0, nz.flat, nz.theta_gradient().mul_(grad_nz))
+        grad_theta = nz.add_theta_gradient(torch.mul(minus_w, softplus).mul_(grad), grad)
         p = torch.sigmoid(logits)
         grad_logits = torch.addcmul(x, theta, minus_w, value=-1.0).mul_(p).neg_().add_(x).mul_(grad)
         return None, grad_theta, grad_logits, grad_gate
