@@ -3,10 +3,13 @@
 import json
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
+import torch
 
 import pyrovi
 from pyrovi.model import SCVI
+from pyrovi.module import VAE
 
 
 @pytest.fixture
@@ -102,10 +105,6 @@ def test_plateau_scheduler_gradient_clipping_and_train_terms(adata):
 @pytest.mark.parametrize("dispersion", ["gene", "gene-cell"])
 def test_poisson_has_no_dispersion_parameters_and_every_parameter_learns(adata, dispersion):
     # an unused parameter never gets a gradient, which DDP refuses without find_unused_parameters
-    import torch
-
-    from pyrovi.module import VAE
-
     SCVI.setup_anndata(adata)
     model = SCVI(adata, n_latent=3, gene_likelihood="poisson", dispersion=dispersion)
     names = [name for name, _ in model.module.named_parameters()]
@@ -128,8 +127,6 @@ def test_poisson_has_no_dispersion_parameters_and_every_parameter_learns(adata, 
 
 
 def test_dispersion_prior_with_poisson_is_refused(adata):
-    import pyro.distributions as dist
-
     SCVI.setup_anndata(adata)
     with pytest.raises(ValueError, match="no dispersion"):
         SCVI(adata, gene_likelihood="poisson", dispersion_prior=dist.LogNormal(2.0, 1.0))

@@ -152,8 +152,6 @@ class VAE(BaseModuleClass):
         shapes = {"gene": (n_input,), "gene-batch": (n_batch, n_input), "gene-label": (n_labels, n_input)}
         self._dispersion_shape = shapes.get(dispersion)
         self._dispersion_prior_name: str | None = None
-        # the Poisson likelihood has no dispersion: no parameter that would never get a gradient (DDP)
-        self._uses_dispersion = callable(gene_likelihood) or gene_likelihood != "poisson"
         if dispersion_prior is not None:
             if not self._uses_dispersion:
                 raise ValueError(
@@ -203,6 +201,11 @@ class VAE(BaseModuleClass):
 
     # ----------------------------------------------------------------------------------------------
     # construction helpers
+
+    @property
+    def _uses_dispersion(self) -> bool:
+        # the Poisson likelihood has no dispersion: no parameter that would never get a gradient (DDP)
+        return callable(self.gene_likelihood) or self.gene_likelihood != "poisson"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         # Poisson models saved before the unused dispersion was dropped carry it: ignore it, so that those
