@@ -117,22 +117,27 @@ class _MinibatchDataset(Dataset):
         return batch
 
 
+def _torch_csr(crow: np.ndarray, col: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """A torch sparse CSR tensor over these (canonical: sorted, in-range, unique) arrays, not copied."""
+    with warnings.catch_warnings():
+        # torch calls its sparse CSR layout "beta"; the operations used here (embedding_bag over its arrays) are stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(crow), torch.from_numpy(col), torch.from_numpy(values), size=shape,
+            check_invariants=False,  # canonical scipy CSR arrays: valid by construction
+        )
+
+
 def _csr_tensor(matrix: sp.csr_matrix) -> torch.Tensor:
     """A scipy CSR minibatch as a torch sparse CSR tensor (its own copy of the arrays)."""
     matrix = matrix.tocsr()
     if not matrix.has_canonical_format:
         matrix = matrix.copy()
         matrix.sum_duplicates()  # also sorts the column indices, as torch's CSR expects
-    with warnings.catch_warnings():
-        # torch calls its sparse CSR layout "beta"; the operations used here (embedding_bag over its arrays) are stable
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)),
-            torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(np.ascontiguousarray(matrix.data)),
-            size=matrix.shape,
-            check_invariants=False,  # canonical scipy CSR: sorted, in-range indices by construction
-        )
+    return _torch_csr(
+        matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64), np.ascontiguousarray(matrix.data),
+        matrix.shape,
+    )
 
 
 def _is_canonical_csr(array: object) -> bool:
@@ -149,15 +154,12 @@ def _csr_run_tensor(matrix: sp.csr_matrix, start: int, stop: int) -> torch.Tenso
     """
     offsets = matrix.indptr[start : stop + 1]
     first, last = int(offsets[0]), int(offsets[-1])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(offsets - offsets[0]),
-            torch.from_numpy(matrix.indices[first:last].astype(offsets.dtype)),
-            torch.from_numpy(np.array(matrix.data[first:last], dtype=np.float32)),
-            size=(stop - start, matrix.shape[1]),
-            check_invariants=False,  # canonical: sorted, in-range column indices
-        )
+    return _torch_csr(
+        offsets - offsets[0],
+        matrix.indices[first:last].astype(offsets.dtype),
+        np.array(matrix.data[first:last], dtype=np.float32),
+        (stop - start, matrix.shape[1]),
+    )
 
 
 def _is_run(rows: np.ndarray) -> bool:
