@@ -1,0 +1,59 @@
+"""The benchmark scripts keep running: each is run end to end on tiny data (figures are not checked here).
+
+Timing belongs in ``benchmarks/``, not in tests; these tests only guard the scripts against breaking as
+pyrovi changes (a benchmark that fails on the day it is needed measures nothing). scvi-tools is not
+installed in CI, so the comparison runs with ``--tools pyrovi``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+_ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                         env=_ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_compare_scvi_tools_runs_pyrovi_alone():
+    figures = _json_line(_run("compare_scvi_tools.py", "--tools", "pyrovi", "--n-cells", "300", "--n-genes",
+                              "60", "--epochs", "2", "--repeats", "1", "--likelihoods", "zinb", "--batch-sizes",
+                              "64"))
+    (run,) = figures["runs"]
+    assert run["tool"] == "pyrovi" and run["likelihood"] == "zinb" and run["batch_size"] == 64
+    assert run["cells_per_s"] > 0 and run["latent_s"] > 0 and run["peak_rss_mb"] > 0
+    assert run["elbo_val"] < 0  # an ELBO per cell of count data: a log-probability bound, below zero
+    assert figures["ratios"] == [] and figures["import_s"]["pyrovi"] > 0
+
+
+def test_scale_trains_one_epoch_from_a_backed_file():
+    figures = _json_line(_run("scale.py", "--n-cells", "600", "--n-genes", "40", "--batch-size", "128",
+                              "--backed"))
+    assert figures["backed"] and figures["n_cells"] == 600 and figures["nnz"] > 0
+    assert figures["epoch_s"] > 0 and figures["peak_rss_mb"] > 0 and figures["file_mb"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the script would measure it")
+def test_gpu_benchmark_without_a_gpu_says_so_and_succeeds():
+    assert "no CUDA GPU" in _run("gpu.py")
+
+
+def test_gpu_benchmark_runs_on_the_cpu_with_the_data_on_the_device():
+    figures = _json_line(_run("gpu.py", "--accelerator", "cpu", "--n-cells", "400", "--n-genes", "40",
+                              "--epochs", "2", "--likelihoods", "nb", "--batch-sizes", "128"))
+    (run,) = figures["runs"]
+    assert figures["device"].startswith("CPU") and run["cells_per_s"] > 0 and run["latent_s"] > 0
