@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pandas as pd
 import pytest
 from _knn import knn_accuracy, pca, same_batch_fraction
@@ -107,8 +108,19 @@ def test_marginal_ll_is_at_least_the_elbo(trained):
     # and the history logs the same quantity with the opposite sign
     val_elbo = trained.get_elbo(indices=trained.validation_indices)
     assert -val_elbo == pytest.approx(trained.history["elbo_validation"].iloc[-1, 0], rel=0.02)
+    # the reconstruction loss is -E_q[log p(x|z)] (scvi-tools' sign): positive, and below -ELBO by the KL
     recon = trained.get_reconstruction_error(indices=cells)["reconstruction_loss"]
-    assert elbo.mean() < recon < 0
+    assert 0 < recon < -elbo.mean()
+
+
+def test_reconstruction_error_per_cell(trained):
+    cells = np.arange(40)
+    pyro.set_rng_seed(3)
+    per_cell = trained.get_reconstruction_error(indices=cells, return_mean=False)["reconstruction_loss"]
+    pyro.set_rng_seed(3)
+    mean = trained.get_reconstruction_error(indices=cells)["reconstruction_loss"]
+    assert per_cell.shape == (40,) and (per_cell > 0).all()
+    assert per_cell.mean() == pytest.approx(mean, rel=1e-6)
 
 
 def test_library_size_and_likelihood_parameters(trained):

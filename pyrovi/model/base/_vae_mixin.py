@@ -24,9 +24,9 @@ from ._features import feature_positions
 class VAEMixin:
     """Latent representation, ELBO, marginal likelihood and posterior predictive sampling.
 
-    Sign conventions follow scvi-tools: :meth:`get_elbo`, :meth:`get_marginal_ll` and
-    :meth:`get_reconstruction_error` return log-densities (higher is better), per cell, while the
-    training history logs the loss (the negative ELBO per cell, lower is better).
+    Sign conventions follow scvi-tools: :meth:`get_elbo` and :meth:`get_marginal_ll` return
+    log-densities per cell (higher is better); :meth:`get_reconstruction_error` and the training
+    history's ``elbo_*`` return losses, their negatives (lower is better).
     """
 
     #: the latent site returned by get_latent_representation
@@ -115,19 +115,30 @@ class VAEMixin:
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
-    ) -> dict[str, float]:
-        """Expected log-likelihood ``E_q[log p(x | z)]`` per cell (one posterior draw; higher is better).
+        return_mean: bool = True,
+    ) -> dict[str, float | np.ndarray]:
+        """Reconstruction loss per cell, ``-E_q[log p(x | z)]`` (one posterior draw; lower is better).
 
-        Returned as ``{"reconstruction_loss": value}`` with scvi-tools' key and sign.
+        The negative expected log-likelihood of a cell's counts under its posterior, without the KL
+        term of the ELBO. Returned as ``{"reconstruction_loss": value}``: scvi-tools' key, and the value
+        scvi-tools 1.5 returns (a positive loss, although its docstring says "higher is better").
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to evaluate (default: all training data).
+        return_mean
+            Average over cells (otherwise one value per cell).
 
         Examples
         --------
         >>> model.get_reconstruction_error()["reconstruction_loss"]  # doctest: +SKIP
+        1310.2
         """
-        values = self._per_cell(
+        values = -self._per_cell(
             adata, indices, batch_size, lambda mt, gt: per_cell_elbo_terms(mt, gt)["reconstruction"]
         )
-        return {"reconstruction_loss": float(values.mean())}
+        return {"reconstruction_loss": float(values.mean()) if return_mean else values}
 
     @torch.inference_mode()
     def get_marginal_ll(
