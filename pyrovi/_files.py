@@ -1,4 +1,5 @@
-"""Recognise pickles by their first bytes, to refuse them by name without ever opening them as pickles."""
+"""Model files at the byte level: recognise pickles by their first bytes (to refuse them by name without ever
+opening them as pickles), and write safetensors files like any other file."""
 
 from __future__ import annotations
 
@@ -38,3 +39,23 @@ def sniff_pickle(path: str | os.PathLike) -> str | None:
     if head[:1] == _PICKLE_MAGIC:
         return "a pickle"
     return None
+
+
+def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> torch tensor) as a safetensors file, with the permissions the umask gives.
+
+    safetensors' ``save_file`` (0.8) writes through a private temporary file, which leaves the result
+    readable by its owner only (mode 0600) while the JSON and h5ad files saved beside it are readable by
+    the group (0644 under the usual umask): a model shared in a project directory would then fail to
+    load for colleagues. Serialising to bytes and writing them with ``open`` creates the file normally.
+    The callers write into a staging location and rename, so an interrupted write never replaces a file.
+
+    Examples
+    --------
+    >>> write_safetensors({"w": torch.ones(2)}, "weights.safetensors")  # doctest: +SKIP
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as handle:
+        handle.write(data)

@@ -238,6 +238,20 @@ def test_format_version_is_written(saved):
     assert meta["pyrovi_version"] == pyrovi.__version__
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_take_their_permissions_from_the_umask(scvi, tmp_path, umask):
+    # safetensors' own writer leaves 0600 whatever the umask: a model saved in a shared project
+    # directory would not load for colleagues although its JSON and h5ad beside it do
+    previous = os.umask(umask)
+    try:
+        scvi[0].save(tmp_path / "model", save_anndata=True)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
+    assert set(modes) == {"model.safetensors", "model.json", "adata.h5ad"}
+    assert set(modes.values()) == {0o666 & ~umask}
+
+
 # ---------------------------------------------------------------------------------------------------
 # broken and missing files, wrong class
 
@@ -299,7 +313,7 @@ def test_interrupted_save_keeps_the_old_model(scvi, saved, monkeypatch):
     model = scvi[0]
     before = _digest(saved)
     other = SCVI(model.adata, n_hidden=8, n_latent=2)  # different weights
-    monkeypatch.setattr(_save_load, "save_file", _fail_after_writing_half)
+    monkeypatch.setattr(_save_load, "write_safetensors", _fail_after_writing_half)
     with pytest.raises(OSError, match="disk full"):
         other.save(saved, overwrite=True)
     assert _digest(saved) == before

@@ -1,5 +1,6 @@
 """Resumable training: pickle-free checkpoints from which a run continues exactly as if never stopped."""
 
+import os
 import pickle
 from pathlib import Path
 
@@ -114,6 +115,11 @@ def test_a_checkpoint_holds_no_pickle(tmp_path):
     state = SafeCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")
     assert state["epoch"] == 0 and state["global_step"] == 4  # written as epoch 0 ended
     assert isinstance(state["optimizer_states"][0]["state"], dict)
+    # created like any file (the umask's permissions), not owner-only as safetensors' own writer leaves it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no staging file left behind
 
 
 class _Payload:

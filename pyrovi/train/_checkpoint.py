@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .._errors import ModelFileError
-from .._files import sniff_pickle
+from .._files import sniff_pickle, write_safetensors
 
 #: marks a pyrovi checkpoint in the safetensors header metadata
 _FORMAT = "pyrovi-checkpoint"
@@ -101,10 +100,9 @@ class SafeCheckpointIO(CheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # written next to the target and renamed into place: an interrupted save leaves the previous file
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            save_file(tensors, tmp, metadata=metadata)
+            write_safetensors(tensors, tmp, metadata=metadata)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from safetensors.torch import save_file
 
 from ..._constants import REGISTRY_KEYS
 from ..._errors import ModelFileError
+from ..._files import write_safetensors
 from ...data import MissingKeyError, UnseenCategoryError
 from ...module.priors import (
     LatentPrior,
@@ -190,7 +190,7 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"pyrovi_model": type(model).__name__})
+        write_safetensors(state, staging / WEIGHTS_FILE, metadata={"pyrovi_model": type(model).__name__})
         (staging / META_FILE).write_text(meta_text, encoding="utf-8")
         if save_anndata:
             model.adata.write_h5ad(staging / ADATA_FILE)
