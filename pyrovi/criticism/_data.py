@@ -1,4 +1,8 @@
-"""Reading what a posterior predictive check compares: the models' genes, cells and observed counts."""
+"""Reading what a posterior predictive check compares: the models' features, cells and observed counts.
+
+A check compares one modality: ``"rna"`` (the genes of any model) or ``"protein"`` (the proteins of
+models that have them, such as TOTALVI).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._constants import REGISTRY_KEYS
+from ..model.base._features import feature_positions
 
 #: split of the cells given to the check (by default all cells)
 IN_SAMPLE = "in-sample"
 #: split of a model's validation cells, which its encoder and decoder never trained on
 HELD_OUT = "held-out"
 SPLITS = (IN_SAMPLE, HELD_OUT)
+#: the modalities a check can compare, and the name of their feature axis
+FEATURE_DIMS = {"rna": "genes", "protein": "proteins"}
 
 
 def _model_genes(model: Any) -> list[str]:
@@ -28,8 +35,20 @@ def _model_layer(model: Any) -> str | None:
     return model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["layer"]
 
 
-def _check_models(models: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the ``{name: model}`` mapping: non-empty, string names, models with a posterior predictive."""
+def _check_modality(modality: str) -> str:
+    if modality not in FEATURE_DIMS:
+        raise ValueError(f"modality must be one of {list(FEATURE_DIMS)}, got {modality!r}.")
+    return modality
+
+
+def _model_features(model: Any, modality: str) -> list[str]:
+    """The genes (``"rna"``) or proteins (``"protein"``) of ``model`` in its registered order."""
+    return _model_genes(model) if modality == "rna" else list(model.protein_names)
+
+
+def _check_models(models: Mapping[str, Any], modality: str = "rna") -> dict[str, Any]:
+    """Check the ``{name: model}`` mapping: non-empty, string names, models with a posterior predictive
+    (and proteins, for the ``"protein"`` modality)."""
     if not isinstance(models, Mapping):
         raise TypeError(
             f"models must be a dict {{name: model}}, got {type(models).__name__}; "
@@ -45,22 +64,28 @@ def _check_models(models: Mapping[str, Any]) -> dict[str, Any]:
                 f"models[{name!r}] is a {type(model).__name__}, which has no posterior_predictive_sample; "
                 "pass pyrovi models such as SCVI."
             )
+        if modality == "protein" and not hasattr(model, "protein_names"):
+            raise TypeError(
+                f"models[{name!r}] is a {type(model).__name__}, which models no proteins; modality='protein' "
+                "checks models of RNA and proteins such as TOTALVI. Check its genes with modality='rna'."
+            )
     return dict(models)
 
 
-def _shared_genes(models: Mapping[str, Any]) -> list[str]:
-    """The genes every model shares, in the first model's order; an error names the mismatch."""
+def _shared_features(models: Mapping[str, Any], modality: str = "rna") -> list[str]:
+    """The features every model shares, in the first model's order; an error names the mismatch."""
+    kind = FEATURE_DIMS[modality]
     names = list(models)
-    reference = _model_genes(models[names[0]])
+    reference = _model_features(models[names[0]], modality)
     for name in names[1:]:
-        genes = _model_genes(models[name])
-        if set(genes) != set(reference) or len(genes) != len(reference):
-            only_ref = sorted(set(reference) - set(genes))
-            only_other = sorted(set(genes) - set(reference))
+        features = _model_features(models[name], modality)
+        if set(features) != set(reference) or len(features) != len(reference):
+            only_ref = sorted(set(reference) - set(features))
+            only_other = sorted(set(features) - set(reference))
             raise ValueError(
-                f"The models must share their genes to be compared: {names[0]!r} has {len(reference)} genes "
-                f"and {name!r} {len(genes)}; only in {names[0]!r}: {only_ref[:5]}, only in {name!r}: "
-                f"{only_other[:5]}. Set both up on the same genes."
+                f"The models must share their {kind} to be compared: {names[0]!r} has {len(reference)} {kind} "
+                f"and {name!r} {len(features)}; only in {names[0]!r}: {only_ref[:5]}, only in {name!r}: "
+                f"{only_other[:5]}. Set both up on the same {kind}."
             )
     return reference
 
@@ -115,6 +140,37 @@ def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells:
     block = matrix[cells][:, columns]
     block = block.toarray() if sparse.issparse(block) else np.asarray(block)
     return block.astype(np.float32, copy=False)
+
+
+def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """``adata``'s protein counts (cells x the model's proteins) and batch codes, as the model reads them."""
+    arrays = model._validate_anndata(adata).get_arrays()
+    proteins = arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY]
+    proteins = proteins.to_numpy() if isinstance(proteins, pd.DataFrame) else proteins
+    batch = arrays.get(REGISTRY_KEYS.BATCH_KEY)
+    codes = np.zeros(adata.n_obs, dtype=np.int64) if batch is None else np.asarray(batch).reshape(-1)
+    return proteins, codes
+
+
+def _read_proteins(model: Any, adata: AnnData, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
+    """Dense float32 protein counts of ``cells`` x ``proteins`` (in that order), read through ``model``'s setup."""
+    matrix, _ = _protein_arrays(model, adata)
+    columns = feature_positions(model.protein_names, proteins, "proteins")
+    block = matrix[cells][:, columns]
+    block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+    return block.astype(np.float32, copy=False)
+
+
+def _measured_proteins(model: Any, adata: AnnData, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
+    """For each of ``proteins``: whether ``model`` holds it measured in the batch of every one of ``cells``.
+
+    A protein missing from a batch's panel (all zeros there at setup) has no observed counts in that
+    batch's cells; the model imputes it, so comparing such zeros with replicates would be meaningless.
+    """
+    _, codes = _protein_arrays(model, adata)
+    mask = model.module.protein_batch_mask.cpu().numpy()  # (n_batch, n_proteins), the model's order
+    measured = mask[np.unique(codes[cells])].all(0)
+    return measured[feature_positions(model.protein_names, proteins, "proteins")]
 
 
 def _held_out_cells(model: Any, adata: AnnData) -> np.ndarray | None:

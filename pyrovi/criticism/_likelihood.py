@@ -52,12 +52,14 @@ def _iter_draws(
     *,
     pointwise: bool,
     replicate: bool,
+    site: str | None = None,
 ) -> Iterator[_Draws]:
-    """For each minibatch of ``indices``: ``n_samples`` posterior draws of the observed site.
+    """For each minibatch of ``indices``: ``n_samples`` posterior draws of an observed site.
 
-    The replicates (when asked) come from the same draws of ``z`` as the log-likelihoods.
+    The site is ``site``, by default the model's first observed site (its RNA counts). The replicates
+    (when asked) come from the same draws of ``z`` as the log-likelihoods.
     """
-    site = getattr(model, "_observed_sites", ("x",))[0]
+    site = site or getattr(model, "_observed_sites", ("x",))[0]
     module = model.module
     module.eval()
     for batch in model._make_data_loader(adata, indices, batch_size):
@@ -75,11 +77,18 @@ def _iter_draws(
 
 
 def _log_predictive_density(
-    model: Any, adata: AnnData | None, indices: np.ndarray, n_samples: int, batch_size: int | None
+    model: Any,
+    adata: AnnData | None,
+    indices: np.ndarray,
+    n_samples: int,
+    batch_size: int | None,
+    site: str | None = None,
 ) -> np.ndarray:
-    """Per cell ``log (1/S) sum_s p(x_n | z_s)`` with ``z_s ~ q(z | x_n)``: shape ``(n_cells,)``."""
-    per_cell = [
-        torch.logsumexp(draws.log_likelihood.double(), 0) - math.log(n_samples)
-        for draws in _iter_draws(model, adata, indices, n_samples, batch_size, pointwise=False, replicate=False)
-    ]
+    """Per cell ``log (1/S) sum_s p(x_n | z_s)`` with ``z_s ~ q(z | x_n)``: shape ``(n_cells,)``.
+
+    ``x`` is the observed ``site`` (default: the model's first). A masked site (proteins missing from a
+    cell's batch) contributes its unmasked entries only.
+    """
+    draws_of = _iter_draws(model, adata, indices, n_samples, batch_size, pointwise=False, replicate=False, site=site)
+    per_cell = [torch.logsumexp(draws.log_likelihood.double(), 0) - math.log(n_samples) for draws in draws_of]
     return torch.cat(per_cell).cpu().numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -11,15 +12,19 @@ import pandas as pd
 from anndata import AnnData
 
 from ._data import (
+    FEATURE_DIMS,
     HELD_OUT,
     IN_SAMPLE,
+    _check_modality,
     _check_models,
     _held_out_cells,
+    _measured_proteins,
     _model_genes,
     _read_counts,
+    _read_proteins,
     _resolve_cells,
     _resolve_layer,
-    _shared_genes,
+    _shared_features,
 )
 from ._likelihood import _log_predictive_density
 from ._metrics import (
@@ -33,7 +38,7 @@ from ._metrics import (
 
 logger = logging.getLogger("pyrovi")
 
-Dim = Literal["genes", "cells"]
+Dim = Literal["genes", "proteins", "cells"]
 Key = tuple[str, str]
 
 #: nominal levels of calibration() by default
@@ -63,6 +68,14 @@ class PosteriorPredictiveCheck:
     Every metric returns a tidy DataFrame with columns ``model`` and ``split`` and stores it in
     :attr:`metrics`.
 
+    A check compares one modality. ``modality="rna"`` (the default) checks the genes of any model
+    (for TOTALVI, its RNA). ``modality="protein"`` checks the proteins of models of RNA and proteins
+    (TOTALVI): the features are then proteins wherever this documentation says genes (tables have a
+    ``protein`` column, per-feature metrics are named ``cv_proteins``, ``zero_fraction_proteins``,
+    ...). A protein missing from the panel of a checked cell's batch has no observed count there, so
+    only proteins measured in the batches of all checked cells are compared (the others are named in
+    a warning; check them on the cells of the batches that measured them, with ``indices``).
+
     Parameters
     ----------
     adata
@@ -79,11 +92,13 @@ class PosteriorPredictiveCheck:
         Row positions (or a boolean mask) of the in-sample cells; default all cells.
     layer
         Layer of ``adata`` holding the observed counts (``None``: the layer the models were set up
-        with, ``adata.X`` when they used none).
+        with, ``adata.X`` when they used none). RNA only: proteins are read as the models were set up.
     held_out
         Also check each model's validation cells.
     batch_size
         Minibatch size of the models' queries (default ``pyrovi.settings.batch_size``).
+    modality
+        ``"rna"`` or ``"protein"``: which counts to check (see above).
 
     Attributes
     ----------
@@ -95,8 +110,11 @@ class PosteriorPredictiveCheck:
         ``{(model, split): replicates (n_cells, n_genes, n_samples) float32}``.
     cells
         ``{(model, split): row positions of the cells in adata}``.
-    gene_names
-        The genes, in the order of the arrays' gene axis (the first model's registered order).
+    feature_dim
+        ``"genes"`` or ``"proteins"``: the name of the feature axis.
+    feature_names
+        The genes (or proteins), in the order of the arrays' feature axis (the first model's registered
+        order). ``gene_names`` is the same index.
     metrics
         ``{name: DataFrame}`` of every metric computed so far.
 
@@ -108,6 +126,8 @@ class PosteriorPredictiveCheck:
     >>> ppc.coefficient_of_variation(dim="genes").head()  # doctest: +SKIP
     >>> ppc.calibration()  # doctest: +SKIP
     >>> ppc.summary()  # doctest: +SKIP
+    >>> proteins = pyrovi.criticism.PosteriorPredictiveCheck(
+    ...     adata, {"totalVI": totalvi_model}, modality="protein")  # doctest: +SKIP
     """
 
     def __init__(
@@ -119,18 +139,25 @@ class PosteriorPredictiveCheck:
         layer: str | None = None,
         held_out: bool = True,
         batch_size: int | None = None,
+        modality: Literal["rna", "protein"] = "rna",
     ):
         if not isinstance(adata, AnnData):
             raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
         if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         self.adata = adata
-        self.models = _check_models(models)
+        self.modality = _check_modality(modality)
+        self.feature_dim = FEATURE_DIMS[self.modality]
+        self.models = _check_models(models, self.modality)
         self.n_samples = int(n_samples)
         self.batch_size = batch_size
-        self.layer = _resolve_layer(self.models, layer)
-        genes = _shared_genes(self.models)
-        self.gene_names = pd.Index(genes, name="gene")
+        if self.modality == "protein" and layer is not None:
+            raise ValueError(
+                f"layer={layer!r} names RNA counts, but modality='protein' checks the proteins the models were set "
+                "up with; leave layer=None."
+            )
+        self.layer = _resolve_layer(self.models, layer) if self.modality == "rna" else None
+        features = _shared_features(self.models, self.modality)
         for name, model in self.models.items():
             if not getattr(model, "is_trained", True):
                 logger.warning("Model %r is not trained; its posterior predictive is the initial network's.", name)
@@ -142,6 +169,10 @@ class PosteriorPredictiveCheck:
             held = _held_out_cells(model, adata) if held_out else None
             if held is not None:
                 plan.append(((name, HELD_OUT), held))
+        if self.modality == "protein":
+            features = self._measured_everywhere(features, plan)
+        self.feature_names = pd.Index(features, name=self._feature)
+        self.gene_names = self.feature_names
         self._warn_memory(plan)
 
         self.keys: list[Key] = [key for key, _ in plan]
@@ -152,18 +183,22 @@ class PosteriorPredictiveCheck:
         # Randomised-PIT intervals per (model, split), computed once, reused for every level.
         self._pit: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
 
-        shared_observed = _read_counts(adata, self.layer, genes, in_sample)
+        if self.modality == "rna":
+            shared_observed = _read_counts(adata, self.layer, features, in_sample)
         for (name, split), cells in plan:
             model = self.models[name]
-            self.observed[(name, split)] = (
-                shared_observed if split == IN_SAMPLE else _read_counts(adata, self.layer, genes, cells)
-            )
-            self.replicates[(name, split)] = self._replicate(model, cells, genes)
+            if self.modality == "protein":  # read as each model was set up (their protein keys may differ)
+                self.observed[(name, split)] = _read_proteins(model, adata, features, cells)
+            else:
+                self.observed[(name, split)] = (
+                    shared_observed if split == IN_SAMPLE else _read_counts(adata, self.layer, features, cells)
+                )
+            self.replicates[(name, split)] = self._replicate(model, cells, features)
 
     # ----------------------------------------------------------------------------------------------
     # summary statistics
 
-    def coefficient_of_variation(self, dim: Dim = "genes") -> pd.DataFrame:
+    def coefficient_of_variation(self, dim: Dim | None = None) -> pd.DataFrame:
         """Observed vs replicated coefficient of variation (std / mean) per gene or per cell.
 
         The replicated CV is the CV of each replicate matrix, averaged over replicates (the posterior
@@ -175,7 +210,8 @@ class PosteriorPredictiveCheck:
         Parameters
         ----------
         dim
-            ``"genes"``: CV across cells of each gene; ``"cells"``: CV across genes of each cell.
+            ``"genes"`` (``"proteins"``; the default): CV across cells of each gene; ``"cells"``: CV
+            across genes of each cell.
 
         Returns
         -------
@@ -186,9 +222,10 @@ class PosteriorPredictiveCheck:
         --------
         >>> ppc.coefficient_of_variation("genes")  # doctest: +SKIP
         """
-        return self._statistic(coefficient_of_variation, f"cv_{_check_dim(dim)}", dim)
+        dim = self._dim(dim)
+        return self._statistic(coefficient_of_variation, f"cv_{dim}", dim)
 
-    def zero_fraction(self, dim: Dim = "genes") -> pd.DataFrame:
+    def zero_fraction(self, dim: Dim | None = None) -> pd.DataFrame:
         """Observed vs replicated fraction of zero counts per gene or per cell.
 
         The fraction of entries equal to zero (not of non-zero entries), averaged over replicates. The
@@ -197,7 +234,8 @@ class PosteriorPredictiveCheck:
         Parameters
         ----------
         dim
-            ``"genes"``: across cells of each gene; ``"cells"``: across genes of each cell.
+            ``"genes"`` (``"proteins"``; the default): across cells of each gene; ``"cells"``: across
+            genes of each cell.
 
         Returns
         -------
@@ -208,7 +246,8 @@ class PosteriorPredictiveCheck:
         --------
         >>> ppc.zero_fraction("cells")  # doctest: +SKIP
         """
-        return self._statistic(zero_fraction, f"zero_fraction_{_check_dim(dim)}", dim)
+        dim = self._dim(dim)
+        return self._statistic(zero_fraction, f"zero_fraction_{dim}", dim)
 
     def mean_variance(self) -> pd.DataFrame:
         """Per gene, the observed and replicated mean and variance across cells.
@@ -233,7 +272,7 @@ class PosteriorPredictiveCheck:
             observed, replicates = self.observed[key], self.replicates[key]
             frame = pd.DataFrame(
                 {
-                    "gene": self.gene_names,
+                    self._feature: self.feature_names,
                     "observed_mean": observed.mean(0, dtype=np.float64),
                     "observed_variance": observed.var(0, dtype=np.float64),
                     "replicated_mean": replicates.mean(0, dtype=np.float64).mean(-1),
@@ -249,7 +288,7 @@ class PosteriorPredictiveCheck:
                     "split": key[1],
                     "variance_log_mae": float(np.abs(log_ratio).mean()) if valid.any() else np.nan,
                     "variance_log_ratio": float(log_ratio.mean()) if valid.any() else np.nan,
-                    "n_genes": int(valid.sum()),
+                    f"n_{self.feature_dim}": int(valid.sum()),
                 }
             )
         return self._store("mean_variance", pd.concat(frames, ignore_index=True), pd.DataFrame(errors))
@@ -299,7 +338,8 @@ class PosteriorPredictiveCheck:
         the exact likelihood of the model's observed site, averaged over ``S`` posterior draws in
         probability space (log-mean-exp). With finite ``S`` the estimate is biased low by Jensen's
         inequality, equally for every model. On the held-out split it is the held-out log predictive
-        density. It is computed on the counts the models were set up with (their registered layer).
+        density. It is computed on the counts the models were set up with (their registered layer);
+        for proteins, on each cell's measured proteins (the model's protein likelihood).
         Per-cell values are stored in ``metrics["log_predictive_density_cells"]``.
 
         Parameters
@@ -323,7 +363,7 @@ class PosteriorPredictiveCheck:
         rows, cells = [], []
         for key in self.keys:
             per_cell = _log_predictive_density(
-                self.models[key[0]], self.adata, self.cells[key], n_draws, self.batch_size
+                self.models[key[0]], self.adata, self.cells[key], n_draws, self.batch_size, site=self._site
             )
             rows.append(
                 {
@@ -426,17 +466,19 @@ class PosteriorPredictiveCheck:
         DataFrame with columns ``model``, ``split``, ``n_cells``, ``cv_gene_mae``, ``cv_cell_mae``,
         ``zero_fraction_gene_mae``, ``zero_fraction_cell_mae``, ``variance_log_mae``,
         ``calibration_error`` (mean over levels of ``|coverage - level|``) and
-        ``log_predictive_density``. Lower errors and a higher log predictive density are better.
+        ``log_predictive_density`` (``cv_protein_mae``, ``zero_fraction_protein_mae`` when checking
+        proteins). Lower errors and a higher log predictive density are better.
         Stored in ``metrics["summary"]``.
 
         Examples
         --------
         >>> ppc.summary().set_index(["model", "split"])  # doctest: +SKIP
         """
+        features, feature = self.feature_dim, self._feature
         for metric, compute in (
-            ("cv_genes", lambda: self.coefficient_of_variation("genes")),
+            (f"cv_{features}", lambda: self.coefficient_of_variation(features)),
             ("cv_cells", lambda: self.coefficient_of_variation("cells")),
-            ("zero_fraction_genes", lambda: self.zero_fraction("genes")),
+            (f"zero_fraction_{features}", lambda: self.zero_fraction(features)),
             ("zero_fraction_cells", lambda: self.zero_fraction("cells")),
             ("mean_variance", self.mean_variance),
             ("calibration", self.calibration),
@@ -449,9 +491,9 @@ class PosteriorPredictiveCheck:
              "n_cells": [len(self.cells[k]) for k in self.keys]}  # fmt: skip
         )
         merges = (
-            ("cv_genes_error", {"mae": "cv_gene_mae"}),
+            (f"cv_{features}_error", {"mae": f"cv_{feature}_mae"}),
             ("cv_cells_error", {"mae": "cv_cell_mae"}),
-            ("zero_fraction_genes_error", {"mae": "zero_fraction_gene_mae"}),
+            (f"zero_fraction_{features}_error", {"mae": f"zero_fraction_{feature}_mae"}),
             ("zero_fraction_cells_error", {"mae": "zero_fraction_cell_mae"}),
             ("mean_variance_error", {"variance_log_mae": "variance_log_mae"}),
         )
@@ -476,22 +518,67 @@ class PosteriorPredictiveCheck:
     def __repr__(self) -> str:
         sets = ", ".join(f"{m} {s} ({len(self.cells[(m, s)])} cells)" for m, s in self.keys)
         return (
-            f"PosteriorPredictiveCheck({len(self.models)} model(s), {len(self.gene_names)} genes, "
+            f"PosteriorPredictiveCheck({len(self.models)} model(s), {len(self.feature_names)} {self.feature_dim}, "
             f"{self.n_samples} samples: {sets}; metrics: {sorted(self.metrics)})"
         )
 
-    def _replicate(self, model: Any, cells: np.ndarray, genes: list[str]) -> np.ndarray:
-        # Ask for genes by name only when this model's order differs from the reference.
-        gene_list = None if _model_genes(model) == genes else genes
-        replicates = model.posterior_predictive_sample(
-            self.adata, indices=cells, n_samples=self.n_samples, gene_list=gene_list, batch_size=self.batch_size
-        )
+    @property
+    def _feature(self) -> str:
+        """Singular name of a feature: the column of per-feature tables."""
+        return self.feature_dim[:-1]
+
+    @property
+    def _site(self) -> str | None:
+        """The observed site of the checked counts (``None``: the model's first, its RNA)."""
+        return "y" if self.modality == "protein" else None
+
+    def _dim(self, dim: str | None) -> str:
+        """``dim`` checked against this check's axes; ``None`` is the feature axis."""
+        if dim is None or dim == self.feature_dim:
+            return self.feature_dim
+        if dim == "cells":
+            return dim
+        raise ValueError(f"dim must be {self.feature_dim!r} or 'cells' for this check of {self.modality}, got {dim!r}.")
+
+    def _measured_everywhere(self, proteins: list[str], plan: list[tuple[Key, np.ndarray]]) -> list[str]:
+        """The proteins measured in the batches of all checked cells, for every model; warn about the rest."""
+        keep = np.ones(len(proteins), dtype=bool)
+        for (name, _), cells in plan:
+            keep &= _measured_proteins(self.models[name], self.adata, proteins, cells)
+        if not keep.any():
+            raise ValueError(
+                "No protein is measured in the batches of all the checked cells (each batch's panel lacks some); "
+                "check the cells of one batch at a time with indices=."
+            )
+        if not keep.all():
+            dropped = [p for p, k in zip(proteins, keep) if not k]
+            warnings.warn(
+                f"{len(dropped)} of {len(proteins)} proteins are missing from the panel of some checked cells' "
+                f"batch and are left out of the check: {dropped[:10]}. Check them on the cells of the batches "
+                "that measured them (indices=).",
+                UserWarning,
+                stacklevel=3,
+            )
+        return [p for p, k in zip(proteins, keep) if k]
+
+    def _replicate(self, model: Any, cells: np.ndarray, features: list[str]) -> np.ndarray:
+        kwargs = {"indices": cells, "n_samples": self.n_samples, "batch_size": self.batch_size}
+        if self.modality == "protein":  # no RNA replicates: an empty gene list
+            _, replicates = model.posterior_predictive_sample(self.adata, gene_list=[], protein_list=features, **kwargs)
+        else:
+            # Ask for genes by name only when this model's order differs from the reference.
+            gene_list = None if _model_genes(model) == features else features
+            if hasattr(model, "protein_names"):  # a model of RNA and proteins: no protein replicates
+                kwargs["protein_list"] = []
+            replicates = model.posterior_predictive_sample(self.adata, gene_list=gene_list, **kwargs)
+            if isinstance(replicates, tuple):
+                replicates = replicates[0]
         if replicates.ndim == 2:  # one sample comes back without the samples axis
             replicates = replicates[..., None]
         return np.asarray(replicates, dtype=np.float32)
 
     def _warn_memory(self, plan: list[tuple[Key, np.ndarray]]) -> None:
-        n_bytes = sum(len(cells) for _, cells in plan) * len(self.gene_names) * self.n_samples * 4
+        n_bytes = sum(len(cells) for _, cells in plan) * len(self.feature_names) * self.n_samples * 4
         if n_bytes > _MEMORY_WARNING_BYTES:
             logger.warning(
                 "The replicates will take %.1f GiB; pass indices= to check a subsample of cells, or fewer "
@@ -504,21 +591,21 @@ class PosteriorPredictiveCheck:
 
     def _entry_labels(self, key: Key, size: int) -> tuple[str, Any]:
         """Column name and labels of a vector statistic with ``size`` entries."""
-        if size == len(self.gene_names):
-            return "gene", self.gene_names
+        if size == len(self.feature_names):
+            return self._feature, self.feature_names
         if size == len(self.cells[key]):
             return "cell", self._cell_names(key)
         return "index", np.arange(size)
 
     def _statistic(self, fn: Callable[..., np.ndarray], metric: str, dim: Dim) -> pd.DataFrame:
         """Observed vs replicated ``fn`` per gene or cell, and its mean absolute error per model and split."""
-        axis = 0 if dim == "genes" else 1  # reduce over cells for a per-gene statistic
-        column = "gene" if dim == "genes" else "cell"
+        axis = 0 if dim == self.feature_dim else 1  # reduce over cells for a per-gene statistic
+        column = self._feature if dim == self.feature_dim else "cell"
         frames, errors = [], []
         for key in self.keys:
             observed = fn(self.observed[key], axis=axis)
             replicated = _nanmean(fn(self.replicates[key], axis=axis), axis=-1)
-            labels = self.gene_names if dim == "genes" else self._cell_names(key)
+            labels = self.feature_names if dim == self.feature_dim else self._cell_names(key)
             frame = pd.DataFrame(
                 {column: labels, "observed": observed, "replicated": replicated,
                  "abs_error": np.abs(replicated - observed)}  # fmt: skip
@@ -561,9 +648,3 @@ def _with_key(frame: pd.DataFrame, key: Key) -> pd.DataFrame:
     frame.insert(0, "split", key[1])
     frame.insert(0, "model", key[0])
     return frame
-
-
-def _check_dim(dim: str) -> str:
-    if dim not in ("genes", "cells"):
-        raise ValueError(f"dim must be 'genes' or 'cells', got {dim!r}.")
-    return dim

@@ -18,7 +18,10 @@ from ._ppc import PosteriorPredictiveCheck
 
 # Per-gene tables can be long: they go to CSV files, the model-level tables into metrics.json.
 _JSON_TABLES = ("summary", "calibration", "log_predictive_density", "mean_variance_error")
-_CSV_TABLES = ("cv_genes", "zero_fraction_genes", "mean_variance")
+
+
+def _csv_tables(feature_dim: str) -> tuple[str, ...]:
+    return (f"cv_{feature_dim}", f"zero_fraction_{feature_dim}", "mean_variance")
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -46,6 +49,7 @@ def report(
     held_out: bool = True,
     batch_size: int | None = None,
     plots: bool = True,
+    modality: str = "rna",
 ) -> dict[str, Any]:
     """Run a posterior predictive check and write its metrics and plots to a directory.
 
@@ -57,6 +61,9 @@ def report(
     - with ``plots``: ``cv_genes.png``, ``zero_fraction_genes.png``, ``calibration.png``,
       ``mean_variance.png`` and ``rootogram.png`` (all genes pooled). Needs ``pip install 'pyrovi[plot]'``.
 
+    With ``modality="protein"`` the per-feature files are ``cv_proteins.*`` and
+    ``zero_fraction_proteins.*``, and ``metrics.json`` counts ``n_proteins``.
+
     Parameters
     ----------
     model_or_models
@@ -65,7 +72,7 @@ def report(
         The observed data (default: the first model's training data).
     out_dir
         Directory to write to (created if missing; files in it are overwritten).
-    n_samples, indices, layer, held_out, batch_size
+    n_samples, indices, layer, held_out, batch_size, modality
         As in :class:`~pyrovi.criticism.PosteriorPredictiveCheck`.
     plots
         Also write the PNG plots.
@@ -90,30 +97,33 @@ def report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ppc = PosteriorPredictiveCheck(
-        adata, models, n_samples=n_samples, indices=indices, layer=layer, held_out=held_out, batch_size=batch_size
+        adata, models, n_samples=n_samples, indices=indices, layer=layer, held_out=held_out, batch_size=batch_size,
+        modality=modality,
     )
     ppc.summary()
 
     metrics: dict[str, Any] = {
         "pyrovi_version": __version__,
         "n_samples": ppc.n_samples,
-        "n_genes": len(ppc.gene_names),
+        "modality": ppc.modality,
+        f"n_{ppc.feature_dim}": len(ppc.feature_names),
         "models": {name: type(model).__name__ for name, model in ppc.models.items()},
         "n_cells": [{"model": m, "split": s, "n_cells": len(ppc.cells[(m, s)])} for m, s in ppc.keys],
     }
     metrics.update({name: _records(ppc.metrics[name]) for name in _JSON_TABLES})
     files: dict[str, Path] = {"metrics": out / "metrics.json"}
     files["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    for name in _CSV_TABLES:
+    for name in _csv_tables(ppc.feature_dim):
         files[name] = out / f"{name}.csv"
         ppc.metrics[name].to_csv(files[name], index=False)
 
     if plots:
         from . import plots as ppc_plots
 
+        features = ppc.feature_dim
         figures = {
-            "cv_genes_plot": (ppc_plots.plot_cv(ppc), "cv_genes.png"),
-            "zero_fraction_genes_plot": (ppc_plots.plot_zero_fraction(ppc), "zero_fraction_genes.png"),
+            f"cv_{features}_plot": (ppc_plots.plot_cv(ppc), f"cv_{features}.png"),
+            f"zero_fraction_{features}_plot": (ppc_plots.plot_zero_fraction(ppc), f"zero_fraction_{features}.png"),
             "calibration_plot": (ppc_plots.plot_calibration(ppc), "calibration.png"),
             "mean_variance_plot": (ppc_plots.plot_mean_variance(ppc), "mean_variance.png"),
             "rootogram_plot": (ppc_plots.plot_rootogram(ppc), "rootogram.png"),

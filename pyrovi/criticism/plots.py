@@ -120,7 +120,7 @@ def _scatter_observed_vs_replicated(
 
 def plot_cv(
     ppc: PosteriorPredictiveCheck,
-    dim: Literal["genes", "cells"] = "genes",
+    dim: Literal["genes", "proteins", "cells"] | None = None,
     split: str | None = IN_SAMPLE,
     ax: Axes | None = None,
 ) -> Figure:
@@ -134,7 +134,7 @@ def plot_cv(
     ppc
         The check.
     dim
-        ``"genes"`` or ``"cells"``.
+        ``"genes"`` (``"proteins"`` in a check of proteins; the default) or ``"cells"``.
     split
         ``"in-sample"``, ``"held-out"`` or None for both.
     ax
@@ -145,13 +145,14 @@ def plot_cv(
     >>> fig = pyrovi.criticism.plots.plot_cv(ppc)  # doctest: +SKIP
     >>> fig.savefig("cv.png")  # doctest: +SKIP
     """
+    dim = dim or ppc.feature_dim
     table = _metric(ppc, f"cv_{dim}", lambda: ppc.coefficient_of_variation(dim))
     return _scatter_observed_vs_replicated(ppc, table, split, ax, f"CV per {dim[:-1]}")
 
 
 def plot_zero_fraction(
     ppc: PosteriorPredictiveCheck,
-    dim: Literal["genes", "cells"] = "genes",
+    dim: Literal["genes", "proteins", "cells"] | None = None,
     split: str | None = IN_SAMPLE,
     ax: Axes | None = None,
 ) -> Figure:
@@ -166,6 +167,7 @@ def plot_zero_fraction(
     --------
     >>> fig = pyrovi.criticism.plots.plot_zero_fraction(ppc, dim="cells")  # doctest: +SKIP
     """
+    dim = dim or ppc.feature_dim
     table = _metric(ppc, f"zero_fraction_{dim}", lambda: ppc.zero_fraction(dim))
     return _scatter_observed_vs_replicated(ppc, table, split, ax, f"zero fraction per {dim[:-1]}")
 
@@ -220,7 +222,7 @@ def plot_calibration(
 def plot_mean_variance(
     ppc: PosteriorPredictiveCheck, split: str | None = IN_SAMPLE, ax: Axes | None = None
 ) -> Figure:
-    """Per-gene variance against mean on log-log axes: observed and each model's replicates.
+    """Per-gene (or per-protein) variance against mean on log-log axes: observed and each model's replicates.
 
     The dashed line is the Poisson relation ``variance = mean``; overdispersed counts lie above it, and a
     model that reproduces them follows the observed points.
@@ -258,8 +260,8 @@ def plot_mean_variance(
     ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1, label="Poisson (variance = mean)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("mean count per gene")
-    ax.set_ylabel("variance per gene")
+    ax.set_xlabel(f"mean count per {ppc.feature_dim[:-1]}")
+    ax.set_ylabel(f"variance per {ppc.feature_dim[:-1]}")
     ax.legend(frameon=False)
     return figure
 
@@ -308,7 +310,7 @@ def plot_rootogram(
     ppc
         The check.
     gene
-        A gene name, or None to pool all genes.
+        A gene name (a protein name in a check of proteins), or None to pool all of them.
     max_count
         Largest count shown (default: the observed 99th percentile, between 1 and 100).
     split
@@ -327,9 +329,9 @@ def plot_rootogram(
     keys = _series(ppc, split)
     columns = slice(None)
     if gene is not None:
-        if gene not in ppc.gene_names:
-            raise KeyError(f"gene {gene!r} is not one of the check's {len(ppc.gene_names)} genes.")
-        columns = int(ppc.gene_names.get_loc(gene))
+        if gene not in ppc.feature_names:
+            raise KeyError(f"{gene!r} is not one of the check's {len(ppc.feature_names)} {ppc.feature_dim}.")
+        columns = int(ppc.feature_names.get_loc(gene))
     if max_count is None:
         max_count = min(_MAX_DEFAULT_COUNT, max(1, int(np.quantile(ppc.observed[keys[0]][:, columns], 0.99))))
     if int(max_count) < 1:
@@ -353,7 +355,7 @@ def plot_rootogram(
         ax.plot(counts, expected, color=colour, marker="o", markersize=3, label=f"{_label(model, part)} expected")
         ax.axhline(0.0, color="0.3", linewidth=0.8)
         ax.set_title(_label(model, part))
-        ax.set_xlabel("count" + (f" ({gene})" if gene is not None else " (all genes)"))
+        ax.set_xlabel("count" + (f" ({gene})" if gene is not None else f" (all {ppc.feature_dim})"))
         ax.legend(frameon=False, fontsize="small")
     axes[0].set_ylabel("sqrt(frequency)")
     return figure
