@@ -65,6 +65,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     """
 
     _observed_sites = ("x", "y")
+    _reconstruction_error_sites = (("reconst_loss_gene", "x"), ("reconst_loss_protein", "y"))  # scvi-tools' keys
 
     def __init__(
         self,

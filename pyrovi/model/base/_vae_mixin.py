@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from ..._constants import REGISTRY_KEYS
-from ...module.base import per_cell_elbo_terms, per_cell_log_weights, trace_pair
+from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
 
 
@@ -33,6 +33,8 @@ class VAEMixin:
     _latent_site = "z"
     #: the observed sites replicated by posterior_predictive_sample
     _observed_sites: tuple[str, ...] = ("x",)
+    #: get_reconstruction_error's keys and the observed site of each (None: all observed sites together)
+    _reconstruction_error_sites: tuple[tuple[str, str | None], ...] = (("reconstruction_loss", None),)
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -121,7 +123,10 @@ class VAEMixin:
 
         The negative expected log-likelihood of a cell's counts under its posterior, without the KL
         term of the ELBO. Returned as ``{"reconstruction_loss": value}``: scvi-tools' key, and the value
-        scvi-tools 1.5 returns (a positive loss, although its docstring says "higher is better").
+        scvi-tools 1.5 returns (a positive loss, although its docstring says "higher is better"). Models
+        of several modalities return one loss per modality under scvi-tools' keys (TOTALVI:
+        ``reconst_loss_gene`` and ``reconst_loss_protein``, the latter over each cell's measured
+        proteins).
 
         Parameters
         ----------
@@ -135,10 +140,20 @@ class VAEMixin:
         >>> model.get_reconstruction_error()["reconstruction_loss"]  # doctest: +SKIP
         1310.2
         """
-        values = -self._per_cell(
-            adata, indices, batch_size, lambda mt, gt: per_cell_elbo_terms(mt, gt)["reconstruction"]
-        )
-        return {"reconstruction_loss": float(values.mean()) if return_mean else values}
+        keys, sites = zip(*self._reconstruction_error_sites)
+
+        def log_likelihoods(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
+            # one draw per minibatch serves every key, so the losses of several modalities are joint
+            terms = [
+                per_cell_elbo_terms(model_trace, guide_trace)["reconstruction"]
+                if site is None
+                else per_cell_log_likelihood(model_trace, site)
+                for site in sites
+            ]
+            return torch.stack(terms, -1)
+
+        values = -self._per_cell(adata, indices, batch_size, log_likelihoods)
+        return {key: float(values[:, i].mean()) if return_mean else values[:, i] for i, key in enumerate(keys)}
 
     @torch.inference_mode()
     def get_marginal_ll(

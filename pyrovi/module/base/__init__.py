@@ -2,7 +2,14 @@
 
 from ._base_module import BaseModuleClass
 from ._global_guide import GlobalGuide, make_global_guide, materialise_guide
-from ._per_cell import CELL_PLATE, cell_plate_dim, per_cell_elbo_terms, per_cell_log_weights, trace_pair
+from ._per_cell import (
+    CELL_PLATE,
+    cell_plate_dim,
+    per_cell_elbo_terms,
+    per_cell_log_likelihood,
+    per_cell_log_weights,
+    trace_pair,
+)
 
 __all__ = [
     "BaseModuleClass",
@@ -14,4 +21,5 @@ __all__ = [
     "trace_pair",
     "per_cell_elbo_terms",
     "per_cell_log_weights",
+    "per_cell_log_likelihood",
 ]

@@ -87,6 +87,23 @@ def per_cell_elbo_terms(
     return {"reconstruction": reconstruction, "kl_local": kl, "elbo": reconstruction - kl}
 
 
+def per_cell_log_likelihood(model_trace: poutine.Trace, name: str) -> torch.Tensor:
+    """``log p(x | z)`` per cell of one observed site ``name`` of a replayed model trace, unscaled.
+
+    Masked entries (e.g. proteins missing from a batch's panel) contribute nothing, as in the ELBO.
+
+    Examples
+    --------
+    >>> model_trace, _ = trace_pair(module.model, module.guide, args, kwargs)  # doctest: +SKIP
+    >>> per_cell_log_likelihood(model_trace, "x").shape  # doctest: +SKIP
+    torch.Size([128])
+    """
+    site = model_trace.nodes.get(name)
+    if site is None or site["type"] != "sample" or not site["is_observed"] or cell_plate_dim(site) is None:
+        raise ValueError(f"{name!r} is not an observed site inside the {CELL_PLATE!r} plate of this model trace.")
+    return _per_cell(site["fn"].log_prob(site["value"]), site, cell_plate_dim(site))
+
+
 def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)`` per cell for one draw ``z ~ q``: the importance weight of the draw.
 
