@@ -116,6 +116,19 @@ def test_get_arrays_dtypes_shapes_and_codes():
         assert arrays[key].dtype == np.int64 and arrays[key].shape == (N_CELLS,)
 
 
+def test_get_array_reads_one_field():
+    adata = _make_adata()
+    manager = _register(adata)
+    arrays = manager.get_arrays()
+    for key in ("batch", "extra_continuous_covs"):
+        np.testing.assert_array_equal(manager.get_array(key), arrays[key])
+    np.testing.assert_array_equal(manager.get_array("X").toarray(), arrays["X"].toarray())
+    minimal = _register(_make_adata(), size_factor_key=None)
+    assert minimal.get_array("size_factor") is None  # an empty field
+    with pytest.raises(KeyError, match="'proteins'"):
+        manager.get_array("proteins")
+
+
 def test_minimal_setup_has_zero_defaults_and_no_arrays_for_empty_fields():
     adata = _make_adata(sparse_counts=False)
     manager = _register(

@@ -144,10 +144,10 @@ def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells:
 
 def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
     """``adata``'s protein counts (cells x the model's proteins) and batch codes, as the model reads them."""
-    arrays = model._validate_anndata(adata).get_arrays()
-    proteins = arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY]
+    manager = model._validate_anndata(adata)
+    proteins = manager.get_array(REGISTRY_KEYS.PROTEIN_EXP_KEY)
     proteins = proteins.to_numpy() if isinstance(proteins, pd.DataFrame) else proteins
-    batch = arrays.get(REGISTRY_KEYS.BATCH_KEY)
+    batch = manager.get_array(REGISTRY_KEYS.BATCH_KEY)
     codes = np.zeros(adata.n_obs, dtype=np.int64) if batch is None else np.asarray(batch).reshape(-1)
     return proteins, codes
 

@@ -206,6 +206,31 @@ class AnnDataManager:
         >>> arrays["batch"].dtype  # doctest: +SKIP
         dtype('int64')
         """
+        states = self._current_states()
+        return {
+            field.registry_key: field.get_array(self._adata, states[field.registry_key])
+            for field in self._fields
+            if not field.is_empty
+        }
+
+    def get_array(self, registry_key: str) -> np.ndarray | sparse.csr_matrix | None:
+        """The encoded array of one field, as in :meth:`get_arrays`; ``None`` when the field is empty.
+
+        Only that field is read: cheaper than :meth:`get_arrays` when the counts need not be.
+
+        Examples
+        --------
+        >>> manager.get_array("batch")[:3]  # doctest: +SKIP
+        array([0, 0, 1])
+        """
+        states = self._current_states()
+        for field in self._fields:
+            if field.registry_key == registry_key:
+                return None if field.is_empty else field.get_array(self._adata, states[registry_key])
+        raise KeyError(f"No field {registry_key!r}; the fields are {[f.registry_key for f in self._fields]}.")
+
+    def _current_states(self) -> dict[str, Any]:
+        """The field states, once the AnnData is checked to still have its registered cells."""
         registry = self._require_registry()
         n_cells = registry["summary_stats"]["n_cells"]
         if self._adata.n_obs != n_cells:
@@ -213,11 +238,7 @@ class AnnDataManager:
                 f"The AnnData has {self._adata.n_obs} cells but {n_cells} when it was registered; it was "
                 "modified in place. Set it up again."
             )
-        return {
-            field.registry_key: field.get_array(self._adata, registry["field_states"][field.registry_key])
-            for field in self._fields
-            if not field.is_empty
-        }
+        return registry["field_states"]
 
     def view_registry(self) -> None:
         """Print the setup arguments, summary statistics and each field's source, state and categories.
