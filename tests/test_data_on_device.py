@@ -64,3 +64,29 @@ def test_a_device_loader_holds_only_its_own_cells():
     host = AnnDataLoader(manager, indices=subset, batch_size=32)
     for a, b in zip(host, loader):
         torch.testing.assert_close(a["X"], b["X"], rtol=0, atol=0)
+
+
+def _splitter_under(device: str, load_data_on_device):
+    """A DataSplitter as a trainer on ``device`` would see it (no GPU needed: only the choice is tested)."""
+    from types import SimpleNamespace
+
+    from pyrovi.dataloaders import DataSplitter
+
+    splitter = DataSplitter(SCVI(_setup()).adata_manager, load_data_on_device=load_data_on_device)
+    splitter.trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device(device)))
+    return splitter
+
+
+def test_automatic_choice_puts_the_data_on_a_gpu_only_when_it_fits(monkeypatch):
+    # load_data_on_device=None (model.train's default): on a CUDA device, when the registered arrays take
+    # less than a quarter of its free memory; never on the CPU. torch.cuda.mem_get_info is stubbed.
+    from pyrovi.dataloaders._minibatch_dataset import _device_nbytes
+
+    needed = sum(_device_nbytes(a) for a in SCVI(_setup()).adata_manager.get_arrays().values())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * needed + 8, 100 * needed))
+    assert _splitter_under("cuda:0", None)._device() == {"device": torch.device("cuda:0")}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * needed - 8, 100 * needed))
+    assert _splitter_under("cuda:0", None)._device() == {}
+    assert _splitter_under("cpu", None)._device() == {}
+    assert _splitter_under("cuda:0", False)._device() == {}
+    assert _splitter_under("cpu", True)._device() == {"device": torch.device("cpu")}
