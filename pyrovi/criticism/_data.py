@@ -142,8 +142,11 @@ def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells:
     return block.astype(np.float32, copy=False)
 
 
-def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
-    """``adata``'s protein counts (cells x the model's proteins) and batch codes, as the model reads them."""
+def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
+    """``adata``'s protein counts (cells x the model's proteins) and batch codes, as the model reads them.
+
+    Read once per model and check: for data other than the model's own, this validates the data again.
+    """
     manager = model._validate_anndata(adata)
     proteins = manager.get_array(REGISTRY_KEYS.PROTEIN_EXP_KEY)
     proteins = proteins.to_numpy() if isinstance(proteins, pd.DataFrame) else proteins
@@ -152,22 +155,24 @@ def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray, np.ndarray]
     return proteins, codes
 
 
-def _read_proteins(model: Any, adata: AnnData, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
-    """Dense float32 protein counts of ``cells`` x ``proteins`` (in that order), read through ``model``'s setup."""
-    matrix, _ = _protein_arrays(model, adata)
+def _read_proteins(
+    model: Any, matrix: np.ndarray | sparse.spmatrix, proteins: Sequence[str], cells: np.ndarray
+) -> np.ndarray:
+    """Dense float32 counts of ``cells`` x ``proteins`` (in that order) from ``matrix``, ``model``'s protein counts."""
     columns = feature_positions(model.protein_names, proteins, "proteins")
     block = matrix[cells][:, columns]
     block = block.toarray() if sparse.issparse(block) else np.asarray(block)
     return block.astype(np.float32, copy=False)
 
 
-def _measured_proteins(model: Any, adata: AnnData, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
+def _measured_proteins(model: Any, codes: np.ndarray, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
     """For each of ``proteins``: whether ``model`` holds it measured in the batch of every one of ``cells``.
+
+    ``codes`` are the batch codes of all cells, as from :func:`_protein_arrays`.
 
     A protein missing from a batch's panel (all zeros there at setup) has no observed counts in that
     batch's cells; the model imputes it, so comparing such zeros with replicates would be meaningless.
     """
-    _, codes = _protein_arrays(model, adata)
     mask = model.module.protein_batch_mask.cpu().numpy()  # (n_batch, n_proteins), the model's order
     measured = mask[np.unique(codes[cells])].all(0)
     return measured[feature_positions(model.protein_names, proteins, "proteins")]

@@ -20,6 +20,7 @@ from ._data import (
     _held_out_cells,
     _measured_proteins,
     _model_genes,
+    _protein_arrays,
     _read_counts,
     _read_proteins,
     _resolve_cells,
@@ -169,8 +170,10 @@ class PosteriorPredictiveCheck:
             held = _held_out_cells(model, adata) if held_out else None
             if held is not None:
                 plan.append(((name, HELD_OUT), held))
+        # each model's protein counts and batch codes, read once for every split
+        proteins = {n: _protein_arrays(m, adata) for n, m in self.models.items()} if self.modality == "protein" else {}
         if self.modality == "protein":
-            features = self._measured_everywhere(features, plan)
+            features = self._measured_everywhere(features, plan, {n: codes for n, (_, codes) in proteins.items()})
         self.feature_names = pd.Index(features, name=self._feature)
         self.gene_names = self.feature_names
         self._warn_memory(plan)
@@ -188,7 +191,7 @@ class PosteriorPredictiveCheck:
         for (name, split), cells in plan:
             model = self.models[name]
             if self.modality == "protein":  # read as each model was set up (their protein keys may differ)
-                self.observed[(name, split)] = _read_proteins(model, adata, features, cells)
+                self.observed[(name, split)] = _read_proteins(model, proteins[name][0], features, cells)
             else:
                 self.observed[(name, split)] = (
                     shared_observed if split == IN_SAMPLE else _read_counts(adata, self.layer, features, cells)
@@ -540,11 +543,16 @@ class PosteriorPredictiveCheck:
             return dim
         raise ValueError(f"dim must be {self.feature_dim!r} or 'cells' for this check of {self.modality}, got {dim!r}.")
 
-    def _measured_everywhere(self, proteins: list[str], plan: list[tuple[Key, np.ndarray]]) -> list[str]:
-        """The proteins measured in the batches of all checked cells, for every model; warn about the rest."""
+    def _measured_everywhere(
+        self, proteins: list[str], plan: list[tuple[Key, np.ndarray]], codes: dict[str, np.ndarray]
+    ) -> list[str]:
+        """The proteins measured in the batches of all checked cells, for every model; warn about the rest.
+
+        ``codes``: each model's batch codes of all cells.
+        """
         keep = np.ones(len(proteins), dtype=bool)
         for (name, _), cells in plan:
-            keep &= _measured_proteins(self.models[name], self.adata, proteins, cells)
+            keep &= _measured_proteins(self.models[name], codes[name], proteins, cells)
         if not keep.any():
             raise ValueError(
                 "No protein is measured in the batches of all the checked cells (each batch's panel lacks some); "
