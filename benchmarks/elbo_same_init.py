@@ -39,7 +39,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the helpers next to this script
 
-from compare_scvi_tools import _split  # noqa: E402
+from compare_scvi_tools import ARCHITECTURE, PLAN, _split, held_out_elbo  # noqa: E402
 
 #: scvi-tools 1.5.1 parameter names -> pyrovi's, by prefix (scvi-tools' unused heads have no counterpart)
 _NAMES = {
@@ -69,17 +69,13 @@ def _scvi_state_for_pyrovi(scvi_state: dict, pyrovi_state: dict) -> dict:
     return renamed
 
 
-def _held_out_elbo(model, val_idx) -> float:
-    return statistics.mean(float(model.get_elbo(indices=val_idx, batch_size=1024)) for _ in range(5))
-
-
 def _one_seed(adata, train_idx, val_idx, likelihood: str, batch_size: int, epochs: int, seed: int) -> dict:
     """Train scvi-tools, pyrovi from scvi-tools' start and pyrovi from its own start; held-out ELBO of each."""
     import pyrovi
     import scvi
 
-    common = {"n_latent": 10, "n_hidden": 128, "n_layers": 1, "gene_likelihood": likelihood}
-    plan = {"lr": 1e-3, "eps": 0.01, "weight_decay": 1e-6}
+    common = {**ARCHITECTURE, "gene_likelihood": likelihood}
+    plan = dict(PLAN)  # a copy: neither tool may change the shared settings
 
     scvi_data = adata.copy()
     scvi.settings.seed = seed
@@ -89,7 +85,7 @@ def _one_seed(adata, train_idx, val_idx, likelihood: str, batch_size: int, epoch
     reference.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", enable_progress_bar=False,
                     plan_kwargs=plan, datasplitter_kwargs={"external_indexing": [train_idx, val_idx]})
 
-    out = {"seed": seed, "scvi_tools": _held_out_elbo(reference, val_idx)}
+    out = {"seed": seed, "scvi_tools": held_out_elbo(reference, val_idx)}
     for name, shared_start in (("pyrovi_same_start", True), ("pyrovi_own_start", False)):
         pyrovi.settings.seed = seed
         pyrovi.model.SCVI.setup_anndata(adata)
@@ -98,7 +94,7 @@ def _one_seed(adata, train_idx, val_idx, likelihood: str, batch_size: int, epoch
             model.module.load_state_dict(_scvi_state_for_pyrovi(start, model.module.state_dict()))
         model.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", progress_bar=False,
                     plan_kwargs=plan, datasplitter_kwargs={"train_idx": train_idx, "val_idx": val_idx})
-        out[name] = _held_out_elbo(model, val_idx)
+        out[name] = held_out_elbo(model, val_idx)
     return out
 
 

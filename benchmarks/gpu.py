@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, HERE)
     from _simulate import simulate_scvi_counts
-    from compare_scvi_tools import _epoch_timer
+    from compare_scvi_tools import ARCHITECTURE, _epoch_timer
 
     adata = simulate_scvi_counts(args.n_cells, args.n_genes)
     pyrovi.model.SCVI.setup_anndata(adata)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for likelihood in args.likelihoods:
         for batch_size in args.batch_sizes:
             timer = _epoch_timer()
-            model = pyrovi.model.SCVI(adata, n_latent=10, n_hidden=128, gene_likelihood=likelihood)
+            model = pyrovi.model.SCVI(adata, **ARCHITECTURE, gene_likelihood=likelihood)
             model.train(max_epochs=args.epochs, batch_size=batch_size, accelerator=args.accelerator, devices=1,
                         progress_bar=False, load_data_on_device=True, callbacks=[timer])
             s_per_epoch = statistics.median(timer.seconds[1:] or timer.seconds)
