@@ -9,7 +9,7 @@ from scipy.stats import rankdata
 
 import pyrovi
 from pyrovi.model import TOTALVI
-from pyrovi.module.base import per_cell_elbo_terms, trace_pair
+from pyrovi.module.base import per_cell_elbo_terms, per_cell_log_likelihood, trace_pair
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,6 +83,26 @@ def test_missing_proteins_are_masked_out_of_the_loss(trained):
         losses.append(terms["elbo"])
     assert torch.isfinite(losses[0]).all()
     assert torch.equal(losses[0], losses[1])
+
+
+def test_per_cell_log_likelihood_reads_one_observed_site(trained):
+    module = trained.module.eval()
+    batch = next(iter(trained._make_data_loader(batch_size=200)))
+    args, kwargs = trained._fn_args(batch)
+    with torch.no_grad():
+        model_trace, guide_trace = trace_pair(module.model, module.guide, args, kwargs)
+        rna, protein = (per_cell_log_likelihood(model_trace, site) for site in ("x", "y"))
+        # by hand: the protein mixture's pointwise log-density, summed over the proteins each cell's batch measured
+        site = model_trace.nodes["y"]
+        pointwise = site["fn"].base_dist.base_dist.log_prob(site["value"])
+        measured = module.protein_batch_mask[kwargs["batch_index"].reshape(-1)]
+        by_hand = (pointwise * measured).sum(-1)
+        total = per_cell_elbo_terms(model_trace, guide_trace)["reconstruction"]
+    assert rna.shape == protein.shape == (200,)
+    torch.testing.assert_close(protein, by_hand)
+    torch.testing.assert_close(rna + protein, total)
+    with pytest.raises(ValueError, match="'z' is not an observed site"):
+        per_cell_log_likelihood(model_trace, "z")
 
 
 def test_foreground_probability_of_unmeasured_proteins_is_the_prior(trained):
