@@ -21,6 +21,7 @@ Examples
 from ._errors import MissingKeyError, UnseenCategoryError
 from ._manager import AnnDataManager
 from ._registry import read_registry
+from ._synthetic import synthetic_iid
 from .fields import (
     CONSTANT_CATEGORY,
     BaseField,
@@ -35,6 +36,7 @@ from .fields import (
 __all__ = [
     "AnnDataManager",
     "read_registry",
+    "synthetic_iid",
     "BaseField",
     "LayerField",
     "CategoricalObsField",
