@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from ..._constants import REGISTRY_KEYS
+from ..._errors import ModelFileError
 from ..._settings import settings
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
@@ -20,7 +21,7 @@ from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
-from ._save_load import load_model, save_model
+from ._save_load import load_model, load_saved_registry, save_model
 
 logger = logging.getLogger("pyrovi")
 
@@ -94,7 +95,7 @@ class BaseModelClass(PosteriorSamplingMixin):
                 f"This AnnData was set up for {registry['model_name']}, not {name}: call "
                 f"`{name}.setup_anndata(adata, ...)` first."
             )
-        self.adata = adata
+        self._adata = adata
         try:
             self.adata_manager = self._manager(registry["setup_args"]).register_fields(
                 adata, source_registry=registry
@@ -147,14 +148,129 @@ class BaseModelClass(PosteriorSamplingMixin):
                 params[name] = frame_locals[name]
         self.init_params_ = params
 
-    def view_anndata_setup(self, adata: AnnData | None = None) -> None:
+    @property
+    def adata(self) -> AnnData:
+        """The AnnData the model trains on and answers queries about by default.
+
+        Assigning another AnnData validates it against the model's setup (same genes, known categories, the
+        columns the model was set up with) and makes it the default of every query; the model's own
+        registry and summary statistics stay those it was built with.
+
+        Examples
+        --------
+        >>> model.adata = other_adata  # doctest: +SKIP
+        >>> model.get_latent_representation().shape[0] == other_adata.n_obs  # doctest: +SKIP
+        True
+        """
+        return self._adata
+
+    @adata.setter
+    def adata(self, adata: AnnData) -> None:
+        if adata is self._adata:
+            return
+        manager = self._validate_anndata(adata)
+        self._adata, self.adata_manager = adata, manager
+
+    @property
+    def registry_(self) -> dict[str, Any]:
+        """The registry (setup arguments and field states) of the model's current AnnData."""
+        return self.adata_manager.registry
+
+    def get_anndata_manager(self, adata: AnnData, required: bool = False) -> AnnDataManager | None:
+        """The :class:`~pyrovi.data.AnnDataManager` through which the model reads ``adata``.
+
+        Parameters
+        ----------
+        adata
+            The model's own AnnData, or another one holding the model's genes.
+        required
+            Kept for scvi-tools' signature: pyrovi validates and transfers the setup to any AnnData on demand,
+            so a manager is always returned (or an error raised that says what is wrong with ``adata``).
+
+        Examples
+        --------
+        >>> manager = model.get_anndata_manager(adata)  # doctest: +SKIP
+        >>> manager.summary_stats["n_batch"]  # doctest: +SKIP
+        2
+        """
+        return self._validate_anndata(adata)
+
+    def get_from_registry(self, adata: AnnData, registry_key: str) -> np.ndarray:
+        """The array a field of the setup reads from ``adata`` (e.g. ``REGISTRY_KEYS.BATCH_KEY``: codes).
+
+        Examples
+        --------
+        >>> model.get_from_registry(adata, pyrovi.REGISTRY_KEYS.BATCH_KEY)[:3]  # doctest: +SKIP
+        array([[0], [0], [1]])
+        """
+        value = self._validate_anndata(adata).get_array(registry_key)
+        if value is None:
+            raise KeyError(f"{registry_key!r} is not a field of this {type(self).__name__}'s setup (or it is empty).")
+        return value
+
+    def view_anndata_setup(self, adata: AnnData | None = None, hide_state_registries: bool = False) -> None:
         """Print how the model reads its AnnData: setup arguments, summary and field mappings.
+
+        Parameters
+        ----------
+        adata
+            Data to show (default the model's); it is validated against the model's setup first.
+        hide_state_registries
+            Leave out each field's state (category mappings, gene names).
 
         Examples
         --------
         >>> model.view_anndata_setup()  # doctest: +SKIP
         """
-        self._validate_anndata(adata).view_registry()
+        manager = self._validate_anndata(adata)
+        if hide_state_registries:
+            manager.view_registry(hide_state_registries=True)
+        else:
+            manager.view_registry()
+
+    @staticmethod
+    def view_setup_args(dir_path: str, prefix: str | None = None) -> None:
+        """Print the ``setup_anndata`` arguments of a model saved in ``dir_path`` (no model is built).
+
+        Examples
+        --------
+        >>> SCVI.view_setup_args("my_model/")  # doctest: +SKIP
+        """
+        registry = load_saved_registry(dir_path, prefix)
+        print(f"Setup of a saved {registry.get('model_name', 'model')}:")
+        for key, value in registry["setup_args"].items():
+            print(f"  {key}: {value!r}")
+
+    @staticmethod
+    def load_registry(dir_path: str, prefix: str | None = None) -> dict[str, Any]:
+        """The AnnData setup (registry) of a model saved in ``dir_path``, as a dict (no model is built).
+
+        Examples
+        --------
+        >>> SCVI.load_registry("my_model/")["setup_args"]  # doctest: +SKIP
+        {'batch_key': 'batch', ...}
+        """
+        return load_saved_registry(dir_path, prefix)
+
+    @classmethod
+    def convert_legacy_save(cls, dir_path: str, output_dir_path: str, overwrite: bool = False,
+                            prefix: str | None = None, **save_kwargs: Any) -> None:  # fmt: skip
+        """Refused: scvi-tools' legacy (and current) model files are pickles, which pyrovi never opens.
+
+        Unpickling a file runs code stored in it, so pyrovi reads only safetensors and JSON. To move a
+        model from scvi-tools to pyrovi, retrain it with pyrovi (same arguments, see the "Coming from
+        scvi-tools" guide).
+
+        Raises
+        ------
+        pyrovi.ModelFileError
+            Always, naming the directory.
+        """
+        raise ModelFileError(
+            f"{dir_path}: convert_legacy_save converts scvi-tools' pickled model files, and pyrovi never "
+            "unpickles (it would run code stored in the file). Retrain the model with pyrovi and save it with "
+            f"{cls.__name__}.save(...), which writes safetensors + JSON."
+        )
 
     def _validate_anndata(self, adata: AnnData | None = None) -> AnnDataManager:
         """The manager of ``adata``: the model's own, or one transferred to new data with the same genes."""
@@ -333,28 +449,62 @@ class BaseModelClass(PosteriorSamplingMixin):
     # ----------------------------------------------------------------------------------------------
     # persistence
 
-    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False) -> None:
+    def save(
+        self,
+        dir_path: str,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        save_kwargs: dict | None = None,
+        legacy_mudata_format: bool = False,
+        **anndata_write_kwargs: Any,
+    ) -> None:
         """Save the model to a directory: weights as safetensors, everything else as JSON. No pickle.
 
         Parameters
         ----------
         dir_path
             Directory to create.
+        prefix
+            Start of the saved files' names (``{prefix}model.json``, ...), so that several models can share
+            a directory; with a prefix, other files in the directory are left alone.
         overwrite
             Replace an existing model directory (written next to it first, so a failure leaves it intact).
             Without it an existing non-empty directory is an error and is left untouched; with it, a
             directory holding other files than a model's is still refused.
         save_anndata
             Also write the AnnData as ``adata.h5ad``.
+        save_kwargs, legacy_mudata_format
+            Accepted for scvi-tools' signature: ``save_kwargs`` (options of ``torch.save``) must be empty,
+            since pyrovi writes safetensors, and ``legacy_mudata_format`` has no effect (pyrovi has one
+            format).
+        **anndata_write_kwargs
+            Passed to ``AnnData.write_h5ad`` (e.g. ``compression="gzip"``).
 
         Examples
         --------
         >>> model.save("my_model/", overwrite=True)  # doctest: +SKIP
+        >>> model.save("models/", prefix="pbmc_", overwrite=True)  # doctest: +SKIP
         """
-        save_model(self, dir_path, overwrite=overwrite, save_anndata=save_anndata)
+        if save_kwargs:
+            raise TypeError(
+                f"save_kwargs={save_kwargs!r}: these are options of torch.save (a pickle), which pyrovi does not "
+                "use; its weights are written as safetensors. Leave save_kwargs out."
+            )
+        save_model(self, dir_path, overwrite=overwrite, save_anndata=save_anndata, prefix=prefix,
+                   **anndata_write_kwargs)  # fmt: skip
 
     @classmethod
-    def load(cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto", **init_overrides: Any):
+    def load(
+        cls,
+        dir_path: str,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        backup_url: str | None = None,
+        **init_overrides: Any,
+    ):
         """Load a model saved with :meth:`save`.
 
         The AnnData must hold the same genes (any order); its setup is replayed from the saved registry
@@ -371,6 +521,13 @@ class BaseModelClass(PosteriorSamplingMixin):
             Data to attach; default the ``adata.h5ad`` saved with ``save_anndata=True``.
         accelerator
             ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
+        device
+            Which device of the accelerator: ``"auto"``, an index (``1``) or a name (``"cuda:1"``).
+        prefix
+            The prefix the model was saved with.
+        backup_url
+            Refused: pyrovi loads only local files (a downloaded model would be another's file to trust);
+            download it yourself and pass its directory.
         **init_overrides
             Init parameters to use instead of the saved ones (required for user code).
 
@@ -386,7 +543,13 @@ class BaseModelClass(PosteriorSamplingMixin):
         >>> model = SCVI.load("my_model/", adata)  # doctest: +SKIP
         >>> model = SCVI.load("custom_prior_model/", adata, prior=MyPrior())  # doctest: +SKIP
         """
-        return load_model(cls, dir_path, adata=adata, accelerator=accelerator, overrides=init_overrides)
+        if backup_url is not None:
+            raise ValueError(
+                f"backup_url={backup_url!r}: pyrovi does not download models. Download the directory yourself, "
+                "check where it comes from, and pass its path."
+            )
+        return load_model(cls, dir_path, adata=adata, accelerator=accelerator, overrides=init_overrides,
+                          device=device, prefix=prefix)  # fmt: skip
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params_.items())

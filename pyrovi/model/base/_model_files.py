@@ -35,6 +35,20 @@ _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".jobli
 _RESAVE = "Save the model again with pyrovi (Model.save) from the session that trained it."
 
 
+def check_prefix(prefix: str | None) -> str:
+    """``prefix`` as saved file names start with it: ``""`` for none; a plain name, never a path."""
+    if prefix is None:
+        return ""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, got {type(prefix).__name__}.")
+    if "/" in prefix or "\\" in prefix or prefix.startswith(".") or "\0" in prefix:
+        raise ValueError(
+            f"prefix={prefix!r} must be a plain file-name prefix (no path separators, not starting with '.'); "
+            "put the directory in dir_path."
+        )
+    return prefix
+
+
 def _fail(path: Path, problem: str, fix: str = _RESAVE) -> ModelFileError:
     return ModelFileError(f"{path}: {problem} {fix}")
 
@@ -44,11 +58,11 @@ def _sniff(path: Path) -> str | None:
     return sniff_pickle(path)
 
 
-def check_model_dir(path: Path) -> None:
-    """The directory exists and holds ``model.json`` and ``model.safetensors``."""
+def check_model_dir(path: Path, prefix: str = "") -> None:
+    """The directory exists and holds ``{prefix}model.json`` and ``{prefix}model.safetensors``."""
     if not path.is_dir():
         raise _fail(path, "no such directory.", "Pass the directory that Model.save wrote.")
-    missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    missing = [prefix + name for name in (META_FILE, WEIGHTS_FILE) if not (path / (prefix + name)).is_file()]
     if not missing:
         return
     foreign = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
@@ -60,10 +74,12 @@ def check_model_dir(path: Path) -> None:
             "because unpickling runs code stored in the file.",
             "Retrain the model with pyrovi, or load it with the tool that wrote it.",
         )
+    others = sorted(p.name[: -len(META_FILE)] for p in path.glob(f"*{META_FILE}") if p.is_file())
+    hint = f" It holds models saved with prefix {others}: pass prefix=..." if others and prefix not in others else ""
     raise _fail(
         path / missing[0],
-        f"missing; a saved pyrovi model is a directory with {META_FILE} and {WEIGHTS_FILE} "
-        f"(lacking: {', '.join(missing)}).",
+        f"missing; a saved pyrovi model is a directory with {prefix}{META_FILE} and {prefix}{WEIGHTS_FILE} "
+        f"(lacking: {', '.join(missing)}).{hint}",
     )
 
 
@@ -95,9 +111,12 @@ def _is_history(value: Any) -> bool:
     return True
 
 
-def read_meta(path: Path, known_models: Mapping[str, type], expected: type) -> dict[str, Any]:
-    """Parse and validate ``model.json``: format version first, then the model class, then every field."""
-    meta_path = path / META_FILE
+def read_meta(path: Path, known_models: Mapping[str, type], expected: type | None, prefix: str = "") -> dict[str, Any]:
+    """Parse and validate ``model.json``: format version first, then the model class, then every field.
+
+    ``expected=None`` accepts any known model class (for reading a saved setup without loading the model).
+    """
+    meta_path = path / (prefix + META_FILE)
     kind = _sniff(meta_path)
     if kind is not None:
         raise _fail(meta_path, f"is {kind}, not JSON; pyrovi never unpickles (it would run code from the file).")
@@ -130,7 +149,7 @@ def read_meta(path: Path, known_models: Mapping[str, type], expected: type) -> d
             meta_path,
             f"names an unknown model class {name!r:.200}; pyrovi's models are {sorted(known_models)}.",
         )
-    if name != expected.__name__:
+    if expected is not None and name != expected.__name__:
         raise _fail(
             path,
             f"holds a {name} model, not a {expected.__name__}.",
@@ -161,9 +180,9 @@ def read_meta(path: Path, known_models: Mapping[str, type], expected: type) -> d
     return meta
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensors of ``model.safetensors``; a pickle, a truncated or otherwise broken file is a ModelFileError."""
-    weights_path = path / WEIGHTS_FILE
+    weights_path = path / (prefix + WEIGHTS_FILE)
     kind = _sniff(weights_path)
     if kind is not None:
         raise _fail(
@@ -197,13 +216,13 @@ def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected:
         )
 
 
-def read_saved_adata(path: Path) -> AnnData:
+def read_saved_adata(path: Path, prefix: str = "") -> AnnData:
     """The ``adata.h5ad`` saved with ``save_anndata=True`` (HDF5: read as data, never executed)."""
-    adata_path = path / ADATA_FILE
+    adata_path = path / (prefix + ADATA_FILE)
     if not adata_path.is_file():
         raise _fail(
             path,
-            f"holds no {ADATA_FILE} (the model was saved without save_anndata=True).",
+            f"holds no {prefix}{ADATA_FILE} (the model was saved without save_anndata=True).",
             "Pass the data: Model.load(path, adata).",
         )
     with adata_path.open("rb") as handle:

@@ -31,6 +31,7 @@ from ._model_files import (
     META_FILE,
     WEIGHTS_FILE,
     check_model_dir,
+    check_prefix,
     check_state,
     read_meta,
     read_saved_adata,
@@ -41,7 +42,7 @@ from ._query_errors import _unknown_to_model
 if TYPE_CHECKING:
     from ._base_model import BaseModelClass
 
-__all__ = ["save_model", "load_model", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
+__all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
 
 #: The files a saved model consists of: only a directory holding nothing else is replaced by overwrite=True.
 _MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE})
@@ -158,10 +159,51 @@ def _swap_in(staging: Path, path: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, save_anndata: bool) -> None:
+def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: bool) -> None:
+    """Write a prefixed model's files into ``path`` beside whatever else it holds, one rename per file.
+
+    Each file is written under a hidden temporary name first and renamed into place, so an interrupted save
+    never leaves a half-written file under a model's name; files without this prefix are never touched.
+    """
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
+    names = [prefix + name for name in (WEIGHTS_FILE, META_FILE, ADATA_FILE)]
+    existing = [name for name in names if (path / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{path} already holds a model saved with prefix {prefix!r} ({', '.join(existing)}); pass "
+            "overwrite=True to replace it."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    staged = []
+    try:
+        for name, write in files.items():
+            tmp = path / f".{name}.tmp-{tag}"
+            staged.append(tmp)
+            write(tmp)
+            _fsync(tmp)
+        stale = path / (prefix + ADATA_FILE)
+        if (prefix + ADATA_FILE) not in files and stale.exists():
+            stale.unlink()  # an older save's data must not be loaded with this model
+        for name in files:
+            (path / f".{name}.tmp-{tag}").replace(path / name)
+        _fsync(path)
+    finally:
+        for tmp in staged:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def save_model(
+    model: BaseModelClass, dir_path: str | Path, overwrite: bool, save_anndata: bool, prefix: str | None = None,
+    **anndata_write_kwargs: Any,
+) -> None:
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
     path = Path(dir_path)
-    _check_target(path, overwrite)
+    prefix = check_prefix(prefix)
+    if not prefix:
+        _check_target(path, overwrite)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_name": type(model).__name__,
@@ -183,6 +225,15 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
             "Pass hyperparameters as plain numbers, strings, lists or dicts."
         ) from err
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
+    files = {
+        prefix + WEIGHTS_FILE: lambda p: write_safetensors(state, p, metadata={"pyrovi_model": type(model).__name__}),
+        prefix + META_FILE: lambda p: p.write_text(meta_text, encoding="utf-8"),
+    }
+    if save_anndata:
+        files[prefix + ADATA_FILE] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
+    if prefix:
+        _write_prefixed(files, path, prefix, overwrite)
+        return
 
     # Write beside the target, then swap: an interrupted save never leaves a half-written model
     # in place of a good one, and a failed one leaves nothing behind.
@@ -190,10 +241,8 @@ def save_model(model: BaseModelClass, dir_path: str | Path, overwrite: bool, sav
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        write_safetensors(state, staging / WEIGHTS_FILE, metadata={"pyrovi_model": type(model).__name__})
-        (staging / META_FILE).write_text(meta_text, encoding="utf-8")
-        if save_anndata:
-            model.adata.write_h5ad(staging / ADATA_FILE)
+        for name, write in files.items():
+            write(staging / name)
         for written in staging.iterdir():
             _fsync(written)
         _fsync(staging)
@@ -210,13 +259,23 @@ def _version() -> str:
     return __version__
 
 
-def resolve_device(accelerator: str) -> torch.device:
-    """``"auto"`` picks CUDA when available; ``"gpu"``/``"cuda"`` require it; ``"cpu"`` is the CPU."""
+def resolve_device(accelerator: str, device: int | str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available; ``"gpu"``/``"cuda"`` require it; ``"cpu"`` is the CPU.
+
+    ``device`` picks one device of the accelerator as in Lightning and scvi-tools: ``"auto"`` (the first),
+    an index (``1``) or a name (``"cuda:1"``).
+    """
+    if isinstance(device, str) and device not in ("auto", "cpu") and ":" in device:
+        return resolve_device(accelerator, int(device.split(":", 1)[1])) if device.startswith("cuda") else torch.device(device)
     if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        accelerator = "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"accelerator={accelerator!r} but no CUDA device is available; use 'cpu'.")
+        if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
+            if not 0 <= device < torch.cuda.device_count():
+                raise ValueError(f"device={device} but there are {torch.cuda.device_count()} CUDA devices.")
+            return torch.device("cuda", int(device))
         return torch.device("cuda")
     if accelerator == "cpu":
         return torch.device("cpu")
@@ -240,6 +299,8 @@ def load_model(
     adata: AnnData | None,
     accelerator: str,
     overrides: dict[str, Any] | None = None,
+    device: int | str = "auto",
+    prefix: str | None = None,
 ):
     """Rebuild a model written by :func:`save_model` (see :meth:`BaseModelClass.load`).
 
@@ -249,11 +310,13 @@ def load_model(
     from ._base_model import BaseModelClass
 
     path = Path(dir_path)
-    meta_path = path / META_FILE
-    check_model_dir(path)
-    meta = read_meta(path, BaseModelClass.known_models(), cls)
+    prefix = check_prefix(prefix)
+    meta_path = path / (prefix + META_FILE)
+    target = resolve_device(accelerator, device)  # a device that cannot be had fails before any file is read
+    check_model_dir(path, prefix)
+    meta = read_meta(path, BaseModelClass.known_models(), cls, prefix)
     if adata is None:
-        adata = read_saved_adata(path)
+        adata = read_saved_adata(path, prefix)
     _check_genes(meta["var_names"], adata)
 
     registry = meta["registry"]
@@ -282,10 +345,10 @@ def load_model(
             "Save the model again, or check the arguments passed to load."
         ) from err
 
-    state = read_weights(path)
-    check_state(path / WEIGHTS_FILE, state, model.module.state_dict())
+    state = read_weights(path, prefix)
+    check_state(path / (prefix + WEIGHTS_FILE), state, model.module.state_dict())
     model.module.load_state_dict(state, strict=True)
-    model.module.to(resolve_device(accelerator))
+    model.module.to(target)
     model.module.eval()
     model.is_trained_ = meta["is_trained"]
     model.history_ = _history_from_json(meta["history"])
@@ -293,3 +356,13 @@ def load_model(
         values = meta[name]
         setattr(model, name, None if values is None else np.asarray(values, dtype=np.int64))
     return model
+
+
+def load_saved_registry(dir_path: str | Path, prefix: str | None = None) -> dict[str, Any]:
+    """The AnnData setup (registry) of a saved model, read and validated without building the model."""
+    from ._base_model import BaseModelClass
+
+    path = Path(dir_path)
+    prefix = check_prefix(prefix)
+    check_model_dir(path, prefix)
+    return read_meta(path, BaseModelClass.known_models(), None, prefix)["registry"]

@@ -1,0 +1,121 @@
+"""scvi-tools' BaseModelClass calls on pyrovi: save/load with a prefix and device, the saved setup,
+switching a model's AnnData, its managers and registry, and the refusals that keep model files safe."""
+
+import os
+
+import numpy as np
+import pytest
+
+import pyrovi
+from pyrovi import REGISTRY_KEYS, ModelFileError
+from pyrovi.data import synthetic_iid
+from pyrovi.model import SCVI
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _data(seed=0, **kwargs):
+    return synthetic_iid(batch_size=40, n_genes=30, n_proteins=0, n_regions=0, seed=seed, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    pyrovi.settings.seed = 0
+    adata = _data()
+    SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+    model = SCVI(adata, n_hidden=16, n_latent=3)
+    model.train(max_epochs=2, train_size=0.8, batch_size=32, enable_progress_bar=False)
+    return model
+
+
+def test_prefixed_models_share_a_directory_and_leave_other_files_alone(trained, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    trained.save(tmp_path, prefix="a_", save_anndata=True)
+    trained.save(tmp_path, prefix="b_")
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["a_adata.h5ad", "a_model.json", "a_model.safetensors", "b_model.json",
+                     "b_model.safetensors", "notes.txt"]  # fmt: skip
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(tmp_path, prefix="a_")
+    # overwrite without save_anndata removes the stale data file, so it cannot be loaded with the new model
+    trained.save(tmp_path, prefix="a_", overwrite=True)
+    assert not (tmp_path / "a_adata.h5ad").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+    loaded = SCVI.load(tmp_path, adata=trained.adata, prefix="b_", accelerator="cpu", device="auto")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), trained.get_latent_representation())
+    np.testing.assert_array_equal(loaded.validation_indices, trained.validation_indices)
+    assert loaded.is_trained
+    with pytest.raises(ModelFileError, match="prefix"):
+        SCVI.load(tmp_path, adata=trained.adata)  # no unprefixed model here: the error names the prefixes
+
+
+def test_bad_prefix_and_refused_options(trained, tmp_path):
+    for prefix in ("../x", "sub/x", ".hidden"):
+        with pytest.raises(ValueError, match="prefix"):
+            trained.save(tmp_path / "m", prefix=prefix)
+    with pytest.raises(TypeError, match="safetensors"):
+        trained.save(tmp_path / "m", save_kwargs={"pickle_protocol": 4})
+    trained.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="does not download"):
+        SCVI.load(tmp_path / "m", adata=trained.adata, backup_url="https://example.org/model.pt")
+    with pytest.raises(ModelFileError, match="never unpickles"):
+        SCVI.convert_legacy_save(tmp_path / "m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_saved_setup_is_read_without_building_the_model(trained, tmp_path, capsys):
+    trained.save(tmp_path, prefix="p_")
+    registry = SCVI.load_registry(tmp_path, prefix="p_")
+    assert registry["setup_args"]["batch_key"] == "batch"
+    assert registry["setup_args"]["labels_key"] == "labels"
+    SCVI.view_setup_args(tmp_path, prefix="p_")
+    printed = capsys.readouterr().out
+    assert "batch_key: 'batch'" in printed and "labels_key: 'labels'" in printed
+
+
+def test_load_mismatched_data_is_an_error(trained, tmp_path):
+    trained.save(tmp_path)
+    other_genes = synthetic_iid(batch_size=40, n_genes=50, n_proteins=0, n_regions=0, gene_names_prefix="g")
+    with pytest.raises(ValueError, match="genes"):
+        SCVI.load(tmp_path, adata=other_genes)
+    other_batches = _data(seed=1)
+    other_batches.obs["batch"] = other_batches.obs["batch"].cat.rename_categories(["batch_7", "batch_8"])
+    with pytest.raises(ValueError, match="batch_7"):
+        SCVI.load(tmp_path, adata=other_batches)
+
+
+def test_assigning_adata_validates_and_switches_the_default_data(trained):
+    original = trained.adata
+    registry = trained.registry_
+    try:
+        other = _data(seed=3)
+        trained.adata = other
+        assert trained.adata is other
+        z_other = trained.get_latent_representation()
+        assert z_other.shape == (other.n_obs, 3)
+        np.testing.assert_allclose(z_other, trained.get_latent_representation(other))
+        assert not np.allclose(z_other, trained.get_latent_representation(original))
+        # the manager of the new data is a transfer: same setup, its own registry object
+        assert trained.get_anndata_manager(other).registry is not trained.get_anndata_manager(original).registry
+        assert trained.registry_["setup_args"] == registry["setup_args"]
+
+        missing = _data(seed=4)
+        del missing.obs["batch"]
+        with pytest.raises(KeyError, match="batch"):
+            trained.adata = missing
+        assert trained.adata is other  # a refused assignment changes nothing
+    finally:
+        trained.adata = original
+
+
+def test_get_from_registry_and_view_setup(trained, capsys):
+    codes = trained.get_from_registry(trained.adata, REGISTRY_KEYS.BATCH_KEY)
+    expected = trained.adata.obs["batch"].cat.codes.to_numpy()
+    np.testing.assert_array_equal(np.asarray(codes).ravel(), expected)
+    with pytest.raises(KeyError, match="size_factor"):
+        trained.get_from_registry(trained.adata, REGISTRY_KEYS.SIZE_FACTOR_KEY)
+    trained.view_anndata_setup(hide_state_registries=True)
+    short = capsys.readouterr().out
+    trained.view_anndata_setup()
+    full = capsys.readouterr().out
+    assert "batch" in short and len(full) > len(short)
