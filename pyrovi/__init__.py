@@ -29,7 +29,9 @@ from ._settings import settings  # noqa: E402
 
 #: Subpackages are imported on first use (PEP 562): ``import pyrovi`` stays cheap, and Lightning, which
 #: the training stack needs, is loaded only when a model or loader is touched.
-_SUBPACKAGES = ("data", "dataloaders", "datasets", "module", "priors", "train", "model", "criticism")
+_SUBPACKAGES = (
+    "data", "dataloaders", "datasets", "module", "priors", "train", "model", "criticism", "external", "utils",
+)
 
 
 def __getattr__(name: str):

@@ -25,3 +25,14 @@ def test_unknown_attribute_is_an_attribute_error():
     else:
         raise AssertionError("expected AttributeError")
     assert "model" in dir(pyrovi)
+
+
+def test_scvi_tools_module_paths():
+    """Code written for scvi-tools ports by renaming the package: its module paths exist in pyrovi."""
+    import pyrovi
+    from pyrovi.data import synthetic_iid
+    from pyrovi.external import CellAssign
+
+    assert CellAssign is pyrovi.model.CellAssign
+    assert pyrovi.external.CellAssign is CellAssign
+    assert synthetic_iid(batch_size=3, n_genes=4, seed=0).shape == (6, 4)
