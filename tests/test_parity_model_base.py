@@ -108,6 +108,23 @@ def test_assigning_adata_validates_and_switches_the_default_data(trained):
         trained.adata = original
 
 
+def test_managers_are_kept_for_the_data_a_model_has_seen(trained, capsys):
+    unseen = _data(seed=5)
+    assert trained.get_anndata_manager(unseen) is None
+    with pytest.raises(ValueError, match="not been used with this SCVI"):
+        trained.get_anndata_manager(unseen, required=True)
+    with pytest.raises(ValueError, match="transfer_fields"):
+        trained.view_anndata_setup(unseen)
+    trained.get_latent_representation(unseen)  # a query validates it: from now on the model knows it
+    manager = trained.get_anndata_manager(unseen)
+    assert manager.adata is unseen and manager.summary_stats["n_batch"] == 2
+    trained.view_anndata_setup(unseen, hide_state_registries=True)
+    assert "batch" in capsys.readouterr().out
+    other = _data(seed=6)
+    assert trained.transfer_fields(other).adata is other
+    assert trained.get_anndata_manager(other) is not None
+
+
 def test_get_from_registry_and_view_setup(trained, capsys):
     codes = trained.get_from_registry(trained.adata, REGISTRY_KEYS.BATCH_KEY)
     expected = trained.adata.obs["batch"].cat.codes.to_numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,6 +97,9 @@ class BaseModelClass(PosteriorSamplingMixin):
                 f"`{name}.setup_anndata(adata, ...)` first."
             )
         self._adata = adata
+        #: AnnDatas this model has validated (by id, with a weak reference so that none is kept alive):
+        #: get_anndata_manager and view_anndata_setup answer for these, as scvi-tools' per-model store does.
+        self._seen_adatas: dict[int, weakref.ref] = {id(adata): weakref.ref(adata)}
         try:
             self.adata_manager = self._manager(registry["setup_args"]).register_fields(
                 adata, source_registry=registry
@@ -170,6 +174,7 @@ class BaseModelClass(PosteriorSamplingMixin):
             return
         manager = self._validate_anndata(adata)
         self._adata, self.adata_manager = adata, manager
+        self._seen_adatas[id(adata)] = weakref.ref(adata)
 
     @property
     def registry_(self) -> dict[str, Any]:
@@ -179,19 +184,43 @@ class BaseModelClass(PosteriorSamplingMixin):
     def get_anndata_manager(self, adata: AnnData, required: bool = False) -> AnnDataManager | None:
         """The :class:`~pyrovi.data.AnnDataManager` through which the model reads ``adata``.
 
+        An AnnData is known to the model once it has been used with it: the model's own, one given to a
+        query, to :meth:`transfer_fields` or assigned to ``model.adata``. Its setup is validated again
+        (the data may have changed since).
+
         Parameters
         ----------
         adata
-            The model's own AnnData, or another one holding the model's genes.
+            An AnnData used with this model.
         required
-            Kept for scvi-tools' signature: pyrovi validates and transfers the setup to any AnnData on demand,
-            so a manager is always returned (or an error raised that says what is wrong with ``adata``).
+            Raise a ``ValueError`` for an AnnData the model has not seen, instead of returning ``None``.
 
         Examples
         --------
         >>> manager = model.get_anndata_manager(adata)  # doctest: +SKIP
         >>> manager.summary_stats["n_batch"]  # doctest: +SKIP
         2
+        """
+        ref = self._seen_adatas.get(id(adata))
+        if ref is None or ref() is not adata:
+            if required:
+                raise ValueError(
+                    f"This AnnData has not been used with this {type(self).__name__} yet. Pass it to a query "
+                    "(e.g. model.get_latent_representation(adata)) or call model.transfer_fields(adata) first."
+                )
+            return None
+        return self._validate_anndata(adata)
+
+    def transfer_fields(self, adata: AnnData) -> AnnDataManager:
+        """Validate ``adata`` against the model's setup and return the manager that reads it.
+
+        The AnnData must hold the model's genes (any order) and the columns it was set up with, with no
+        category the model has not seen. Nothing is written to ``adata``.
+
+        Examples
+        --------
+        >>> manager = model.transfer_fields(query_adata)  # doctest: +SKIP
+        >>> model.view_anndata_setup(query_adata)  # doctest: +SKIP
         """
         return self._validate_anndata(adata)
 
@@ -214,7 +243,8 @@ class BaseModelClass(PosteriorSamplingMixin):
         Parameters
         ----------
         adata
-            Data to show (default the model's); it is validated against the model's setup first.
+            Data to show (default the model's): an AnnData used with the model before (see
+            :meth:`get_anndata_manager`); its setup is validated again.
         hide_state_registries
             Leave out each field's state (category mappings, gene names).
 
@@ -222,7 +252,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         --------
         >>> model.view_anndata_setup()  # doctest: +SKIP
         """
-        manager = self._validate_anndata(adata)
+        manager = self.adata_manager if adata is None else self.get_anndata_manager(adata, required=True)
         if hide_state_registries:
             manager.view_registry(hide_state_registries=True)
         else:
@@ -277,9 +307,13 @@ class BaseModelClass(PosteriorSamplingMixin):
         if adata is None or adata is self.adata:
             return self.adata_manager
         try:
-            return self.adata_manager.transfer_fields(adata)
+            manager = self.adata_manager.transfer_fields(adata)
         except UnseenCategoryError as err:
             raise _unknown_to_model(err, type(self).__name__) from None
+        self._seen_adatas[id(adata)] = weakref.ref(adata)
+        if len(self._seen_adatas) > 64:  # forget AnnDatas that no longer exist
+            self._seen_adatas = {k: r for k, r in self._seen_adatas.items() if r() is not None}
+        return manager
 
     # ----------------------------------------------------------------------------------------------
     # training
