@@ -31,7 +31,10 @@ class LayerField(BaseField):
         Name of the layer that holds the matrix, or None for ``adata.X``.
     is_count_data
         Whether every value must be a finite, non-negative integer (raw counts). Otherwise values only need
-        to be finite.
+        to be finite. ``"infer"``: values must be finite, and the state records whether they are counts
+        (``state["is_count_data"]``), with a warning when they are not; the model then decides (SCVI accepts
+        continuous data only with ``gene_likelihood="normal"``). Later data are checked as the registered
+        data were.
 
     Notes
     -----
@@ -59,7 +62,7 @@ class LayerField(BaseField):
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a string or None, got {layer!r}.")
         self.layer = layer
-        self.is_count_data = bool(is_count_data)
+        self.is_count_data = is_count_data if is_count_data == "infer" else bool(is_count_data)
 
     @property
     def is_empty(self) -> bool:
@@ -70,8 +73,11 @@ class LayerField(BaseField):
         var_names = _unique_names(
             adata.var_names, "adata.var_names", fix="make them unique with adata.var_names_make_unique()."
         )
-        self._validate(matrix, adata, var_names, self.layer, warn_empty_genes=True)
-        return {"layer": self.layer, "var_names": var_names, "n_vars": len(var_names)}
+        counts = self._validate(matrix, adata, var_names, self.layer, warn_empty_genes=True)
+        state = {"layer": self.layer, "var_names": var_names, "n_vars": len(var_names)}
+        if self.is_count_data == "infer":
+            state["is_count_data"] = counts
+        return state
 
     def transfer(
         self, state: dict[str, Any], adata_target: AnnData, extend_categories: bool = False
@@ -81,8 +87,12 @@ class LayerField(BaseField):
         matrix = self._get_matrix(adata_target, layer)
         columns = _column_indexer(adata_target.var_names, state["var_names"], "adata.var_names", "genes")
         # Only the registered genes reach the model, so only they are validated.
-        self._validate(_select_columns(matrix, columns), adata_target, state["var_names"], layer)
-        return {"layer": layer, "var_names": list(state["var_names"]), "n_vars": int(state["n_vars"])}
+        counts = state.get("is_count_data", True) if self.is_count_data == "infer" else None
+        self._validate(_select_columns(matrix, columns), adata_target, state["var_names"], layer, is_count_data=counts)
+        out = {"layer": layer, "var_names": list(state["var_names"]), "n_vars": int(state["n_vars"])}
+        if "is_count_data" in state:
+            out["is_count_data"] = bool(state["is_count_data"])
+        return out
 
     def summary(self, state: dict[str, Any]) -> dict[str, int]:
         return {"n_vars": int(state["n_vars"])}
@@ -114,12 +124,33 @@ class LayerField(BaseField):
         return _check_matrix(adata.layers[layer], _layer_source(layer))
 
     def _validate(
-        self, matrix: Matrix, adata: AnnData, var_names: list[str], layer: str | None, warn_empty_genes: bool = False
-    ) -> None:
-        """Check the values, then warn about empty cells (and genes) and lossy dtypes.
+        self,
+        matrix: Matrix,
+        adata: AnnData,
+        var_names: list[str],
+        layer: str | None,
+        warn_empty_genes: bool = False,
+        is_count_data: bool | None = None,
+    ) -> bool:
+        """Check the values, then warn about empty cells (and genes) and lossy dtypes; True for counts.
 
         Empty genes are only worth a warning at registration: query data must keep every registered gene.
+        ``is_count_data`` overrides the field's setting (``"infer"``: counts if they pass the count check).
         """
+        counts = self.is_count_data if is_count_data is None else is_count_data
+        if counts == "infer":
+            try:
+                return self._validate(matrix, adata, var_names, layer, warn_empty_genes, is_count_data=True)
+            except ValueError as err:
+                # finite values are required all the same: this raises for NaN or infinite entries
+                self._validate(matrix, adata, var_names, layer, warn_empty_genes, is_count_data=False)
+                warnings.warn(
+                    f"{err} The data are registered as continuous values: only a model of continuous data "
+                    "(e.g. SCVI(adata, gene_likelihood='normal')) accepts them; count likelihoods refuse them.",
+                    UserWarning,
+                    stacklevel=5,
+                )
+                return False
         source = _layer_source(layer)
         if matrix.shape[1] == 0:
             raise ValueError(
@@ -146,15 +177,16 @@ class LayerField(BaseField):
         cells, genes, max_value = [], np.zeros(len(var_names), dtype=bool), 0.0
         for start, block in blocks:
             obs_names = adata.obs_names[start : start + block.shape[0]]
-            _validate_values(block, obs_names, var_names, source, self.is_count_data, hint)
-            if self.is_count_data:
+            _validate_values(block, obs_names, var_names, source, counts, hint)
+            if counts:
                 block_cells, block_genes = _nonzero_lines(block)
                 cells.append(block_cells)
                 genes |= block_genes
                 max_value = max(max_value, _max_value(block))
-        if self.is_count_data:
+        if counts:
             _warn_count_dtype(matrix.dtype, max_value, source)
             _warn_empty(np.concatenate(cells), genes if warn_empty_genes else None, source)
+        return bool(counts)
 
 
 def _layer_source(layer: str | None) -> str:
