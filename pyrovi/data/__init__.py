@@ -12,29 +12,43 @@ categories mapped (or extended) accordingly. The loader reads :meth:`AnnDataMana
 Examples
 --------
 >>> from pyrovi.data import AnnDataManager, CategoricalObsField, LayerField, read_registry
->>> fields = [LayerField("X", None), CategoricalObsField("batch", "batch", "n_batch")]
->>> manager = AnnDataManager(fields, {"batch_key": "batch"}, "SCVI").register_fields(adata)  # doctest: +SKIP
->>> manager.summary_stats["n_batch"]  # doctest: +SKIP
+>>> fields = [LayerField("X", None), CategoricalObsField("batch", "batch")]
+>>> setup = {"model_name": "SCVI", "setup_args": {"batch_key": "batch"}}
+>>> manager = AnnDataManager(fields=fields, setup_method_args=setup).register_fields(adata)  # doctest: +SKIP
+>>> manager.summary_stats.n_batch  # doctest: +SKIP
 2
 """
 
+from ._anntorchdataset import AnnTorchDataset
 from ._errors import MissingKeyError, UnseenCategoryError
 from ._manager import AnnDataManager
 from ._registry import read_registry
 from ._synthetic import synthetic_iid
 from .fields import (
     CONSTANT_CATEGORY,
+    AnnDataField,
     BaseField,
     CategoricalJointObsField,
     CategoricalObsField,
+    LabelsWithUnlabeledObsField,
     LayerField,
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+    MuDataNumericalJointObsField,
+    MuDataNumericalObsField,
+    MuDataObsmField,
+    MuDataProteinLayerField,
     NumericalJointObsField,
     NumericalObsField,
     ObsmField,
+    ProteinObsmField,
+    StringUnsField,
 )
 
 __all__ = [
     "AnnDataManager",
+    "AnnTorchDataset",
     "read_registry",
     "synthetic_iid",
     "BaseField",
@@ -44,6 +58,17 @@ __all__ = [
     "CategoricalJointObsField",
     "NumericalJointObsField",
     "ObsmField",
+    "AnnDataField",
+    "ProteinObsmField",
+    "LabelsWithUnlabeledObsField",
+    "StringUnsField",
+    "MuDataLayerField",
+    "MuDataCategoricalObsField",
+    "MuDataNumericalObsField",
+    "MuDataCategoricalJointObsField",
+    "MuDataNumericalJointObsField",
+    "MuDataObsmField",
+    "MuDataProteinLayerField",
     "MissingKeyError",
     "UnseenCategoryError",
     "CONSTANT_CATEGORY",

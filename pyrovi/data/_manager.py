@@ -12,10 +12,20 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import __version__
+from ..utils import attrdict
+from ._constants import (
+    _DATA_REGISTRY_KEY,
+    _FIELD_REGISTRIES_KEY,
+    _MODEL_NAME_KEY,
+    _SETUP_ARGS_KEY,
+    _STATE_REGISTRY_KEY,
+    _SUMMARY_STATS_KEY,
+)
 from ._registry import _write_registry, read_registry
 from ._view import _format_registry
 from .fields import BaseField
 from .fields._lookup import _format_names
+from .fields._mudata import _is_mudata, _MuDataField
 
 # Statistics every model may read; 0 when no field provides them (n_cells and n_vars come from the data).
 _DEFAULT_SUMMARY_KEYS = ("n_batch", "n_labels", "n_extra_categorical_covs", "n_extra_continuous_covs")
@@ -34,26 +44,41 @@ class AnnDataManager:
     ----------
     fields
         The model's fields, with distinct registry keys.
-    setup_args
-        The arguments given to the model's ``setup_anndata``; must be JSON-serialisable. Stored as read back
-        from JSON (tuples become lists).
+    setup_method_args
+        What the model's ``setup_anndata`` was called with, as scvi-tools passes it:
+        ``{"model_name": "SCVI", "setup_args": {...}}``. A plain dict of setup arguments (pyrovi's earlier
+        form, with ``model_name`` as the third argument) is accepted too. Setup arguments must be
+        JSON-serialisable and are stored as read back from JSON (tuples become lists).
     model_name
-        Name of the model class, e.g. ``"SCVI"``.
+        Name of the model class, e.g. ``"SCVI"``, when ``setup_method_args`` does not name it.
+    validation_checks
+        Accepted for scvi-tools' signature; pyrovi's fields always validate their data.
 
     Examples
     --------
     >>> from pyrovi._constants import REGISTRY_KEYS
     >>> from pyrovi.data import AnnDataManager, CategoricalObsField, LayerField, read_registry
-    >>> fields = [LayerField(REGISTRY_KEYS.X_KEY, None),
-    ...           CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, "batch", "n_batch")]
-    >>> manager = AnnDataManager(fields, {"layer": None, "batch_key": "batch"}, "SCVI")
+    >>> fields = [LayerField(REGISTRY_KEYS.X_KEY, None), CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, "batch")]
+    >>> manager = AnnDataManager(
+    ...     fields=fields,
+    ...     setup_method_args={"model_name": "SCVI", "setup_args": {"layer": None, "batch_key": "batch"}},
+    ... )
     >>> manager = manager.register_fields(adata)  # doctest: +SKIP
+    >>> manager.summary_stats.n_batch, manager.data_registry.batch.attr_key  # doctest: +SKIP
+    (2, 'batch')
     >>> arrays = manager.get_arrays()  # doctest: +SKIP
     >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)  # doctest: +SKIP
     """
 
-    def __init__(self, fields: Sequence[BaseField], setup_args: dict[str, Any], model_name: str):
-        fields = list(fields)
+    def __init__(
+        self,
+        fields: Sequence[BaseField] | None = None,
+        setup_method_args: dict[str, Any] | None = None,
+        model_name: str | None = None,
+        validation_checks: Any = None,
+    ):
+        setup_args, model_name = _split_setup_method_args(setup_method_args, model_name)
+        fields = list(fields or [])
         for field in fields:
             if not isinstance(field, BaseField):
                 raise TypeError(f"fields must be BaseField instances, got {type(field).__name__}.")
@@ -78,6 +103,7 @@ class AnnDataManager:
         adata: AnnData,
         source_registry: dict[str, Any] | None = None,
         extend_categories: bool = False,
+        **transfer_kwargs: Any,
     ) -> AnnDataManager:
         """Validate ``adata``, build the registry and store it in ``adata.uns``.
 
@@ -90,6 +116,8 @@ class AnnDataManager:
             then keeps the registered genes and category mappings. None registers the fields afresh.
         extend_categories
             With ``source_registry``, append categories unseen at registration instead of raising an error.
+        **transfer_kwargs
+            scvi-tools' other transfer options; none is needed by pyrovi's fields, so any given is an error.
 
         Returns
         -------
@@ -102,7 +130,8 @@ class AnnDataManager:
         >>> AnnDataManager(fields, registry["setup_args"], "SCVI").register_fields(
         ...     adata_query, source_registry=registry)  # doctest: +SKIP
         """
-        _check_adata(adata)
+        _check_transfer_kwargs(transfer_kwargs)
+        _check_adata(adata, self._fields)
         source_states = None if source_registry is None else _source_states(source_registry, self._fields)
         field_states = {}
         for field in self._fields:
@@ -124,7 +153,9 @@ class AnnDataManager:
         self._adata = adata
         return self
 
-    def transfer_fields(self, adata_target: AnnData, extend_categories: bool = False) -> AnnDataManager:
+    def transfer_fields(
+        self, adata_target: AnnData, extend_categories: bool = False, **kwargs: Any
+    ) -> AnnDataManager:
         """A new manager with the same fields, registered on ``adata_target`` from this registry.
 
         Parameters
@@ -133,6 +164,8 @@ class AnnDataManager:
             Query data with the registered genes (any order, extra genes dropped) and obs columns.
         extend_categories
             Append categories unseen at registration instead of raising an error.
+        **kwargs
+            scvi-tools' other transfer options; none is needed by pyrovi's fields, so any given is an error.
 
         Returns
         -------
@@ -142,20 +175,167 @@ class AnnDataManager:
         --------
         >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)  # doctest: +SKIP
         """
+        _check_transfer_kwargs(kwargs)
         manager = AnnDataManager(self._fields, self._setup_args, self._model_name)
         return manager.register_fields(adata_target, self.registry, extend_categories=extend_categories)
+
+    def register_new_fields(self, fields: Sequence[BaseField]) -> None:
+        """Register more fields on the AnnData this manager is registered on (their keys must be new).
+
+        Parameters
+        ----------
+        fields
+            The fields to add; each validates its data as at setup. The registry in ``adata.uns`` is rewritten.
+
+        Examples
+        --------
+        >>> manager.register_new_fields([ObsmField("proteins", "protein_expression")])  # doctest: +SKIP
+        """
+        registry = self._require_registry()
+        fields = list(fields)
+        keys = [field.registry_key for field in self._fields]
+        for field in fields:
+            if not isinstance(field, BaseField):
+                raise TypeError(f"fields must be BaseField instances, got {type(field).__name__}.")
+            if field.registry_key in keys:
+                raise ValueError(f"A field with registry key {field.registry_key!r} is registered already.")
+            keys.append(field.registry_key)
+        states = dict(registry["field_states"])
+        for field in fields:
+            state = field.register(self._adata)
+            _check_json(state, f"The state of field {field.registry_key!r}")
+            states[field.registry_key] = state
+        self._fields = self._fields + fields
+        new = {**registry, "field_states": states, "summary_stats": self._summary_stats(self._adata, states)}
+        self._registry = _write_registry(self._adata, new)
+
+    def validate(self) -> None:
+        """Check that the registered AnnData still holds what was registered (cells, genes, categories).
+
+        Every field validates its data against its registered state again, as for query data.
+
+        Examples
+        --------
+        >>> manager.validate()  # doctest: +SKIP
+        """
+        states = self._current_states()
+        for field in self._fields:
+            field.transfer(states[field.registry_key], self._adata)
+
+    def update_setup_method_args(self, setup_method_args: dict[str, Any]) -> None:
+        """Add or replace setup arguments recorded in the registry (JSON values).
+
+        Parameters
+        ----------
+        setup_method_args
+            ``{name: value}``, or scvi-tools' ``{"setup_args": {name: value}}``.
+
+        Examples
+        --------
+        >>> manager.update_setup_method_args({"unlabeled_category": "Unknown"})  # doctest: +SKIP
+        """
+        if not isinstance(setup_method_args, dict):
+            raise TypeError(f"setup_method_args must be a dict, got {type(setup_method_args).__name__}.")
+        update = setup_method_args.get(_SETUP_ARGS_KEY, setup_method_args)
+        for name, value in update.items():
+            _check_json({name: value}, f"The setup argument {name!r}")
+        self._setup_args = _json_copy({**self._setup_args, **update})
+        if self._registry is not None:
+            self._registry = _write_registry(self._adata, {**self._registry, "setup_args": self._setup_args})
+
+    def _get_setup_method_args(self) -> dict[str, Any]:
+        """``{"model_name": ..., "setup_args": ...}``, as scvi-tools' managers give it."""
+        return {_MODEL_NAME_KEY: self._model_name, _SETUP_ARGS_KEY: self.setup_args}
 
     # Read access.
 
     @property
     def registry(self) -> dict[str, Any]:
-        """The registry (a copy): model name, pyrovi version, setup args, field states, summary stats."""
-        return json.loads(json.dumps(self._require_registry()))
+        """The registry (a copy): model name, pyrovi version, setup args, field states, summary stats.
+
+        ``registry["field_registries"]`` gives, per field, scvi-tools' view of it (``data_registry``,
+        ``state_registry``, ``summary_stats``); it is built when first read and is not stored.
+        """
+        return _Registry(json.loads(json.dumps(self._require_registry())), self)
 
     @property
-    def summary_stats(self) -> dict[str, int]:
-        """``n_cells``, ``n_vars``, ``n_batch``, ``n_labels``, covariate counts and field-specific counts."""
-        return dict(self._require_registry()["summary_stats"])
+    def summary_stats(self) -> attrdict:
+        """``n_cells``, ``n_vars``, ``n_batch``, ``n_labels``, covariate counts and field-specific counts.
+
+        Read as ``summary_stats["n_batch"]`` or ``summary_stats.n_batch``.
+        """
+        return attrdict(self._require_registry()["summary_stats"])
+
+    @property
+    def data_registry(self) -> attrdict:
+        """Where each non-empty field reads: ``{registry_key: {"attr_name", "attr_key"}}`` (``mod_key`` for MuData).
+
+        ``data_registry.batch.attr_key`` is the obs column of the batches. Category codes and the registered
+        gene order are computed when the data is read, never written into the AnnData.
+        """
+        states = self._require_registry()["field_states"]
+        return attrdict(
+            {
+                field.registry_key: field.data_registry(states[field.registry_key])
+                for field in self._fields
+                if not field.is_empty
+            }
+        )
+
+    def get_state_registry(self, registry_key: str) -> attrdict:
+        """The state of a field under scvi-tools' names (``categorical_mapping``, ``column_names``, ...).
+
+        Examples
+        --------
+        >>> manager.get_state_registry("batch").categorical_mapping  # doctest: +SKIP
+        array(['batch_0', 'batch_1'], dtype=object)
+        """
+        field = self._field(registry_key)
+        return attrdict(field.state_registry(self.get_state(registry_key)), recursive=False)
+
+    def get_from_registry(self, registry_key: str) -> Any:
+        """The data of one field as scvi-tools returns it, read from the registered AnnData.
+
+        Category codes and numbers of one obs column come as a column ``(n_cells, 1)``, joint obs columns as a
+        DataFrame indexed by cell, matrices with the registered columns in their order (dtype and sparsity
+        as stored).
+
+        Examples
+        --------
+        >>> manager.get_from_registry("batch")[:2]  # doctest: +SKIP
+        array([[0], [0]])
+        """
+        states = self._current_states()
+        return self._field(registry_key).get_field_data(self._adata, states[registry_key])
+
+    def create_torch_dataset(
+        self,
+        indices: Sequence[int] | np.ndarray | None = None,
+        data_and_attributes: list[str] | dict[str, Any] | None = None,
+        load_sparse_tensor: bool = False,
+    ) -> Any:
+        """An :class:`~pyrovi.data.AnnTorchDataset` over the registered data (a ``Subset`` with ``indices``).
+
+        Examples
+        --------
+        >>> dataset = manager.create_torch_dataset()  # doctest: +SKIP
+        >>> dataset[[0, 1]]["X"].shape  # doctest: +SKIP
+        (2, 100)
+        """
+        import torch
+
+        from ._anntorchdataset import AnnTorchDataset
+
+        dataset = AnnTorchDataset(self, getitem_tensors=data_and_attributes, load_sparse_tensor=load_sparse_tensor)
+        if indices is None:
+            return dataset
+        return torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
+
+    def _field(self, registry_key: str) -> BaseField:
+        for field in self._fields:
+            if field.registry_key == registry_key:
+                return field
+        raise KeyError(f"No field {registry_key!r}; the fields are {[f.registry_key for f in self._fields]}.")
 
     @property
     def adata(self) -> AnnData:
@@ -240,14 +420,19 @@ class AnnDataManager:
             )
         return registry["field_states"]
 
-    def view_registry(self) -> None:
+    def view_registry(self, hide_state_registries: bool = False) -> None:
         """Print the setup arguments, summary statistics and each field's source, state and categories.
+
+        Parameters
+        ----------
+        hide_state_registries
+            Show only each field's source, not its state (categories, genes).
 
         Examples
         --------
-        >>> manager.view_registry()  # doctest: +SKIP
+        >>> manager.view_registry(hide_state_registries=True)  # doctest: +SKIP
         """
-        print(_format_registry(self._require_registry(), self._fields))
+        print(_format_registry(self._require_registry(), self._fields, hide_state_registries))
 
     read_registry = staticmethod(read_registry)
 
@@ -283,13 +468,66 @@ class AnnDataManager:
         return stats
 
 
-def _check_adata(adata: AnnData) -> None:
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
+class _Registry(dict):
+    """A registry copy that builds scvi-tools' ``field_registries`` entry when it is first read."""
+
+    def __init__(self, registry: dict[str, Any], manager: AnnDataManager):
+        super().__init__(registry)
+        self._manager = manager
+
+    def __missing__(self, key: str) -> Any:
+        if key != _FIELD_REGISTRIES_KEY:
+            raise KeyError(key)
+        manager = self._manager
+        states = self["field_states"]
+        value = {}
+        for field in manager.fields:
+            state = states[field.registry_key]
+            value[field.registry_key] = {
+                _DATA_REGISTRY_KEY: field.data_registry(state) if not field.is_empty else {},
+                _STATE_REGISTRY_KEY: field.state_registry(state),
+                _SUMMARY_STATS_KEY: field.summary(state),
+            }
+        self[key] = value
+        return value
+
+
+def _split_setup_method_args(
+    setup_method_args: dict[str, Any] | None, model_name: str | None
+) -> tuple[dict[str, Any], str]:
+    """``(setup_args, model_name)`` from scvi-tools' ``{"model_name", "setup_args"}`` or a plain args dict."""
+    if setup_method_args is None:
+        return {}, model_name or "unknown"
+    if not isinstance(setup_method_args, dict):
+        raise TypeError(f"setup_method_args must be a dict, got {type(setup_method_args).__name__}.")
+    if _SETUP_ARGS_KEY in setup_method_args and isinstance(setup_method_args[_SETUP_ARGS_KEY], dict):
+        name = setup_method_args.get(_MODEL_NAME_KEY, model_name)
+        return dict(setup_method_args[_SETUP_ARGS_KEY]), str(name or "unknown")
+    return setup_method_args, model_name or "unknown"
+
+
+def _check_transfer_kwargs(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(
+            f"Unknown transfer option(s) {sorted(kwargs)}; pyrovi's transfer takes extend_categories only."
+        )
+
+
+def _check_adata(adata: AnnData, fields: Sequence[BaseField] = ()) -> None:
+    is_mudata = _is_mudata(adata)
+    if not isinstance(adata, AnnData) and not is_mudata:
+        raise TypeError(f"Expected an AnnData (or a MuData for MuData fields), got {type(adata).__name__}.")
+    if is_mudata:
+        anndata_fields = [f.registry_key for f in fields if not f.is_empty and not isinstance(f, _MuDataField)]
+        if anndata_fields:
+            raise TypeError(
+                f"Got a MuData, but the field(s) {anndata_fields} read an AnnData. Set a MuData up with the "
+                "model's setup_mudata (MuData fields), or pass one of its modalities, e.g. mdata.mod['rna']."
+            )
     if adata.is_view:
         raise ValueError(
-            "The AnnData is a view (e.g. adata[mask]); pyrovi does not copy data silently. Pass a copy "
-            "instead, e.g. adata[mask].copy()."
+            f"The {type(adata).__name__} is a view (e.g. adata[mask]); pyrovi does not copy data silently. Pass a "
+            "copy instead, e.g. adata[mask].copy()."
         )
     if adata.n_obs == 0:
         raise ValueError(

@@ -10,8 +10,8 @@ from .fields import BaseField
 _NAME_WIDTH = 28
 
 
-def _format_registry(registry: dict[str, Any], fields: Sequence[BaseField]) -> str:
-    """The registry as readable text, one ``name  value`` line per entry."""
+def _format_registry(registry: dict[str, Any], fields: Sequence[BaseField], hide_states: bool = False) -> str:
+    """The registry as readable text, one ``name  value`` line per entry (only sources with ``hide_states``)."""
     stats = registry["summary_stats"]
     lines = [
         f"Registry of {registry['model_name']} (pyrovi {registry['pyrovi_version']}): "
@@ -26,7 +26,10 @@ def _format_registry(registry: dict[str, Any], fields: Sequence[BaseField]) -> s
     for field in fields:
         state = registry["field_states"][field.registry_key]
         lines.append(f"  {field.registry_key} ({type(field).__name__})")
-        lines += _rows(field.view_rows(state), indent=4)
+        rows = field.view_rows(state)
+        if hide_states:
+            rows = [row for row in rows if row[0] in ("source", "modality")]
+        lines += _rows(rows, indent=4)
     return "\n".join(lines)
 
 

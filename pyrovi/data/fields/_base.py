@@ -41,6 +41,19 @@ class BaseField(abc.ABC):
         """Key of the field in the registry and in a loader's minibatches."""
         return self._registry_key
 
+    #: Where the field reads in the AnnData: ``"X"``, ``"layers"``, ``"obs"``, ``"obsm"`` or ``"uns"``.
+    attr_name: str = "obs"
+
+    @property
+    def attr_key(self) -> str | None:
+        """The key inside :attr:`attr_name` (a layer, obs column, obsm entry), None for ``X`` or none."""
+        return None
+
+    @property
+    def mod_key(self) -> str | None:
+        """The MuData modality the field reads; None for AnnData fields."""
+        return None
+
     @property
     @abc.abstractmethod
     def is_empty(self) -> bool:
@@ -111,6 +124,53 @@ class BaseField(abc.ABC):
         One row per cell: category codes, numbers, or counts with genes in the registered order. The result
         may share memory with ``adata``; treat it as read-only.
         """
+
+    def data_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Where the field's data lives: ``{"attr_name": ..., "attr_key": ...}`` (``mod_key`` for MuData).
+
+        Parameters
+        ----------
+        state
+            The field's state.
+
+        Returns
+        -------
+        The location of the source data pyrovi reads (codes and reordered genes are computed on read,
+        never written into the AnnData).
+        """
+        key = state.get("obs_key", state.get("obsm_key", state.get("layer", self.attr_key)))
+        return {"attr_name": self.attr_name, "attr_key": key}
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The field's state under scvi-tools' names (``categorical_mapping``, ``column_names``...).
+
+        Parameters
+        ----------
+        state
+            The field's state.
+
+        Returns
+        -------
+        A new dict; numpy arrays where scvi-tools gives arrays. The JSON state stays the reference.
+        """
+        return dict(state)
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> Any:
+        """The field's data as :meth:`AnnDataManager.get_from_registry` returns it (scvi-tools' shapes).
+
+        Parameters
+        ----------
+        adata
+            An AnnData this field was registered or transferred on with ``state``.
+        state
+            The field's state.
+
+        Returns
+        -------
+        By default :meth:`get_array`; obs fields give one column ``(n_cells, 1)``, joint obs fields a
+        DataFrame.
+        """
+        return self.get_array(adata, state)
 
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         """Rows ``(name, value)`` describing the field in :meth:`AnnDataManager.view_registry`.

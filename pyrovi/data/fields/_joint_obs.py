@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from ._base import BaseField
 from ._encoding import _encode, _factorize
 from ._lookup import _check_key_list, _get_obs_column, _obs_source
 from ._numeric import _numeric_values
-from ._obs import _category_rows
+from ._obs import _category_rows, _typed_categories
 
 
 class CategoricalJointObsField(BaseField):
@@ -22,7 +23,7 @@ class CategoricalJointObsField(BaseField):
     ----------
     registry_key
         Key of the field in the registry and in minibatches, e.g. ``"extra_categorical_covs"``.
-    obs_keys
+    attr_keys
         Columns of ``adata.obs``. None or ``[]`` leaves the field empty (state ``{}``, no array).
 
     Notes
@@ -43,13 +44,34 @@ class CategoricalJointObsField(BaseField):
     ([2, 1], [[0, 0], [1, 0]])
     """
 
-    def __init__(self, registry_key: str, obs_keys: Sequence[str] | None):
+    def __init__(self, registry_key: str, attr_keys: Sequence[str] | None = None):
         super().__init__(registry_key)
-        self.obs_keys = _check_key_list(obs_keys, "obs_keys")
+        self.obs_keys = _check_key_list(attr_keys, "attr_keys")
+
+    attr_name = "obs"
+
+    @property
+    def attr_key(self) -> list[str]:
+        return list(self.obs_keys)
 
     @property
     def is_empty(self) -> bool:
         return not self.obs_keys
+
+    def data_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"attr_name": "obs", "attr_key": list(state.get("obs_keys", []))}
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        if not state:
+            return {"mappings": {}, "field_keys": [], "n_cats_per_key": []}
+        return {
+            "mappings": {key: _typed_categories(state["categories"][key]) for key in state["obs_keys"]},
+            "field_keys": list(state["obs_keys"]),
+            "n_cats_per_key": list(state["n_cats_per_key"]),
+        }
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> pd.DataFrame:
+        return pd.DataFrame(self.get_array(adata, state), index=adata.obs_names, columns=state["obs_keys"])
 
     def register(self, adata: AnnData) -> dict[str, Any]:
         if self.is_empty:
@@ -101,7 +123,7 @@ class NumericalJointObsField(BaseField):
     ----------
     registry_key
         Key of the field in the registry and in minibatches, e.g. ``"extra_continuous_covs"``.
-    obs_keys
+    attr_keys
         Columns of ``adata.obs``. None or ``[]`` leaves the field empty (state ``{}``, no array).
 
     Notes
@@ -120,13 +142,29 @@ class NumericalJointObsField(BaseField):
     (2, 2)
     """
 
-    def __init__(self, registry_key: str, obs_keys: Sequence[str] | None):
+    def __init__(self, registry_key: str, attr_keys: Sequence[str] | None = None):
         super().__init__(registry_key)
-        self.obs_keys = _check_key_list(obs_keys, "obs_keys")
+        self.obs_keys = _check_key_list(attr_keys, "attr_keys")
+
+    attr_name = "obs"
+
+    @property
+    def attr_key(self) -> list[str]:
+        return list(self.obs_keys)
 
     @property
     def is_empty(self) -> bool:
         return not self.obs_keys
+
+    def data_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"attr_name": "obs", "attr_key": list(state.get("obs_keys", []))}
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"columns": np.asarray(state.get("obs_keys", []), dtype=object)}
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> pd.DataFrame:
+        self.get_array(adata, state)  # validated as the loader reads it
+        return adata.obs[list(state["obs_keys"])].copy()
 
     def register(self, adata: AnnData) -> dict[str, Any]:
         if self.is_empty:

@@ -35,6 +35,12 @@ class LayerField(BaseField):
         (``state["is_count_data"]``), with a warning when they are not; the model then decides (SCVI accepts
         continuous data only with ``gene_likelihood="normal"``). Later data are checked as the registered
         data were.
+    correct_data_format
+        Accepted for scvi-tools' signature, which rewrites a Fortran-ordered or CSC matrix of the user's
+        AnnData in place. pyrovi never modifies the AnnData: it reads any layout and converts what it reads
+        (a CSC matrix is converted with a warning), whatever this is.
+    save_column_names
+        Accepted for scvi-tools' signature; pyrovi always records the gene names (they align query data).
 
     Notes
     -----
@@ -57,12 +63,48 @@ class LayerField(BaseField):
     dtype('float32')
     """
 
-    def __init__(self, registry_key: str, layer: str | None, is_count_data: bool = True):
+    def __init__(
+        self,
+        registry_key: str,
+        layer: str | None = None,
+        is_count_data: bool = True,
+        correct_data_format: bool = True,
+        save_column_names: bool = False,
+    ):
         super().__init__(registry_key)
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"layer must be a string or None, got {layer!r}.")
         self.layer = layer
         self.is_count_data = is_count_data if is_count_data == "infer" else bool(is_count_data)
+        self.correct_data_format = bool(correct_data_format)
+        self.save_column_names = bool(save_column_names)
+
+    @property
+    def attr_name(self) -> str:  # type: ignore[override]
+        return "X" if self.layer is None else "layers"
+
+    @property
+    def attr_key(self) -> str | None:
+        return self.layer
+
+    def data_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        layer = state.get("layer", self.layer)
+        return {"attr_name": "X" if layer is None else "layers", "attr_key": layer}
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "n_vars": int(state["n_vars"]),
+            "column_names": np.asarray(state["var_names"], dtype=object),
+        }
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> Any:
+        """The matrix as stored (dtype and sparsity kept), with the registered genes in their order."""
+        matrix = self._get_matrix(adata, state["layer"])
+        columns = _column_indexer(adata.var_names, state["var_names"], "adata.var_names", "genes")
+        matrix = _select_columns(matrix, columns)
+        if isinstance(matrix, BackedRows):
+            return matrix[np.arange(matrix.shape[0])]
+        return matrix
 
     @property
     def is_empty(self) -> bool:

@@ -26,11 +26,12 @@ class CategoricalObsField(BaseField):
     ----------
     registry_key
         Key of the field in the registry and in minibatches, e.g. ``"batch"``.
-    obs_key
+    attr_key
         Column of ``adata.obs``. None puts every cell in one category, :data:`CONSTANT_CATEGORY` (``"0"``),
         so that a model always has e.g. a batch index; the field is then not empty.
     summary_key
-        Name of the number of categories in the summary statistics, e.g. ``"n_batch"``.
+        Name of the number of categories in the summary statistics; ``f"n_{registry_key}"`` when None
+        (``"n_batch"``, ``"n_labels"``).
 
     Notes
     -----
@@ -45,22 +46,35 @@ class CategoricalObsField(BaseField):
     --------
     >>> import numpy as np, pandas as pd, anndata
     >>> adata = anndata.AnnData(np.ones((3, 2)), obs=pd.DataFrame({"batch": ["b", "a", "b"]}, index=["c1", "c2", "c3"]))
-    >>> field = CategoricalObsField("batch", "batch", "n_batch")
+    >>> field = CategoricalObsField("batch", "batch")
     >>> state = field.register(adata)
     >>> state["categories"], field.get_array(adata, state).tolist()
     (['a', 'b'], [1, 0, 1])
     """
 
-    def __init__(self, registry_key: str, obs_key: str | None, summary_key: str):
+    def __init__(self, registry_key: str, attr_key: str | None = None, summary_key: str | None = None):
         super().__init__(registry_key)
-        if obs_key is not None and not isinstance(obs_key, str):
-            raise TypeError(f"obs_key must be a string or None, got {obs_key!r}.")
-        self.obs_key = obs_key
-        self.summary_key = summary_key
+        if attr_key is not None and not isinstance(attr_key, str):
+            raise TypeError(f"attr_key (the obs column) must be a string or None, got {attr_key!r}.")
+        self.obs_key = attr_key
+        self.summary_key = f"n_{registry_key}" if summary_key is None else summary_key
+
+    @property
+    def attr_key(self) -> str | None:
+        return self.obs_key
 
     @property
     def is_empty(self) -> bool:
         return False
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "categorical_mapping": _typed_categories(state["categories"]),
+            "original_key": state["obs_key"],
+        }
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
+        return self.get_array(adata, state).reshape(-1, 1)
 
     def register(self, adata: AnnData) -> dict[str, Any]:
         if self.obs_key is None:
@@ -113,6 +127,9 @@ class NumericalObsField(BaseField):
         Column of ``adata.obs``. None leaves the field empty (state ``{}``, no array).
     positive
         Whether every value must be strictly positive, as size factors must.
+    required
+        Accepted for scvi-tools' signature. pyrovi's models pass None for an optional column (the
+        field is then empty), so None is always accepted.
 
     Notes
     -----
@@ -129,12 +146,24 @@ class NumericalObsField(BaseField):
     [1.0, 2.5]
     """
 
-    def __init__(self, registry_key: str, obs_key: str | None, positive: bool = False):
+    def __init__(self, registry_key: str, attr_key: str | None = None, positive: bool = False, required: bool = True):
         super().__init__(registry_key)
-        if obs_key is not None and not isinstance(obs_key, str):
-            raise TypeError(f"obs_key must be a string or None, got {obs_key!r}.")
-        self.obs_key = obs_key
+        if attr_key is not None and not isinstance(attr_key, str):
+            raise TypeError(f"attr_key (the obs column) must be a string or None, got {attr_key!r}.")
+        self.obs_key = attr_key
         self.positive = bool(positive)
+
+    @property
+    def attr_key(self) -> str | None:
+        return self.obs_key
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"original_key": state.get("obs_key")}
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
+        column = _get_obs_column(adata, state["obs_key"])
+        self.get_array(adata, state)  # validated as the loader reads it
+        return column.to_numpy().reshape(-1, 1)
 
     @property
     def is_empty(self) -> bool:
@@ -171,6 +200,21 @@ class NumericalObsField(BaseField):
 
     def _values(self, adata: AnnData, obs_key: str) -> np.ndarray:
         return _numeric_values(_get_obs_column(adata, obs_key), _obs_source(obs_key), self.positive)
+
+
+def _typed_categories(categories: list[str]) -> np.ndarray:
+    """The categories as an array, as integers when every one is an integer written out (``"6"`` -> 6).
+
+    Registries keep categories as strings (they survive JSON unchanged); scvi-tools' mappings keep the
+    column's own values, so integer columns compare equal to integers there.
+    """
+    try:
+        as_int = [int(c) for c in categories]
+    except ValueError:
+        return np.asarray(categories, dtype=object)
+    if [str(v) for v in as_int] == list(categories):
+        return np.asarray(as_int)
+    return np.asarray(categories, dtype=object)
 
 
 def _category_rows(categories: list[str], prefix: str = "") -> list[tuple[str, str]]:

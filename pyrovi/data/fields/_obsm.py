@@ -23,13 +23,15 @@ class ObsmField(BaseField):
     ----------
     registry_key
         Key of the field in the registry and in minibatches, e.g. ``"proteins"``.
-    obsm_key
+    attr_key
         Entry of ``adata.obsm``. None leaves the field empty (state ``{}``, no array).
     colnames_uns_key
         Entry of ``adata.uns`` with the column names, for arrays without them. A DataFrame's own columns
         always take precedence.
     is_count_data
         Whether every value must be a finite, non-negative integer. Otherwise values only need to be finite.
+    correct_data_format
+        Accepted for scvi-tools' signature; pyrovi reads any layout without modifying the AnnData.
 
     Notes
     -----
@@ -52,19 +54,34 @@ class ObsmField(BaseField):
     (['CD3', 'CD4'], {'n_proteins': 2})
     """
 
+    attr_name = "obsm"
+
     def __init__(
         self,
         registry_key: str,
-        obsm_key: str | None,
+        attr_key: str | None = None,
         colnames_uns_key: str | None = None,
         is_count_data: bool = False,
+        correct_data_format: bool = True,
     ):
         super().__init__(registry_key)
-        if obsm_key is not None and not isinstance(obsm_key, str):
-            raise TypeError(f"obsm_key must be a string or None, got {obsm_key!r}.")
-        self.obsm_key = obsm_key
+        if attr_key is not None and not isinstance(attr_key, str):
+            raise TypeError(f"attr_key (the obsm entry) must be a string or None, got {attr_key!r}.")
+        self.obsm_key = attr_key
         self.colnames_uns_key = colnames_uns_key
         self.is_count_data = bool(is_count_data)
+        self.correct_data_format = bool(correct_data_format)
+
+    @property
+    def attr_key(self) -> str | None:
+        return self.obsm_key
+
+    def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"column_names": np.asarray(state.get("column_names", []), dtype=object)}
+
+    def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> Any:
+        """The matrix with the registered columns in their order, dtype and sparsity kept."""
+        return self._aligned(adata, state)
 
     @property
     def is_empty(self) -> bool:
