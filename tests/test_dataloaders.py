@@ -168,7 +168,7 @@ def test_num_workers_default_zero():
         ({"indices": []}, ValueError, "empty"),
         ({"indices": [0.5, 1.0]}, TypeError, "integer row positions"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"sampler": None}, TypeError, "own sampler"),
+        ({"batch_sampler": None}, TypeError, "own sampler"),
     ],
 )
 def test_clear_errors(kwargs, error, match):

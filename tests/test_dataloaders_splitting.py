@@ -65,9 +65,10 @@ def test_seeded_split_is_reproducible():
 
 
 def test_unshuffled_split_is_in_order():
+    # scvi-tools' order: validation cells first, then training, then test
     splitter = DataSplitter(FakeManager(20), train_size=0.5, validation_size=0.25, shuffle_set_split=False)
-    np.testing.assert_array_equal(splitter.train_idx, np.arange(10))
-    np.testing.assert_array_equal(splitter.val_idx, np.arange(10, 15))
+    np.testing.assert_array_equal(splitter.val_idx, np.arange(5))
+    np.testing.assert_array_equal(splitter.train_idx, np.arange(5, 15))
     np.testing.assert_array_equal(splitter.test_idx, np.arange(15, 20))
 
 
@@ -87,7 +88,7 @@ def test_explicit_indices():
     [
         ({"train_size": 0.0}, ValueError, "train_size"),
         ({"train_size": 1.2}, ValueError, "train_size"),
-        ({"train_size": 0.8, "validation_size": 0.3}, ValueError, "must not exceed 1"),
+        ({"train_size": 0.8, "validation_size": 0.3}, ValueError, "must be between 0 and 1"),
         ({"validation_size": -0.1}, ValueError, "validation_size"),
         ({"train_idx": [0, 1], "val_idx": [1, 2]}, ValueError, "disjoint"),
         ({"train_idx": [0, 99]}, IndexError, "must lie in"),

@@ -6,6 +6,6 @@ training, validation and test sets and serves a loader for each to Lightning.
 """
 
 from ._ann_dataloader import AnnDataLoader
-from ._data_splitting import DataSplitter
+from ._data_splitting import DataSplitter, SemiSupervisedDataSplitter, SplitIndexWarning
 
-__all__ = ["AnnDataLoader", "DataSplitter"]
+__all__ = ["AnnDataLoader", "DataSplitter", "SemiSupervisedDataSplitter", "SplitIndexWarning"]

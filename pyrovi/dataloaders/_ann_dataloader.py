@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -16,7 +17,12 @@ from pyrovi._settings import settings
 from ._minibatch_dataset import _MinibatchDataset
 
 # The loader builds its own sampler and collation around whole-minibatch access; these would undo it.
-_RESERVED_KWARGS = ("sampler", "batch_sampler", "collate_fn", "generator")
+_RESERVED_KWARGS = ("batch_sampler", "collate_fn", "generator")
+
+
+def _to_numpy(batch: dict[str, Any]) -> dict[str, Any]:
+    """A minibatch of tensors as numpy arrays (``iter_ndarray=True``); a module-level function, so it pickles."""
+    return {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def _n_cells(adata_manager: Any) -> int:
@@ -170,6 +176,16 @@ class AnnDataLoader(DataLoader):
         Move every registered array to this device once (e.g. ``"cuda"``) and gather minibatches there:
         no host-to-device copy per minibatch. The arrays must fit in the device's memory (sparse counts
         stay sparse); the data must not be backed.
+    sampler
+        A sampler of minibatches, as scvi-tools takes it: iterating it yields lists (or arrays) of positions
+        into ``indices``. It replaces ``shuffle``, ``drop_last`` and the sharding.
+    iter_ndarray
+        Yield numpy arrays instead of torch tensors.
+    distributed_sampler
+        Shard the cells over the processes of the initialised ``torch.distributed`` group (sets
+        ``num_replicas`` and ``rank`` from it).
+    load_sparse_tensor
+        Serve every sparse registered array as torch sparse CSR tensors (as ``sparse_keys`` does for some).
     **kwargs
         Passed to :class:`torch.utils.data.DataLoader`, e.g. ``num_workers`` (default 0) or ``pin_memory``.
 
@@ -200,6 +216,10 @@ class AnnDataLoader(DataLoader):
         rank: int = 0,
         device: str | torch.device | None = None,
         sparse_keys: Sequence[str] = (),
+        sampler: Any = None,
+        iter_ndarray: bool = False,
+        distributed_sampler: bool = False,
+        load_sparse_tensor: bool = False,
         **kwargs: Any,
     ):
         reserved = [key for key in _RESERVED_KWARGS if key in kwargs]
@@ -220,8 +240,25 @@ class AnnDataLoader(DataLoader):
         self.minibatch_size = int(batch_size)
         arrays = _select_arrays(dict(adata_manager.get_arrays()), data_and_attributes, n_cells)
         self.data_and_attributes = list(arrays)
+        if load_sparse_tensor:
+            sparse_keys = list(sparse_keys) + [
+                key for key, array in arrays.items() if sp.issparse(array) and key not in sparse_keys
+            ]
         dataset = _MinibatchDataset(arrays, self.indices, device=device, sparse_keys=sparse_keys)
+        if iter_ndarray:
+            kwargs["collate_fn"] = _to_numpy
+        if distributed_sampler:
+            if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+                raise RuntimeError(
+                    "distributed_sampler=True needs an initialised torch.distributed process group (as under a "
+                    "Lightning DDP strategy); without one, leave it False."
+                )
+            num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
 
+        if sampler is not None:
+            kwargs.setdefault("num_workers", 0)
+            super().__init__(dataset, sampler=sampler, batch_size=None, **kwargs)
+            return
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}.")
         if num_replicas > 1:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 
+from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
 
 from ._ann_dataloader import AnnDataLoader, _n_cells
@@ -27,17 +28,52 @@ def _round_count(value: float, how: str) -> int:
 
 
 def _validate_sizes(train_size: float, validation_size: float | None) -> None:
+    # The messages are scvi-tools' own, word for word: code written for it compares them.
     if not 0.0 < train_size <= 1.0:
-        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
+        raise ValueError("Invalid train_size. Must be: 0 < train_size <= 1")
     if validation_size is None:
         return
     if not 0.0 <= validation_size < 1.0:
-        raise ValueError(f"validation_size must be in [0, 1) or None, got {validation_size}.")
+        raise ValueError("Invalid validation_size. Must be 0 <= validation_size < 1")
     if train_size + validation_size > 1.0 + 1e-8:
+        raise ValueError("train_size + validation_size must be between 0 and 1")
+
+
+class SplitIndexWarning(ValueError, UserWarning):
+    """Explicit split indices (``external_indexing``) that repeat or leave out cells.
+
+    Both a :class:`ValueError` and a :class:`UserWarning`: scvi-tools raises a bare ``Warning`` here, so
+    code written for it catches ``Warning``; it is raised, never merely warned.
+
+    Examples
+    --------
+    >>> issubclass(SplitIndexWarning, ValueError) and issubclass(SplitIndexWarning, Warning)
+    True
+    """
+
+
+def _check_external_indexing(external_indexing: Any, n_cells: int) -> list[np.ndarray]:
+    """``[train, val, test]`` row positions from ``external_indexing`` (missing sets empty), validated."""
+    if not isinstance(external_indexing, list):
+        raise ValueError("External indexing is not of list type")
+    if len(external_indexing) > 3:
         raise ValueError(
-            f"train_size + validation_size must not exceed 1, got {train_size} + {validation_size} = "
-            f"{train_size + validation_size}; lower one of them (the rest of the cells form the test set)."
+            f"external_indexing holds {len(external_indexing)} arrays; give at most 3: [train, validation, test]."
         )
+    parts = list(external_indexing) + [None] * (3 - len(external_indexing))
+    parts = [np.array([], dtype=np.int64) if part is None else part for part in parts]
+    if not all(isinstance(part, np.ndarray) for part in parts):
+        raise ValueError("One of the given external indexing arrays is not a np.array")
+    for name, part in zip(("train", "valid", "test"), parts):
+        if np.unique(part).size < part.size:
+            raise SplitIndexWarning(f"There are duplicate indexing in {name} set")
+    unique = [set(part.tolist()) for part in parts]
+    if sum(len(part) for part in unique) < n_cells:
+        raise SplitIndexWarning("There are missing indices please fix or remove those lines")
+    for (a, b), (name_a, name_b) in zip(((0, 1), (0, 2), (2, 1)), (("train", "valid"), ("train", "test"), ("test", "valid"))):
+        if unique[a] & unique[b]:
+            raise ValueError(f"There are overlapping indexing between {name_a} and {name_b} sets")
+    return [_check_explicit(name, part, n_cells) for name, part in zip(("train_idx", "val_idx", "test_idx"), parts)]
 
 
 def _split_sizes(n_cells: int, train_size: float, validation_size: float | None) -> tuple[int, int]:
@@ -63,10 +99,11 @@ class DataSplitter(LightningDataModule):
     """Training, validation and test loaders over one registered AnnData.
 
     The split is computed at construction, so ``train_idx``, ``val_idx`` and ``test_idx`` can be read (and
-    saved with a model) right away. With ``n`` cells, ``ceil(train_size * n)`` cells train; the validation
-    set holds the rest, or ``floor(validation_size * n)`` cells when ``validation_size`` is given, in which
-    case the remaining cells form the test set. Cells are assigned from a permutation seeded with ``seed``
-    when ``shuffle_set_split``, else in their AnnData order.
+    saved with a model) right away; :meth:`setup`, which Lightning calls, keeps it. With ``n`` cells,
+    ``ceil(train_size * n)`` cells train; the validation set holds the rest, or ``floor(validation_size * n)``
+    cells when ``validation_size`` is given, in which case the remaining cells form the test set. Cells are
+    assigned from a permutation seeded with ``seed`` when ``shuffle_set_split``; otherwise in their AnnData
+    order, validation cells first, then training, then test cells (scvi-tools' order).
 
     Under a distributed strategy (``trainer.world_size > 1``) every loader serves only this process's
     share of its cells (see ``num_replicas`` in :class:`~pyrovi.dataloaders.AnnDataLoader`); pyrovi's
@@ -77,11 +114,20 @@ class DataSplitter(LightningDataModule):
     adata_manager
         Any object with ``get_arrays()`` and ``summary_stats["n_cells"]``, e.g. a model's ``AnnDataManager``.
     train_size
-        Fraction of cells in the training set, in (0, 1].
+        Fraction of cells in the training set, in (0, 1]; ``None`` means 0.9.
     validation_size
         Fraction of cells in the validation set; all cells not used for training when ``None``.
     shuffle_set_split
         Assign cells to sets at random (seeded) rather than in order.
+    load_sparse_tensor
+        Serve sparse counts as torch sparse CSR tensors, densified once moved to the device (less host to
+        device traffic for very sparse data).
+    pin_memory
+        Copy minibatches into pinned memory (faster copies to a GPU).
+    external_indexing
+        ``[train, validation, test]`` row positions (numpy arrays; the last ones may be omitted or None),
+        as scvi-tools takes them. Together they must cover every cell, without repeats or overlaps;
+        ``train_size``, ``validation_size`` and ``shuffle_set_split`` are then ignored.
     batch_size
         Cells per minibatch; ``pyrovi.settings.batch_size`` when ``None``.
     seed
@@ -117,12 +163,15 @@ class DataSplitter(LightningDataModule):
     def __init__(
         self,
         adata_manager: Any,
-        train_size: float = 0.9,
+        train_size: float | None = 0.9,
         validation_size: float | None = None,
         shuffle_set_split: bool = True,
+        load_sparse_tensor: bool = False,
+        pin_memory: bool = False,
+        external_indexing: list[np.ndarray | None] | None = None,
+        *,
         batch_size: int | None = None,
         seed: int | None = None,
-        *,
         train_idx: Sequence[int] | np.ndarray | None = None,
         val_idx: Sequence[int] | np.ndarray | None = None,
         test_idx: Sequence[int] | np.ndarray | None = None,
@@ -136,7 +185,10 @@ class DataSplitter(LightningDataModule):
                 "remove the 'shuffle' argument."
             )
         self.adata_manager = adata_manager
-        self.train_size = float(train_size)
+        self.train_size = 0.9 if train_size is None else float(train_size)
+        self.load_sparse_tensor = bool(load_sparse_tensor)
+        self.pin_memory = bool(pin_memory)
+        self.external_indexing = external_indexing
         self.validation_size = None if validation_size is None else float(validation_size)
         self.shuffle_set_split = shuffle_set_split
         self.batch_size = settings.batch_size if batch_size is None else int(batch_size)
@@ -147,7 +199,11 @@ class DataSplitter(LightningDataModule):
         self.load_data_on_device = load_data_on_device
 
         n_cells = _n_cells(adata_manager)
-        if train_idx is not None:
+        if external_indexing is not None:
+            if train_idx is not None or val_idx is not None or test_idx is not None:
+                raise ValueError("Pass either external_indexing or train_idx/val_idx/test_idx, not both.")
+            self._use_explicit(*_check_external_indexing(external_indexing, n_cells), n_cells)
+        elif train_idx is not None:
             self._use_explicit(train_idx, val_idx, test_idx, n_cells)
         elif val_idx is not None or test_idx is not None:
             raise ValueError("val_idx and test_idx need train_idx too; pass all the sets of the split.")
@@ -178,9 +234,13 @@ class DataSplitter(LightningDataModule):
         else:
             order = np.arange(n_cells)
         order = order.astype(np.int64)
-        self.train_idx = order[:n_train]
-        self.val_idx = order[n_train : n_train + n_val]
-        self.test_idx = order[n_train + n_val :]
+        # validation cells first, then training, then test: scvi-tools' order (visible when not shuffled)
+        self.val_idx = order[:n_val]
+        self.train_idx = order[n_val : n_val + n_train]
+        self.test_idx = order[n_val + n_train :]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Called by Lightning before loading; the split was made at construction and is kept."""
 
     def _use_explicit(self, train_idx, val_idx, test_idx, n_cells: int) -> None:
         self.train_idx = _check_explicit("train_idx", train_idx, n_cells)
@@ -229,8 +289,25 @@ class DataSplitter(LightningDataModule):
                 return {}
         return {"device": device}
 
+    def _sparse(self) -> dict[str, Any]:
+        """Loader options of ``load_sparse_tensor`` and ``pin_memory``."""
+        options: dict[str, Any] = {}
+        if self.pin_memory:
+            options["pin_memory"] = True
+        if self.load_sparse_tensor:
+            options["load_sparse_tensor"] = True
+        return options
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """With ``load_sparse_tensor``, densify the sparse tensors once they are on the device."""
+        if self.load_sparse_tensor:
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor) and value.layout in (torch.sparse_csr, torch.sparse_csc):
+                    batch[key] = value.to_dense()
+        return batch
+
     def _loader(self, indices: np.ndarray, **kwargs: Any) -> AnnDataLoader:
-        options = {**self._shard(), **self._device(), **self.loader_kwargs, **kwargs}
+        options = {**self._shard(), **self._device(), **self._sparse(), **self.loader_kwargs, **kwargs}
         return AnnDataLoader(
             self.adata_manager, indices=indices, batch_size=self.batch_size, seed=self.seed, **options
         )
@@ -258,3 +335,84 @@ class DataSplitter(LightningDataModule):
         if self.n_test == 0:
             return []
         return self._loader(self.test_idx, shuffle=False, drop_last=False)
+
+
+class SemiSupervisedDataSplitter(DataSplitter):
+    """A :class:`DataSplitter` that splits labelled and unlabelled cells separately, keeping their ratio.
+
+    The cells whose label is the registered unlabeled category (a
+    :class:`~pyrovi.data.LabelsWithUnlabeledObsField`) and the other cells are each split with
+    ``train_size``/``validation_size``; each set then holds both kinds in the proportions of the data.
+    Without an unlabeled category every cell counts as labelled, and the split is :class:`DataSplitter`'s.
+
+    Parameters
+    ----------
+    adata_manager
+        A registered manager with a ``"labels"`` field.
+    train_size, validation_size, shuffle_set_split, pin_memory, external_indexing
+        As for :class:`DataSplitter`.
+    n_samples_per_label
+        scvi-tools' per-label subsampling of labelled cells in each minibatch; not implemented yet (only
+        None is accepted).
+    **kwargs
+        As for :class:`DataSplitter` (``batch_size``, ``seed``, loader options).
+
+    Examples
+    --------
+    >>> splitter = SemiSupervisedDataSplitter(manager, train_size=0.8)  # doctest: +SKIP
+    >>> splitter.train_idx.size  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        adata_manager: Any,
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        n_samples_per_label: int | None = None,
+        pin_memory: bool = False,
+        external_indexing: list[np.ndarray | None] | None = None,
+        **kwargs: Any,
+    ):
+        if n_samples_per_label is not None:
+            raise NotImplementedError(
+                "n_samples_per_label (per-label subsampling of each minibatch) is not implemented in pyrovi yet; "
+                "leave it None: minibatches are drawn uniformly from the training cells."
+            )
+        self._unlabeled = _unlabeled_mask(adata_manager)
+        super().__init__(
+            adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            shuffle_set_split=shuffle_set_split,
+            pin_memory=pin_memory,
+            external_indexing=external_indexing,
+            **kwargs,
+        )
+
+    def _split(self, n_cells: int) -> None:
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for group in (np.flatnonzero(~self._unlabeled), np.flatnonzero(self._unlabeled)):
+            if group.size == 0:
+                continue
+            n_train, n_val = _split_sizes(group.size, self.train_size, self.validation_size)
+            if self.shuffle_set_split:
+                group = group[np.random.default_rng(self.seed).permutation(group.size)]
+            parts.append((group[n_val : n_val + n_train], group[:n_val], group[n_val + n_train :]))
+        self.train_idx, self.val_idx, self.test_idx = (
+            np.concatenate([part[i] for part in parts]).astype(np.int64) for i in range(3)
+        )
+
+
+def _unlabeled_mask(adata_manager: Any) -> np.ndarray:
+    """Which cells carry the registered unlabeled category (all False without one)."""
+    n_cells = _n_cells(adata_manager)
+    try:
+        state = adata_manager.get_state(REGISTRY_KEYS.LABELS_KEY)
+    except (AttributeError, KeyError):
+        return np.zeros(n_cells, dtype=bool)
+    unlabeled = state.get("unlabeled_category")
+    if unlabeled is None or unlabeled not in state.get("categories", []):
+        return np.zeros(n_cells, dtype=bool)
+    codes = np.asarray(adata_manager.get_array(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+    return codes == state["categories"].index(unlabeled)
