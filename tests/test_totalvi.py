@@ -255,9 +255,9 @@ def test_setup_mudata():
     prot = anndata.AnnData(proteins.to_numpy(), obs=rna.obs[[]].copy())
     prot.var_names = list(proteins.columns)
     mdata = mudata.MuData({"rna": rna, "adt": prot})
-    registered = TOTALVI.setup_mudata(mdata, batch_key="batch", modalities={"protein": "adt"})
-    assert registered.obsm["protein_expression"].shape == (60, 4)
-    model = TOTALVI(registered, n_latent=2, n_hidden=16)
+    # the short form of earlier versions ({"protein": ...}) is still accepted; the MuData itself is set up
+    assert TOTALVI.setup_mudata(mdata, batch_key="batch", modalities={"protein": "adt"}) is None
+    model = TOTALVI(mdata, n_latent=2, n_hidden=16)
     assert model.protein_names == list(proteins.columns)
     with pytest.raises(ValueError, match="modality"):
         TOTALVI.setup_mudata(mdata, modalities={"protein": "missing"})

@@ -12,13 +12,21 @@ from anndata import AnnData
 
 from .._constants import REGISTRY_KEYS
 from ..data import (
+    AnnDataManager,
     CategoricalJointObsField,
     CategoricalObsField,
     LayerField,
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+    MuDataNumericalJointObsField,
+    MuDataNumericalObsField,
+    MuDataProteinLayerField,
     NumericalJointObsField,
     NumericalObsField,
     ObsmField,
 )
+from ..data.fields._mudata import _is_mudata
 from ..module import TOTALVAE
 from ..module.base import GlobalGuide
 from ..module.priors import LatentPrior
@@ -183,57 +191,58 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
         modalities: dict[str, str] | None = None,
-    ) -> AnnData:
-        """Set up a MuData of RNA and protein modalities; returns the AnnData to give to :class:`TOTALVI`.
+    ) -> None:
+        """Set up a MuData of RNA and protein modalities for :class:`TOTALVI`; then ``TOTALVI(mdata)``.
 
-        pyrovi's data layer reads AnnData: the RNA modality is copied into a new AnnData whose
-        ``obsm["protein_expression"]`` holds the protein counts (a DataFrame named by the protein
-        modality's ``var_names``) and whose ``obs`` joins the MuData's global ``obs`` columns; that AnnData
-        is set up and returned. The MuData itself is not modified. Needs ``pip install 'pyrovi[mudata]'``.
+        The registry is stored in ``mdata.uns`` (the only change made to the MuData): the RNA counts are read
+        from one modality, the protein counts (named by that modality's ``var_names``) from another, and each
+        obs column from the modality ``modalities`` names for it. Every query then takes the MuData (or
+        another MuData with the same modalities) as ``adata``. Needs ``pip install 'pyrovi[mudata]'``.
 
         Parameters
         ----------
         mdata
-            A ``mudata.MuData`` with the same cells in both modalities.
+            A ``mudata.MuData`` whose RNA and protein modalities hold the same cells.
         rna_layer, protein_layer
             Layers of the modalities holding raw counts (default ``X``).
         batch_key, size_factor_key, categorical_covariate_keys, continuous_covariate_keys
-            Columns of the RNA modality's ``obs`` or of the MuData's ``obs``.
+            Columns of the ``obs`` of the modality named for them in ``modalities``, or of the MuData's own
+            ``obs`` when it names none (a column found only in the RNA modality's ``obs`` is read there).
         modalities
-            Names of the modalities: ``{"rna": ..., "protein": ...}`` (default ``"rna"`` and ``"prot"``).
+            Which modality holds each piece, under the argument's name: ``{"rna_layer": "rna",
+            "protein_layer": "prot", "batch_key": "rna", "size_factor_key": "rna", ...}``.
+            ``rna_layer`` and ``protein_layer`` default to ``"rna"`` and ``"prot"``. The short form
+            ``{"rna": ..., "protein": ...}`` of earlier pyrovi versions is accepted too.
 
         Examples
         --------
-        >>> adata = TOTALVI.setup_mudata(mdata, batch_key="batch", modalities={"rna": "rna", "protein": "adt"})  # doctest: +SKIP
-        >>> model = TOTALVI(adata)  # doctest: +SKIP
+        >>> TOTALVI.setup_mudata(
+        ...     mdata, batch_key="batch",
+        ...     modalities={"rna_layer": "rna", "protein_layer": "prot", "batch_key": "rna"},
+        ... )  # doctest: +SKIP
+        >>> model = TOTALVI(mdata)  # doctest: +SKIP
         """
-        names = {"rna": "rna", "protein": "prot", **(modalities or {})}
-        missing = [name for name in (names["rna"], names["protein"]) if name not in mdata.mod]
-        if missing:
-            raise ValueError(f"MuData has no modality {missing}; it has {list(mdata.mod)}. Pass modalities=....")
-        rna, protein = mdata.mod[names["rna"]], mdata.mod[names["protein"]]
-        if not rna.obs_names.equals(protein.obs_names):
-            raise ValueError("The RNA and protein modalities must hold the same cells in the same order.")
-        counts = protein.layers[protein_layer] if protein_layer else protein.X
-        counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
-        adata = rna.copy()
-        prefixes = tuple(f"{name}:" for name in mdata.mod)  # per-modality copies of obs columns
-        extra = [c for c in mdata.obs.columns if c not in adata.obs.columns and not c.startswith(prefixes)]
-        for column in extra:
-            adata.obs[column] = mdata.obs.loc[adata.obs_names, column].to_numpy()
-        adata.obsm["protein_expression"] = pd.DataFrame(
-            counts, index=adata.obs_names, columns=[str(v) for v in protein.var_names]
-        )
-        cls.setup_anndata(
-            adata,
-            "protein_expression",
-            batch_key=batch_key,
-            layer=rna_layer,
-            size_factor_key=size_factor_key,
-            categorical_covariate_keys=categorical_covariate_keys,
-            continuous_covariate_keys=continuous_covariate_keys,
-        )
-        return adata
+        if not _is_mudata(mdata):
+            raise TypeError(
+                f"setup_mudata takes a mudata.MuData, got {type(mdata).__name__}. For an AnnData with the proteins "
+                "in obsm use TOTALVI.setup_anndata(adata, protein_expression_obsm_key=...)."
+            )
+        setup_args = {
+            "rna_layer": rna_layer,
+            "protein_layer": protein_layer,
+            "batch_key": batch_key,
+            "size_factor_key": size_factor_key,
+            "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
+            "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+        }
+        setup_args["modalities"] = _resolve_modalities(mdata, modalities, setup_args)
+        cls._register(mdata, setup_args)
+
+    @classmethod
+    def _manager(cls, setup_args: dict[str, Any]) -> AnnDataManager:
+        if "modalities" not in setup_args:
+            return super()._manager(setup_args)
+        return AnnDataManager(_mudata_fields(**setup_args), setup_args, cls.__name__)
 
     @classmethod
     def _anndata_fields(
@@ -519,3 +528,75 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         if n_samples == 1:
             rna, protein = rna[None], protein[None]
         return np.concatenate([rna, protein], axis=-1)
+
+_MUDATA_OBS_ARGS = ("batch_key", "size_factor_key", "categorical_covariate_keys", "continuous_covariate_keys")
+
+
+def _resolve_modalities(mdata: Any, modalities: dict[str, str] | None, setup_args: dict[str, Any]) -> dict[str, Any]:
+    """The modality of each setup argument (None: the MuData's obs), checked against ``mdata.mod``."""
+    given = dict(modalities or {})
+    legacy = {"rna": "rna_layer", "protein": "protein_layer"}
+    for old, new in legacy.items():
+        if old in given:
+            given.setdefault(new, given.pop(old))
+    known = {"rna_layer", "protein_layer", *_MUDATA_OBS_ARGS}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(
+            f"modalities has unknown key(s) {unknown}; its keys are setup_mudata's argument names: {sorted(known)}."
+        )
+    resolved: dict[str, Any] = {"rna_layer": given.get("rna_layer", "rna"), "protein_layer": given.get("protein_layer", "prot")}
+    if resolved["rna_layer"] == resolved["protein_layer"]:
+        raise ValueError(
+            f"modalities names the modality {resolved['rna_layer']!r} for both the RNA and the proteins; give each "
+            "its own, e.g. modalities={'rna_layer': 'rna', 'protein_layer': 'prot'}."
+        )
+    for name in _MUDATA_OBS_ARGS:
+        mod = given.get(name)
+        keys = setup_args[name]
+        if mod is None and keys is not None:
+            # not named: the MuData's own obs, or the RNA modality's when only it has the column(s)
+            columns = [keys] if isinstance(keys, str) else list(keys)
+            rna = mdata.mod.get(resolved["rna_layer"]) if resolved["rna_layer"] in mdata.mod else None
+            if rna is not None and any(c not in mdata.obs.columns for c in columns) and all(
+                c in rna.obs.columns for c in columns
+            ):
+                mod = resolved["rna_layer"]
+        resolved[name] = mod
+    missing = sorted({m for m in resolved.values() if m is not None and m not in mdata.mod})
+    if missing:
+        raise ValueError(
+            f"The MuData has no modality {missing} (named in modalities); its modalities are {list(mdata.mod)}. "
+            "Pass e.g. modalities={'rna_layer': 'rna', 'protein_layer': 'prot', 'batch_key': 'rna'} with your names."
+        )
+    return resolved
+
+
+def _mudata_fields(
+    modalities: dict[str, Any],
+    rna_layer: str | None = None,
+    protein_layer: str | None = None,
+    batch_key: str | None = None,
+    size_factor_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+) -> list:
+    """TOTALVI's fields on a MuData: the same registry keys as its AnnData fields, read from the modalities."""
+    batch = MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities["batch_key"])
+    return [
+        MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=modalities["rna_layer"], is_count_data=True),
+        MuDataProteinLayerField(
+            REGISTRY_KEYS.PROTEIN_EXP_KEY, protein_layer, mod_key=modalities["protein_layer"], batch_field=batch
+        ),
+        batch,
+        MuDataCategoricalObsField(REGISTRY_KEYS.LABELS_KEY, None),
+        MuDataNumericalObsField(
+            REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, mod_key=modalities["size_factor_key"], positive=True
+        ),
+        MuDataCategoricalJointObsField(
+            REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=modalities["categorical_covariate_keys"]
+        ),
+        MuDataNumericalJointObsField(
+            REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys, mod_key=modalities["continuous_covariate_keys"]
+        ),
+    ]
