@@ -1,7 +1,8 @@
 """Training: one generic SVI :class:`TrainingPlan` run by a Lightning :class:`Trainer`."""
 
-from ._callbacks import EpochProgressBar, HistoryLogger
+from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger
 from ._checkpoint import SafeCheckpointIO
+from ._elbo import SplitTraceMeanField_ELBO
 from ._em import ExpectationMaximization, ExpectationStep
 from ._trainer import Trainer
 from ._trainingplan import TrainingPlan
@@ -14,4 +15,6 @@ __all__ = [
     "ExpectationMaximization",
     "ExpectationStep",
     "SafeCheckpointIO",
+    "EarlyStoppingWithWarmup",
+    "SplitTraceMeanField_ELBO",
 ]

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
 import lightning.pytorch as pl
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 
 _PACKED_PREFIX = "_pyrovi_history/"
+_logger = logging.getLogger("pyrovi")
+
+
+def _is_step_key(key: str) -> bool:
+    """Whether a history key is indexed by optimiser step (step-level metrics, learning-rate monitors)."""
+    return key.endswith("_step") or key.startswith("lr-")
 
 
 class HistoryLogger(Logger):
-    """Collect every epoch-level metric into ``{metric: {epoch: value}}``.
+    """Collect every metric into ``{metric: {epoch or step: value}}``.
 
-    :meth:`history` turns it into scvi-tools' layout: one DataFrame per metric, indexed by epoch.
+    :meth:`history` turns it into scvi-tools' layout: one DataFrame per metric, indexed by epoch (index
+    name ``"epoch"``), or by global step for step-level metrics (keys ending in ``_step``, and metrics logged
+    without an epoch, such as :class:`~lightning.pytorch.callbacks.LearningRateMonitor`'s ``lr-Adam``; index
+    name ``"step"``).
 
     Examples
     --------
@@ -32,6 +43,7 @@ class HistoryLogger(Logger):
     def __init__(self) -> None:
         super().__init__()
         self._metrics: dict[str, dict[int, float]] = defaultdict(dict)
+        self._step_keys: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -52,11 +64,16 @@ class HistoryLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        epoch = int(metrics.get("epoch", step or 0))
+        epoch = metrics.get("epoch")
         for key, value in metrics.items():
             if key == "epoch":
                 continue
-            self._metrics[key][epoch] = float(value.item() if torch.is_tensor(value) else value)
+            if epoch is None or key.endswith("_step"):
+                index = int(step or 0)
+                self._step_keys.add(key)
+            else:
+                index = int(epoch)
+            self._metrics[key][index] = float(value.item() if torch.is_tensor(value) else value)
 
     # A spawned data-parallel run (strategy="ddp_spawn") logs in worker processes and sends back only
     # the weights and ``trainer.callback_metrics`` (as tensors, loaded with weights_only=True). The
@@ -74,14 +91,17 @@ class HistoryLogger(Logger):
         if self._metrics:
             return
         for key, rows in packed.items():
-            self._metrics[key[len(_PACKED_PREFIX):]] = {int(e): float(v) for e, v in rows.tolist()}
+            name = key[len(_PACKED_PREFIX):]
+            self._metrics[name] = {int(e): float(v) for e, v in rows.tolist()}
+            if _is_step_key(name):
+                self._step_keys.add(name)
 
     def history(self) -> dict[str, pd.DataFrame]:
-        """One DataFrame per metric, indexed by epoch."""
+        """One DataFrame per metric, indexed by epoch (or by step for step-level metrics)."""
         out = {}
         for key, values in self._metrics.items():
             frame = pd.DataFrame({key: pd.Series(values, dtype=float)})
-            frame.index.name = "epoch"
+            frame.index.name = "step" if key in self._step_keys or _is_step_key(key) else "epoch"
             out[key] = frame.sort_index()
         return out
 
@@ -157,3 +177,40 @@ class _PackHistory(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self.history_logger.pack_into(trainer.callback_metrics)
+
+
+class EarlyStoppingWithWarmup(EarlyStopping):
+    """Lightning's :class:`~lightning.pytorch.callbacks.EarlyStopping` that starts watching after a warm-up.
+
+    The first ``warmup_epochs`` epochs are not checked (a KL warm-up makes early ELBOs incomparable), and
+    when it stops training it says so, with the best value and its epoch, through the ``pyrovi`` logger.
+
+    Parameters
+    ----------
+    warmup_epochs
+        Epochs to let pass before the first check.
+    **kwargs
+        :class:`~lightning.pytorch.callbacks.EarlyStopping`'s arguments (``monitor``, ``patience``,
+        ``min_delta``, ``mode``...).
+
+    Examples
+    --------
+    >>> EarlyStoppingWithWarmup(monitor="elbo_validation", patience=45, warmup_epochs=20)  # doctest: +SKIP
+    """
+
+    def __init__(self, warmup_epochs: int = 0, **kwargs: Any):
+        if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ValueError(f"early_stopping_warmup_epochs must be a non-negative whole number, got {warmup_epochs!r}.")
+        super().__init__(**kwargs)
+        self.warmup_epochs = int(warmup_epochs)
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        if trainer.current_epoch < self.warmup_epochs:
+            return
+        was_stopping = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.should_stop and not was_stopping and trainer.is_global_zero:
+            _logger.info(
+                "Early stopping at epoch %d: %s did not improve by more than %s for %d checks; best %.6g.",
+                trainer.current_epoch, self.monitor, abs(self.min_delta), self.patience, float(self.best_score),
+            )

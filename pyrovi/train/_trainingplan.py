@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -15,6 +17,7 @@ from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from .._constants import REGISTRY_KEYS
 from .._errors import NumericalFaultError
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
+from ._elbo import SplitTraceMeanField_ELBO
 
 #: history key of the number of optimiser steps skipped in an epoch (``on_nonfinite="skip"``)
 SKIPPED_STEPS_METRIC = "nonfinite_steps_skipped"
@@ -41,6 +44,103 @@ def _kl_weight(
     else:
         progress = 1.0
     return max(min_kl_weight + (max_kl_weight - min_kl_weight) * progress, _MIN_POSITIVE_KL_WEIGHT)
+
+
+def _validate_plan_settings(**values: Any) -> None:
+    """Refuse settings that would fail (or silently misbehave) inside training, naming the fix."""
+    optimizer, creator = values["optimizer"], values["optimizer_creator"]
+    if optimizer == "Custom":
+        if not callable(creator):
+            raise ValueError(
+                "optimizer='Custom' needs optimizer_creator, a callable params -> torch.optim.Optimizer, e.g. "
+                "plan_kwargs={'optimizer': 'Custom', 'optimizer_creator': lambda p: torch.optim.SGD(p, lr=0.01)}."
+            )
+    elif not callable(optimizer) and optimizer not in ("Adam", "AdamW"):
+        raise ValueError(
+            f"optimizer={optimizer!r}: use 'Adam', 'AdamW', 'Custom' (with optimizer_creator) or a callable "
+            "params -> torch.optim.Optimizer."
+        )
+    elif creator is not None:
+        raise ValueError(
+            f"optimizer_creator is used only with optimizer='Custom', but optimizer={optimizer!r}; pass "
+            "optimizer='Custom' too, or drop optimizer_creator."
+        )
+    for name in ("lr", "weight_decay", "eps", "lr_threshold", "lr_min", "min_kl_weight", "max_kl_weight"):
+        value = values[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+    for name in ("n_steps_kl_warmup", "n_epochs_kl_warmup"):
+        value = values[name]
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+            raise ValueError(
+                f"{name} must be None or a non-negative whole number (0 or None: no KL warm-up), got {value!r}."
+            )
+    if values["min_kl_weight"] > values["max_kl_weight"]:
+        raise ValueError(
+            f"min_kl_weight={values['min_kl_weight']} is larger than max_kl_weight={values['max_kl_weight']}; the "
+            "warm-up rises from min_kl_weight to max_kl_weight."
+        )
+    if not 0.0 < values["lr_factor"] < 1.0:
+        raise ValueError(f"lr_factor must lie in (0, 1) (the learning rate is multiplied by it), got {values['lr_factor']!r}.")
+    patience = values["lr_patience"]
+    if isinstance(patience, bool) or int(patience) != patience or patience < 0:
+        raise ValueError(f"lr_patience must be a non-negative whole number of epochs, got {patience!r}.")
+
+
+def _check_loss_kwargs(module: BaseModuleClass, loss_kwargs: dict[str, Any]) -> None:
+    """Extra plan arguments go to the model and guide: refuse those they do not take."""
+    if not loss_kwargs:
+        return
+    accepted: set[str] | None = None  # None: both take any keyword
+    for fn in (module.model, module.guide):
+        parameters = inspect.signature(fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        accepted = set(parameters) if accepted is None else accepted & set(parameters)
+    unknown = [] if accepted is None else sorted(set(loss_kwargs) - accepted)
+    reserved = sorted({"n_obs", "kl_weight", "indices"} & set(loss_kwargs))
+    if reserved:
+        raise TypeError(f"plan_kwargs {reserved}: the training plan sets these itself at every step; remove them.")
+    if unknown:
+        plan_keys = sorted(k for k in inspect.signature(TrainingPlan.__init__).parameters if k not in ("self", "module", "loss_kwargs"))
+        raise TypeError(
+            f"Unknown plan_kwargs {unknown}: neither TrainingPlan ({', '.join(plan_keys)}) nor "
+            f"{type(module).__name__}.model/guide take them."
+        )
+
+
+def _uncompile_networks(module: torch.nn.Module) -> None:
+    """Undo :func:`_compile_networks`: queries after training run the networks eagerly."""
+    for child in module.children():
+        if getattr(child, "_compiled_call_impl", None) is not None:
+            child._compiled_call_impl = None
+
+
+def _compile_networks(module: torch.nn.Module, compile_kwargs: dict[str, Any] | None) -> bool:
+    """``torch.compile`` each neural network of ``module`` in place; ``False`` (with a warning) if it cannot."""
+    kwargs = {"dynamic": False, **(compile_kwargs or {})}
+    compile_fn = getattr(torch, "compile", None)
+    networks = [child for child in module.children() if any(True for _ in child.parameters())]
+    if compile_fn is None or not networks or not hasattr(torch.nn.Module, "compile"):
+        warnings.warn(
+            "compile=True: this torch has no torch.compile (or the module has no networks to compile); training "
+            "runs uncompiled.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return False
+    try:
+        # Compiling the whole Pyro program would break its graph at every effect handler; the networks
+        # (encoders, decoders) are plain torch code. A network that fails to compile runs eagerly.
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        for child in networks:
+            child.compile(**kwargs)
+    except Exception as err:  # noqa: BLE001 (any failure means: train uncompiled)
+        warnings.warn(f"compile=True: torch.compile failed ({err}); training runs uncompiled.", UserWarning, stacklevel=3)
+        return False
+    return True
 
 
 def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
@@ -84,19 +184,36 @@ class TrainingPlan(pl.LightningModule):
     module
         The model/guide pair.
     loss
-        A Pyro ELBO; default :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL where one exists).
+        A Pyro ELBO; default :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL where one exists). A
+        ``TraceMeanField_ELBO`` also reports its reconstruction and KL parts (see History below).
     optimizer
-        ``"Adam"``, ``"AdamW"`` or a callable ``params -> torch.optim.Optimizer``.
+        ``"Adam"``, ``"AdamW"``, ``"Custom"`` (with ``optimizer_creator``) or a callable
+        ``params -> torch.optim.Optimizer``.
+    optimizer_creator
+        With ``optimizer="Custom"``: a callable ``params -> torch.optim.Optimizer``.
     lr, weight_decay, eps
-        Optimiser settings (scvi-tools' defaults).
+        Optimiser settings (scvi-tools' defaults), ignored by a custom optimiser. ``lr=0`` is allowed.
     n_epochs_kl_warmup, n_steps_kl_warmup
-        Length of the linear KL warm-up; steps take precedence when given.
+        Length of the linear KL warm-up (``None`` or 0: no warm-up); steps take precedence when given.
     min_kl_weight, max_kl_weight
         Range of the KL weight.
     reduce_lr_on_plateau
         Reduce the learning rate when ``lr_scheduler_metric`` stops improving.
     lr_factor, lr_patience, lr_threshold, lr_min, lr_scheduler_metric
         Settings of the plateau scheduler.
+    update_only_decoder
+        Optimise only the parameters the generative model uses (decoders, dispersions, learnable priors);
+        the guide's networks (encoders) stay as they are.
+    compile, compile_kwargs
+        Compile the module's neural networks (each child network's ``forward``) with :func:`torch.compile`
+        and these arguments. The Pyro model and guide themselves run eagerly: Pyro's effect handlers do
+        not trace into one graph. Where compilation is unavailable, training goes on uncompiled with a
+        warning.
+    on_step, on_epoch
+        Log metrics per step (every ``log_every_n_steps`` steps, keys ending in ``_step``, indexed by the
+        global step) and per epoch (keys ending in ``_epoch`` when ``on_step`` is set too). Step-level
+        logging reads values on the host, one synchronisation per logged step; the default
+        (``on_step=False``) reads nothing per step.
     log_train_terms
         Also log reconstruction and KL terms on training minibatches (one extra forward pass each).
     validate_distributions
@@ -110,8 +227,20 @@ class TrainingPlan(pl.LightningModule):
         for that step and go on; the number of skipped steps is logged per epoch
         (``history["nonfinite_steps_skipped"]``) and a warning gives the total when training ends.
 
+    **loss_kwargs
+        Further keyword arguments of the module's ``model`` and ``guide`` (given at every step). An argument
+        they do not take is an error.
+
     Notes
     -----
+    History (per cell, epoch means): ``train_loss`` (the optimised loss, with the warm-up weight),
+    ``elbo_train`` (the negative ELBO without warm-up, ``reconstruction_loss_train + kl_local_train +
+    kl_global_train / n_train``), ``reconstruction_loss_train``, ``kl_local_train``, ``kl_global_train``
+    (the KL of global latents, not per cell), the same with ``_validation`` and ``validation_loss``, and
+    ``kl_weight``. The split of the training ELBO comes from the traces of the loss itself (no extra pass);
+    with another Pyro ELBO only ``elbo_train`` and ``train_loss`` are logged for training, and the
+    validation terms take one extra pass.
+
     The finiteness check is one fused norm over all gradients plus the loss, before the optimiser step. On
     the CPU the decision is made on the host (no synchronisation is involved there). On an accelerator with
     the fused Adam/AdamW pyrovi builds, it stays on the device: a faulty step is skipped inside the fused
@@ -131,32 +260,51 @@ class TrainingPlan(pl.LightningModule):
         module: BaseModuleClass,
         *,
         loss: ELBO | None = None,
-        optimizer: Literal["Adam", "AdamW"] | Any = "Adam",
+        optimizer: Literal["Adam", "AdamW", "Custom"] | Callable = "Adam",
+        optimizer_creator: Callable | None = None,
         lr: float = 1e-3,
+        update_only_decoder: bool = False,
         weight_decay: float = 1e-6,
         eps: float = 0.01,
-        n_epochs_kl_warmup: int | None = 400,
         n_steps_kl_warmup: int | None = None,
-        min_kl_weight: float = 0.0,
-        max_kl_weight: float = 1.0,
+        n_epochs_kl_warmup: int | None = 400,
         reduce_lr_on_plateau: bool = False,
         lr_factor: float = 0.6,
         lr_patience: int = 30,
         lr_threshold: float = 0.0,
-        lr_min: float = 0.0,
         lr_scheduler_metric: str = "elbo_validation",
+        lr_min: float = 0.0,
+        max_kl_weight: float = 1.0,
+        min_kl_weight: float = 0.0,
+        compile: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
+        on_step: bool | None = False,
+        on_epoch: bool | None = True,
         log_train_terms: bool = False,
         validate_distributions: bool = False,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        **loss_kwargs: Any,
     ):
         super().__init__()
         if on_nonfinite not in _NONFINITE_MODES:
             raise ValueError(f"on_nonfinite={on_nonfinite!r}: use 'raise' (stop with an error) or 'skip'.")
+        _validate_plan_settings(
+            optimizer=optimizer, optimizer_creator=optimizer_creator, lr=lr, weight_decay=weight_decay, eps=eps,
+            n_steps_kl_warmup=n_steps_kl_warmup, n_epochs_kl_warmup=n_epochs_kl_warmup,
+            min_kl_weight=min_kl_weight, max_kl_weight=max_kl_weight, lr_factor=lr_factor,
+            lr_patience=lr_patience, lr_threshold=lr_threshold, lr_min=lr_min,
+        )
+        _check_loss_kwargs(module, loss_kwargs)
         self.module = module
-        self.loss = loss if loss is not None else TraceMeanField_ELBO()
+        if loss is None:
+            loss = SplitTraceMeanField_ELBO()
+        elif type(loss) is TraceMeanField_ELBO:
+            loss = SplitTraceMeanField_ELBO.from_elbo(loss)  # same estimator, and it reports its parts
+        self.loss = loss
         # The ELBO module only wraps the (bound) model and guide; the parameters are the module's.
         self._elbo = self.loss(module.model, module.guide)
         self.optimizer = optimizer
+        self.optimizer_creator = optimizer_creator
         self.lr, self.weight_decay, self.eps = lr, weight_decay, eps
         self.n_epochs_kl_warmup, self.n_steps_kl_warmup = n_epochs_kl_warmup, n_steps_kl_warmup
         self.min_kl_weight, self.max_kl_weight = min_kl_weight, max_kl_weight
@@ -164,15 +312,26 @@ class TrainingPlan(pl.LightningModule):
         self.lr_factor, self.lr_patience = lr_factor, lr_patience
         self.lr_threshold, self.lr_min = lr_threshold, lr_min
         self.lr_scheduler_metric = lr_scheduler_metric
+        self.update_only_decoder = bool(update_only_decoder)
+        self.on_step, self.on_epoch = bool(on_step), on_epoch is None or bool(on_epoch)
+        self.loss_kwargs = dict(loss_kwargs)
         self.log_train_terms = log_train_terms
         self.validate_distributions = validate_distributions
         self.on_nonfinite = on_nonfinite
+        self.compiled = _compile_networks(module, compile_kwargs) if compile else False
         #: Decide on the device (True), on the host (False), or by device and optimiser (None); tests force it.
         self._check_on_device: bool | None = None
         self._step_loss: torch.Tensor | None = None
         self.n_skipped_steps = 0
         self.n_obs_training: int | None = None
         self.n_obs_validation: int | None = None
+        self._decoder_params: list[torch.nn.Parameter] | None = None
+        self._val_step = 0
+
+    @property
+    def splits_terms(self) -> bool:
+        """Whether the loss reports its reconstruction and KL parts (:class:`SplitTraceMeanField_ELBO`)."""
+        return isinstance(self.loss, SplitTraceMeanField_ELBO)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -198,6 +357,36 @@ class TrainingPlan(pl.LightningModule):
             batch = next(iter(loader), None) if loader else None
             if batch is not None:
                 self._materialise_lazy_parameters(batch)
+                if self.update_only_decoder:
+                    self._decoder_params = self._generative_parameters(batch)
+
+    def _generative_parameters(self, batch: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:
+        """The parameters the model uses given the guide's draws: the decoder side, for ``update_only_decoder``."""
+        device = self.module.device
+        batch = {key: value.to(device) for key, value in batch.items()}
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        training = self.module.training
+        self.module.eval()
+        try:
+            with pyro.validation_enabled(self.validate_distributions):
+                with torch.no_grad():  # the draws carry no gradient back to the guide's parameters
+                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                with torch.enable_grad():
+                    replayed = poutine.replay(self.module.model, trace=guide_trace)
+                    total = poutine.trace(replayed).get_trace(*args, **kwargs).log_prob_sum()
+                    used = torch.autograd.grad(total, params, allow_unused=True)
+        finally:
+            self.module.train(training)
+        decoder = [p for p, g in zip(params, used) if g is not None]
+        if not decoder:
+            raise ValueError("update_only_decoder=True, but the model uses no trainable parameter of its own.")
+        return decoder
+
+    def teardown(self, stage: str) -> None:
+        """Queries after training run the networks eagerly again (``compile=True`` compiled them for training)."""
+        if self.compiled:
+            _uncompile_networks(self.module)
 
     def _materialise_lazy_parameters(self, batch: dict[str, torch.Tensor]) -> None:
         # Pyro creates some parameters (e.g. of autoguides) on first use; run the guide once so they
@@ -217,11 +406,67 @@ class TrainingPlan(pl.LightningModule):
     def _loss(self, batch: dict[str, torch.Tensor], n_obs: int | None, kl_weight: float) -> torch.Tensor:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         n_obs = n_obs or args[0].shape[0]
+        if self.loss_kwargs:
+            kwargs.update(self.loss_kwargs)
         # TraceEnum_ELBO refuses to run without autograd (as in validation): let it, then detach
         grad = torch.enable_grad() if isinstance(self.loss, TraceEnum_ELBO) else contextlib.nullcontext()
         with pyro.validation_enabled(self.validate_distributions), grad:
             loss = self._elbo(*args, n_obs=n_obs, kl_weight=kl_weight, **kwargs) / n_obs
         return loss if torch.is_grad_enabled() else loss.detach()
+
+    def _metric_vector(self, loss: torch.Tensor, n_obs: int) -> torch.Tensor:
+        """``[loss, reconstruction_loss, kl_local, kl_global]`` of the last loss call, per cell (the global KL
+        whole), on the device; ``[loss]`` alone when the loss does not report its parts."""
+        loss = loss.detach().reshape(())
+        if not self.splits_terms or self.loss.last_terms is None:
+            return loss.reshape(1)
+        reconstruction, kl_local, kl_global = self.loss.last_terms
+        parts = [loss]
+        for value, per_cell in ((reconstruction, True), (kl_local, True), (kl_global, False)):
+            if not torch.is_tensor(value):  # no such site: a constant, made without a host-to-device copy
+                value = loss.new_full((), float(value))
+            parts.append(value.to(loss.dtype) / n_obs if per_cell else value.to(loss.dtype))
+        return torch.stack(parts)
+
+    def _named_metrics(self, mode: str, values: Any, n_obs: int | None) -> dict[str, Any]:
+        """History names of a metric vector (tensor entries or floats): scvi-tools' keys for ``mode``."""
+        loss = values[0]
+        metrics = {f"{mode}_loss": loss}
+        if len(values) == 1:
+            metrics[f"elbo_{mode}"] = loss
+            return metrics
+        reconstruction, kl_local, kl_global = values[1], values[2], values[3]
+        # the ELBO without warm-up; validation runs at the full KL weight, where it is the loss itself
+        elbo = loss if mode == "validation" else reconstruction + kl_local + kl_global / max(n_obs or 1, 1)
+        metrics.update({
+            f"elbo_{mode}": elbo,
+            f"reconstruction_loss_{mode}": reconstruction,
+            f"kl_local_{mode}": kl_local,
+            f"kl_global_{mode}": kl_global,
+        })
+        return metrics
+
+    def _log_epoch_metrics(self, metrics: dict[str, Any], prog_bar: tuple[str, ...] = ()) -> None:
+        """Epoch means: to the history (``_epoch`` suffix with ``on_step``), and always to ``callback_metrics``
+        under the plain name, which early stopping, schedulers and the progress bar read."""
+        for name, value in metrics.items():
+            options = {"on_epoch": True, "on_step": False, "sync_dist": True, "prog_bar": name in prog_bar}
+            if self.on_step or not self.on_epoch:
+                self.log(name, value, logger=False, **options)
+                if self.on_epoch:
+                    self.log(f"{name}_epoch", value, **{**options, "prog_bar": False})
+            else:
+                self.log(name, value, **options)
+
+    def _log_step_metrics(self, mode: str, vector: torch.Tensor, n_obs: int | None, step: int) -> None:
+        """Step values (``on_step=True``) straight to the loggers: one host read for the whole vector."""
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        metrics = self._named_metrics(mode, vector.tolist(), n_obs)
+        named = {f"{name}_step": float(value) for name, value in metrics.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(named, step=step)
 
     def _log_terms(self, batch: dict[str, torch.Tensor], suffix: str) -> None:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
@@ -270,11 +515,14 @@ class TrainingPlan(pl.LightningModule):
         loss = self._loss(batch, self.n_obs_training, kl_weight)
         self._step_loss = loss.detach()
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        # added to the epoch's training loss once the step is known to be finite (on_before_optimizer_step)
-        self._pending = (loss.detach() * n, n)
+        vector = self._metric_vector(loss, self.n_obs_training or n)
+        # added to the epoch's sums once the step is known to be finite (on_before_optimizer_step)
+        self._pending = (vector * n, n)
         self._epoch_kl_sum += kl_weight * n
         self._epoch_cells += n
-        if self.log_train_terms and getattr(self.module, "per_cell_terms", True):
+        if self.on_step and self.global_step % max(int(self.trainer.log_every_n_steps), 1) == 0:
+            self._log_step_metrics("train", vector, self.n_obs_training or n, self.global_step)
+        if self.log_train_terms and not self.splits_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "train")
         return loss
 
@@ -420,19 +668,30 @@ class TrainingPlan(pl.LightningModule):
             return
         # cell-weighted epoch means, as Lightning's on_epoch logging computes them; the training loss over
         # the steps taken (a skipped step's loss is not finite)
-        mean_loss = None
+        metrics: dict[str, Any] = {}
         if self._epoch_loss_sum is not None:
-            mean_loss = self._epoch_loss_sum / self._epoch_loss_cells
-            self.log("elbo_train", mean_loss, on_epoch=True, prog_bar=True, sync_dist=True)
+            means = self._epoch_loss_sum / self._epoch_loss_cells
+            metrics = self._named_metrics("train", means, self.n_obs_training)
+            self._log_epoch_metrics(metrics, prog_bar=("elbo_train",))
         self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
-        self._step_plateau_scheduler(mean_loss)
+        self._step_plateau_scheduler(metrics)
 
-    def _step_plateau_scheduler(self, mean_loss: torch.Tensor | None) -> None:
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum: torch.Tensor | None = None
+        self._val_cells = 0
+
+    def on_validation_epoch_end(self) -> None:
+        if getattr(self, "_val_sum", None) is None or not self._val_cells:
+            return
+        metrics = self._named_metrics("validation", self._val_sum / self._val_cells, self.n_obs_validation)
+        self._log_epoch_metrics(metrics, prog_bar=("elbo_validation",))
+
+    def _step_plateau_scheduler(self, epoch_metrics: dict[str, Any]) -> None:
         scheduler = getattr(self, "_plateau_scheduler", None)
         if not self.reduce_lr_on_plateau or scheduler is None:
             return
         key = self.lr_scheduler_metric
-        metric = mean_loss if key == "elbo_train" else self.trainer.callback_metrics.get(key)
+        metric = epoch_metrics[key] if key in epoch_metrics else self.trainer.callback_metrics.get(key)
         if metric is None:
             raise ValueError(
                 f"reduce_lr_on_plateau monitors {key!r}, which was not logged this epoch; logged metrics are "
@@ -465,21 +724,39 @@ class TrainingPlan(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch, self.n_obs_validation, 1.0)
         n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        self.log("elbo_validation", loss, on_epoch=True, on_step=False, batch_size=n, prog_bar=True,
-                 sync_dist=True)
-        if getattr(self.module, "per_cell_terms", True):
+        # sums stay on the device until the epoch ends (no per-batch self.log)
+        vector = self._metric_vector(loss, self.n_obs_validation or n)
+        if getattr(self, "_val_sum", None) is None:
+            self._val_sum, self._val_cells = vector * n, n
+        else:
+            self._val_sum, self._val_cells = self._val_sum + vector * n, self._val_cells + n
+        if self.on_step:
+            self._log_step_metrics("validation", vector, self.n_obs_validation or n, self._val_step)
+            self._val_step += 1
+        if not self.splits_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "validation")
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        if callable(self.optimizer):
+        if self.update_only_decoder and self._decoder_params is not None:
+            params = list(self._decoder_params)
+        else:
+            params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.optimizer == "Custom":
+            optimizer = self.optimizer_creator(params)
+        elif callable(self.optimizer):
             optimizer = self.optimizer(params)
         elif self.optimizer in ("Adam", "AdamW"):
             cls = torch.optim.Adam if self.optimizer == "Adam" else torch.optim.AdamW
             optimizer = _make_adam(cls, params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
         else:
             raise ValueError(
-                f"optimizer={self.optimizer!r}: use 'Adam', 'AdamW' or a callable params -> Optimizer."
+                f"optimizer={self.optimizer!r}: use 'Adam', 'AdamW', 'Custom' (with optimizer_creator) or a "
+                "callable params -> Optimizer."
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"The optimizer creator returned {type(optimizer).__name__}, not a torch.optim.Optimizer; it must "
+                "build one from the parameters it is given, e.g. lambda params: torch.optim.SGD(params, lr=0.01)."
             )
         if not self.reduce_lr_on_plateau:
             return optimizer

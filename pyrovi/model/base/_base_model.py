@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,53 @@ logger = logging.getLogger("pyrovi")
 def _max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) -> int:
     """400 epochs up to 20k cells, then fewer so that larger data sets see a similar number of steps."""
     return max(1, min(cap, round(decay_at / max(n_cells, 1) * cap)))
+
+
+def _merge_kwargs(config: Any, overrides: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """A ``*_config`` (mapping, or object with ``to_kwargs()``) updated by explicit keyword arguments."""
+    merged: dict[str, Any] = {}
+    if config is not None:
+        if isinstance(config, Mapping):
+            merged.update(config)
+        elif callable(getattr(config, "to_kwargs", None)):
+            merged.update(config.to_kwargs())
+        else:
+            raise TypeError(f"{name}_config must be a mapping or have a to_kwargs() method, got {type(config).__name__}.")
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            raise TypeError(f"{name}_kwargs must be a dict of keyword arguments, got {type(overrides).__name__}.")
+        merged.update(overrides)
+    return merged
+
+
+def _accepts(cls: Any, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name`` (explicitly)."""
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_validation_needs(datamodule: Any, plan: Any, trainer_kwargs: dict[str, Any]) -> None:
+    """Fail before training when early stopping or the plateau scheduler watch a set that is empty."""
+    n_val = getattr(datamodule, "n_val", None)
+    if n_val is None:
+        return
+    n_test = getattr(datamodule, "n_test", None)
+    watched = []
+    if trainer_kwargs.get("early_stopping"):
+        watched.append(("early stopping", "early_stopping_monitor", trainer_kwargs.get("early_stopping_monitor", "elbo_validation")))
+    if getattr(plan, "reduce_lr_on_plateau", False):
+        watched.append(("reduce_lr_on_plateau", "plan_kwargs['lr_scheduler_metric']", plan.lr_scheduler_metric))
+    for what, setting, monitor in watched:
+        if "validation" in monitor and n_val == 0:
+            raise ValueError(
+                f"{what} watches {monitor!r}, but there is no validation set (train_size=1.0 or validation_size=0 "
+                f"leaves none). Keep cells for validation (e.g. train_size=0.9), turn {what} off, or set {setting} to "
+                "a training metric such as 'elbo_train'."
+            )
+        if "test" in monitor and n_test == 0:
+            raise ValueError(f"{what} watches {monitor!r}, but there is no test set; set validation_size so that some cells are left.")
 
 
 class BaseModelClass(PosteriorSamplingMixin):
@@ -118,6 +165,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         self.init_params_: dict[str, Any] = {}
         self.is_trained_ = False
         self.history_: dict[str, pd.DataFrame] | None = None
+        self.trainer: Trainer | None = None  # the last train() call's Trainer
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.test_indices: np.ndarray | None = None
@@ -323,23 +371,27 @@ class BaseModelClass(PosteriorSamplingMixin):
         max_epochs: int | None = None,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
-        train_size: float = 0.9,
+        train_size: float | None = None,
         validation_size: float | None = None,
         shuffle_set_split: bool = True,
+        load_sparse_tensor: bool = False,
         batch_size: int = 128,
         early_stopping: bool = False,
-        load_data_on_device: bool | None = None,
-        plan_kwargs: dict[str, Any] | None = None,
         datasplitter_kwargs: dict[str, Any] | None = None,
+        plan_config: Any = None,
+        plan_kwargs: dict[str, Any] | None = None,
+        datamodule: Any = None,
+        trainer_config: Any = None,
+        load_data_on_device: bool | None = None,
         checkpoint_dir: str | None = None,
         resume_from: str | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         """Fit the model by stochastic variational inference.
 
-        A step whose loss or gradient is NaN or infinite stops training with
-        :class:`pyrovi.NumericalFaultError` before it is applied (the model keeps its last finite
-        parameters); ``plan_kwargs={"on_nonfinite": "skip"}`` skips such steps instead, counts them in
+        Takes scvi-tools' ``train`` arguments. A step whose loss or gradient is NaN or infinite stops
+        training with :class:`pyrovi.NumericalFaultError` before it is applied (the model keeps its last
+        finite parameters); ``plan_kwargs={"on_nonfinite": "skip"}`` skips such steps instead, counts them in
         ``history["nonfinite_steps_skipped"]`` and warns at the end. With ``checkpoint_dir`` a checkpoint is
         written after every epoch, and ``resume_from`` continues a run from one.
 
@@ -350,22 +402,33 @@ class BaseModelClass(PosteriorSamplingMixin):
         accelerator, devices
             Lightning's device selection (``"auto"`` uses a GPU when there is one).
         train_size, validation_size
-            Fractions of cells for training and validation (default: the rest); the split is seeded by
-            ``pyrovi.settings.seed`` and kept in ``train_indices``/``validation_indices``.
+            Fractions of cells for training (default 0.9) and validation (default: the rest); the split is
+            seeded by ``pyrovi.settings.seed`` and kept in ``train_indices``/``validation_indices``.
         shuffle_set_split
             Split at random (otherwise in order).
+        load_sparse_tensor
+            Hand sparse counts to the module as sparse tensors (passed to the
+            :class:`~pyrovi.dataloaders.DataSplitter`; pyrovi keeps CSR data sparse in any case).
         batch_size
             Minibatch size.
         early_stopping
-            Stop when ``elbo_validation`` stops improving (see :class:`~pyrovi.train.Trainer`).
+            Stop when ``early_stopping_monitor`` (default ``elbo_validation``) stops improving; see the
+            ``early_stopping_*`` arguments of :class:`~pyrovi.train.Trainer`. Needs a validation set.
+        datasplitter_kwargs
+            Further arguments of the :class:`~pyrovi.dataloaders.DataSplitter` (e.g. ``drop_last``,
+            ``external_indexing``).
+        plan_config, plan_kwargs
+            Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``,
+            ``reduce_lr_on_plateau``, ``on_step``, ``loss``, ``on_nonfinite``...): a mapping (or a config with
+            ``to_kwargs()``) each; ``plan_kwargs`` wins over ``plan_config``.
+        datamodule
+            A Lightning data module to train on instead of the model's own split (its ``n_train``/``n_val``,
+            when it has them, scale the ELBO; the split arguments are then unused).
+        trainer_config
+            Trainer arguments as a mapping (or a config with ``to_kwargs()``); ``**trainer_kwargs`` win.
         load_data_on_device
             Keep the registered data on the training device and gather minibatches there. ``None``
             (default): on a GPU when it takes under a quarter of the free memory; never on the CPU.
-        plan_kwargs
-            Arguments of the :class:`~pyrovi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``loss``,
-            ``on_nonfinite``...).
-        datasplitter_kwargs
-            Further arguments of the :class:`~pyrovi.dataloaders.DataSplitter`.
         checkpoint_dir
             Write a resumable checkpoint to ``checkpoint_dir/last.ckpt`` at the end of every epoch (the
             previous one is replaced atomically). It holds the module and optimiser state, the epoch and step
@@ -376,55 +439,99 @@ class BaseModelClass(PosteriorSamplingMixin):
             of the first run). Use the same data, split and settings (seed, ``batch_size``, ``plan_kwargs``)
             as the interrupted run; on one process and the CPU the result is then bitwise that of an
             uninterrupted run. A file that is not a pyrovi checkpoint (e.g. a ``torch.save`` or pickle file)
-            raises :class:`pyrovi.ModelFileError` without being unpickled.
+            raises :class:`pyrovi.ModelFileError` without being unpickled. The model's history becomes the
+            resumed run's (the checkpoint's epochs and the new ones).
         **trainer_kwargs
-            Further arguments of the :class:`~pyrovi.train.Trainer` (and Lightning's).
+            Further arguments of the :class:`~pyrovi.train.Trainer` (``check_val_every_n_epoch``,
+            ``enable_progress_bar``, ``early_stopping_patience``, ``callbacks``, ``logger``...) and Lightning's.
+
+        Notes
+        -----
+        ``model.history`` grows with every call: a further ``train()`` appends its epochs after the earlier
+        ones (epoch and step indices continue). ``model.trainer`` is the last run's Trainer.
 
         Raises
         ------
+        ValueError
+            Early stopping or a plateau scheduler that watches a validation metric without a validation set.
         pyrovi.NumericalFaultError
             A NaN or infinite loss or gradient (with the default ``on_nonfinite="raise"``).
 
         Examples
         --------
-        >>> model.train(max_epochs=100, early_stopping=True, plan_kwargs={"lr": 2e-3})  # doctest: +SKIP
-        >>> model.train(max_epochs=100, checkpoint_dir="ckpt/")  # interrupted at some epoch  # doctest: +SKIP
+        >>> model.train(max_epochs=400, early_stopping=True, early_stopping_patience=45,
+        ...             check_val_every_n_epoch=1, plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": 20})  # doctest: +SKIP
+        >>> model.train(accelerator="cpu", devices=1, enable_progress_bar=False)  # doctest: +SKIP
         >>> model.train(max_epochs=100, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt")  # doctest: +SKIP
         >>> model.train(plan_kwargs={"on_nonfinite": "skip"})  # doctest: +SKIP
         """
         n_cells = self.summary_stats["n_cells"]
-        max_epochs = max_epochs if max_epochs is not None else _max_epochs_heuristic(n_cells)
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            shuffle_set_split=shuffle_set_split,
-            batch_size=batch_size,
-            load_data_on_device=load_data_on_device,
-            **(datasplitter_kwargs or {}),
-        )
-        plan = self._training_plan_cls(self.module, **(plan_kwargs or {}))
+        if max_epochs is None:
+            if datamodule is not None and getattr(datamodule, "n_obs", None) is None and self.adata is None:
+                raise ValueError("max_epochs is needed when the datamodule does not say how many cells it has (n_obs).")
+            n = getattr(datamodule, "n_obs", None) if datamodule is not None else None
+            max_epochs = _max_epochs_heuristic(int(n) if n is not None else n_cells)
+        plan_kwargs = _merge_kwargs(plan_config, plan_kwargs, "plan")
+        trainer_kwargs = {**_merge_kwargs(trainer_config, None, "trainer"), **trainer_kwargs}
+        trainer_kwargs.setdefault("early_stopping", early_stopping)
+        if datamodule is None:
+            splitter_kwargs = dict(datasplitter_kwargs or {})
+            if load_sparse_tensor or _accepts(self._data_splitter_cls, "load_sparse_tensor"):
+                splitter_kwargs.setdefault("load_sparse_tensor", load_sparse_tensor)
+            datamodule = self._data_splitter_cls(
+                self.adata_manager,
+                train_size=0.9 if train_size is None else train_size,
+                validation_size=validation_size,
+                shuffle_set_split=shuffle_set_split,
+                batch_size=batch_size,
+                load_data_on_device=load_data_on_device,
+                **splitter_kwargs,
+            )
+        plan = self._training_plan_cls(self.module, **plan_kwargs)
+        _check_validation_needs(datamodule, plan, trainer_kwargs)
+        if getattr(plan, "reduce_lr_on_plateau", False):
+            trainer_kwargs.setdefault("learning_rate_monitor", True)  # as scvi-tools: lr-Adam in the history
         trainer = Trainer(
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            early_stopping=early_stopping,
             checkpoint_dir=checkpoint_dir,
             **trainer_kwargs,
         )
         # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
         self.module.train()
         try:
-            trainer.fit(plan, datamodule=splitter, ckpt_path=None if resume_from is None else str(resume_from))
+            trainer.fit(plan, datamodule=datamodule, ckpt_path=None if resume_from is None else str(resume_from))
         finally:
-            # a fit stopped by an error (e.g. a numerical fault) leaves the module as it was, in eval mode
+            # a fit stopped by an error (e.g. a numerical fault) leaves the module as it was, in eval mode, and
+            # keeps the history of the epochs it completed
             self.module.eval()
-        self.train_indices = splitter.train_idx
-        self.validation_indices = splitter.val_idx
-        self.test_indices = splitter.test_idx
-        self.history_ = trainer.history_logger.history()
+            self._update_history(trainer.history_logger.history(), replace=resume_from is not None)
+            self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + int(trainer.global_step)
+            self.trainer = trainer
+        self.train_indices = getattr(datamodule, "train_idx", None)
+        self.validation_indices = getattr(datamodule, "val_idx", None)
+        self.test_indices = getattr(datamodule, "test_idx", None)
         self.is_trained_ = True
         self.module.eval()
+
+    def _update_history(self, new: dict[str, pd.DataFrame], replace: bool = False) -> None:
+        """Append a run's history after the model's, continuing the epoch and step indices."""
+        old = self.history_
+        if replace or not old:
+            self.history_ = new if (new or old is None) else old
+            return
+        offsets = {}
+        for kind in ("epoch", "step"):
+            ends = [int(f.index.max()) + 1 for f in old.values() if f.index.name == kind and len(f)]
+            offsets[kind] = max(ends, default=0)
+        offsets["step"] = max(offsets["step"], getattr(self, "_n_steps_trained", 0))
+        merged = dict(old)
+        for key, frame in new.items():
+            frame = frame.copy()
+            frame.index = frame.index + offsets.get(frame.index.name, 0)
+            merged[key] = pd.concat([old[key], frame]) if key in old else frame
+        self.history_ = merged
 
     @property
     def is_trained(self) -> bool:
