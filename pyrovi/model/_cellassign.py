@@ -221,21 +221,35 @@ class CellAssign(BaseModelClass):
         self,
         max_epochs: int = 400,
         lr: float = 3e-3,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
         batch_size: int = 1024,
+        datasplitter_kwargs: dict[str, Any] | None = None,
+        plan_kwargs: dict[str, Any] | None = None,
         early_stopping: bool = True,
         early_stopping_patience: int = 15,
+        early_stopping_warmup_epochs: int = 0,
+        early_stopping_min_delta: float = 0.0,
         steps_per_m_step: int = 10,
-        plan_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Fit by maximising the marginal likelihood (or by EM), with CellAssign's defaults.
 
-        Larger minibatches (1024), learning rate 3e-3, early stopping on the validation loss (patience
-        15), no KL warm-up (there is no continuous local latent). Other arguments as
-        :meth:`BaseModelClass.train`.
+        Larger minibatches (1024), learning rate 3e-3 with weight decay 1e-10, early stopping on the
+        validation loss (patience 15), no KL warm-up (there is no continuous local latent). Other arguments
+        as :meth:`BaseModelClass.train <pyrovi.model.base.BaseModelClass.train>`; ``plan_kwargs`` win over
+        these defaults.
 
         Parameters
         ----------
+        lr
+            Learning rate of Adam.
+        early_stopping, early_stopping_patience, early_stopping_warmup_epochs, early_stopping_min_delta
+            Stop when ``elbo_validation`` has not improved by more than ``early_stopping_min_delta`` for
+            ``early_stopping_patience`` epochs, watching from epoch ``early_stopping_warmup_epochs`` on.
         steps_per_m_step
             With ``objective="em"``: least number of optimiser steps in one M-step (it runs on to the end
             of the epoch). With the default minibatch size and fewer than 1024 training cells an epoch is
@@ -245,20 +259,29 @@ class CellAssign(BaseModelClass):
         Examples
         --------
         >>> model.train(max_epochs=200)  # doctest: +SKIP
+        >>> model.train(max_epochs=200, early_stopping=False, enable_progress_bar=False)  # doctest: +SKIP
         """
         if self.objective == "marginal":
             loss = TraceEnum_ELBO(max_plate_nesting=1)
         else:
             loss = ExpectationMaximization(steps_per_m_step=steps_per_m_step)
-        plan = {"loss": loss, "lr": lr, "n_epochs_kl_warmup": None, **(plan_kwargs or {})}
+        plan = {"loss": loss, "lr": lr, "weight_decay": 1e-10, "n_epochs_kl_warmup": None, **(plan_kwargs or {})}
         if isinstance(plan["loss"], ExpectationMaximization):
             # the E-steps run from a callback at epoch starts (the training plan stays generic)
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), ExpectationStep()]
         super().train(
             max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            shuffle_set_split=shuffle_set_split,
             batch_size=batch_size,
+            datasplitter_kwargs=datasplitter_kwargs,
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
+            early_stopping_warmup_epochs=early_stopping_warmup_epochs,
+            early_stopping_min_delta=early_stopping_min_delta,
             plan_kwargs=plan,
             **kwargs,
         )

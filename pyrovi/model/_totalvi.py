@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -267,6 +268,101 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
     # ----------------------------------------------------------------------------------------------
     # queries
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        lr: float = 4e-3,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        batch_size: int = 256,
+        early_stopping: bool = True,
+        check_val_every_n_epoch: int | None = None,
+        reduce_lr_on_plateau: bool = True,
+        n_steps_kl_warmup: int | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        adversarial_classifier: bool | None = None,
+        datasplitter_kwargs: dict[str, Any] | None = None,
+        plan_kwargs: dict[str, Any] | None = None,
+        external_indexing: list[np.ndarray] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Fit the model, with totalVI's defaults (those of scvi-tools' ``TOTALVI.train``).
+
+        Minibatches of 256 cells, learning rate 4e-3 reduced on a plateau of ``elbo_validation``, early
+        stopping on it, and a KL warm-up over ``floor(0.75 * n_cells)`` optimiser steps. Other arguments as
+        :meth:`BaseModelClass.train <pyrovi.model.base.BaseModelClass.train>`.
+
+        Parameters
+        ----------
+        lr
+            Learning rate of Adam.
+        batch_size
+            Minibatch size.
+        early_stopping
+            Stop when ``elbo_validation`` stops improving (``early_stopping_patience`` epochs, default 45).
+        check_val_every_n_epoch
+            Validate every this many epochs (pyrovi validates every epoch by default).
+        reduce_lr_on_plateau
+            Multiply the learning rate by ``lr_factor`` (0.6) when ``elbo_validation`` has not improved for
+            ``lr_patience`` (30) epochs.
+        n_steps_kl_warmup, n_epochs_kl_warmup
+            Length of the KL warm-up; without either, ``floor(0.75 * n_cells)`` steps.
+        adversarial_classifier
+            scvi-tools' adversarial batch classifier on the latent space. pyrovi's TOTALVI has none: ``True``
+            warns and trains without it (proteins missing from a batch's panel are masked out of the
+            likelihood and the encoder instead); ``None`` and ``False`` train as usual.
+        datasplitter_kwargs, plan_kwargs
+            Further arguments of the data splitter and the training plan; ``plan_kwargs`` win over the
+            defaults above (e.g. ``plan_kwargs={"lr": 1e-3}``).
+        external_indexing
+            ``[train_indices, validation_indices, test_indices]`` (row positions; the last two may be empty):
+            a split to use instead of a random one.
+        **kwargs
+            Further arguments of :meth:`BaseModelClass.train <pyrovi.model.base.BaseModelClass.train>` and the
+            :class:`~pyrovi.train.Trainer`.
+
+        Examples
+        --------
+        >>> model.train()  # doctest: +SKIP
+        >>> model.train(max_epochs=200, lr=1e-3, early_stopping=False, enable_progress_bar=False)  # doctest: +SKIP
+        """
+        if adversarial_classifier:
+            warnings.warn(
+                "adversarial_classifier=True: pyrovi's TOTALVI has no adversarial batch classifier, so training "
+                "goes on without one (the latent space is not pushed to mix batches by a classifier). Proteins "
+                "missing from a batch's panel are masked out of the likelihood and the encoder instead. Pass "
+                "adversarial_classifier=False (or leave it out) to silence this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+        plan = dict(plan_kwargs or {})
+        plan.setdefault("lr", lr)
+        plan.setdefault("reduce_lr_on_plateau", reduce_lr_on_plateau)
+        plan.setdefault("n_epochs_kl_warmup", n_epochs_kl_warmup)
+        plan.setdefault("n_steps_kl_warmup", n_steps_kl_warmup)
+        if plan["n_steps_kl_warmup"] is None and plan["n_epochs_kl_warmup"] is None:
+            plan["n_steps_kl_warmup"] = int(0.75 * self.summary_stats["n_cells"])
+        splitter = dict(datasplitter_kwargs or {})
+        if external_indexing is not None:
+            splitter.update(_external_split(external_indexing))
+        super().train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            shuffle_set_split=shuffle_set_split,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            datasplitter_kwargs=splitter,
+            plan_kwargs=plan,
+            **kwargs,
+        )
 
     @property
     def protein_names(self) -> list[str]:
@@ -600,3 +696,14 @@ def _mudata_fields(
             REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys, mod_key=modalities["continuous_covariate_keys"]
         ),
     ]
+
+
+def _external_split(external_indexing: Sequence[Any]) -> dict[str, Any]:
+    """``[train, validation, test]`` row positions as the data splitter's explicit split."""
+    if not isinstance(external_indexing, (list, tuple)) or not 1 <= len(external_indexing) <= 3:
+        raise ValueError(
+            "external_indexing must be a list [train_indices, validation_indices, test_indices] of row positions "
+            "(validation and test may be empty or left out)."
+        )
+    names = ("train_idx", "val_idx", "test_idx")
+    return {name: np.asarray(idx) for name, idx in zip(names, external_indexing) if idx is not None}
