@@ -21,6 +21,7 @@ from ..data import (
     NumericalObsField,
 )
 from ..module import VAE, GeneLikelihood
+from ..module.nn import var_activation_name
 from ..module.base import GlobalGuide, trace_pair
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
@@ -44,10 +45,14 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     dispersion
         ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``.
     gene_likelihood
-        ``"zinb"``, ``"nb"``, ``"poisson"``, or a callable ``(mu, theta, zi_logits) -> distribution``
-        over a cell's genes (batch shape ``(n_cells, n_genes)``).
+        ``"zinb"``, ``"nb"``, ``"poisson"``, ``"normal"`` (continuous data such as log-normalised
+        expression: the only choice that accepts data that are not raw counts), or a callable
+        ``(mu, theta, zi_logits) -> distribution`` over a cell's genes (batch shape ``(n_cells, n_genes)``).
     use_observed_lib_size
         Library size observed (total counts or the registered size factor) rather than latent.
+    latent_distribution
+        ``"normal"`` (default) or ``"ln"``: logistic normal, each cell's latent is a vector of ``n_latent``
+        proportions (on the simplex); see :class:`~pyrovi.module.VAE`.
     prior
         Prior of the latent ``z``: any :class:`~pyrovi.priors.LatentPrior`, e.g.
         ``MixtureOfGaussians(10)``; default ``StandardNormal()``.
@@ -57,7 +62,11 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     global_guide
         Guide of global latent sites: ``"normal"``, ``"delta"`` or a callable ``model -> guide``.
     **module_kwargs
-        Further arguments of :class:`~pyrovi.module.VAE` (``encode_covariates``, ``use_batch_norm``...).
+        Further arguments of :class:`~pyrovi.module.VAE`: ``encode_covariates``,
+        ``deeply_inject_covariates``, ``batch_representation`` (``"one-hot"`` or ``"embedding"``) with
+        ``batch_embedding_kwargs`` (e.g. ``{"embedding_dim": 10}``), ``use_batch_norm``, ``use_layer_norm``,
+        ``var_activation`` (``"exp"``, ``"softplus"``, ``torch.nn.Softplus()``...), ``log_variational``,
+        ``extra_encoder_kwargs``, ``extra_decoder_kwargs``.
 
     Examples
     --------
@@ -82,13 +91,18 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         dispersion: Literal["gene", "gene-batch", "gene-label", "gene-cell"] = "gene",
         gene_likelihood: GeneLikelihood = "zinb",
         use_observed_lib_size: bool = True,
+        latent_distribution: Literal["normal", "ln"] = "normal",
         prior: LatentPrior | None = None,
         dispersion_prior: dist.Distribution | None = None,
         global_guide: GlobalGuide = "normal",
         **module_kwargs: Any,
     ):
         super().__init__(adata)
+        if "var_activation" in module_kwargs:
+            # a known activation is stored by name, so that it survives save and load
+            module_kwargs["var_activation"] = var_activation_name(module_kwargs["var_activation"])
         self._record_init_params(locals())
+        self._check_count_data(gene_likelihood)
         stats = self.summary_stats
         cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
         library_log_means = library_log_vars = None
@@ -107,6 +121,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             dispersion=dispersion,
             gene_likelihood=gene_likelihood,
             use_observed_lib_size=use_observed_lib_size,
+            latent_distribution=latent_distribution,
             library_log_means=library_log_means,
             library_log_vars=library_log_vars,
             prior=prior,
@@ -114,6 +129,58 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             global_guide=global_guide,
             **module_kwargs,
         )
+
+    def _check_count_data(self, gene_likelihood: GeneLikelihood) -> None:
+        """Count likelihoods need raw counts: refuse data registered as continuous, naming the first value."""
+        state = self.adata_manager.get_state(REGISTRY_KEYS.X_KEY) or {}
+        if callable(gene_likelihood) or gene_likelihood == "normal" or state.get("is_count_data", True):
+            return
+        try:  # the count check again, for its message naming the first value that is not a count
+            LayerField(REGISTRY_KEYS.X_KEY, state.get("layer"), is_count_data=True).register(self.adata)
+        except ValueError as err:
+            problem = str(err)
+        else:  # pragma: no cover - the registered data were found not to be counts
+            problem = "The registered data are not raw counts."
+        raise ValueError(
+            f"gene_likelihood={gene_likelihood!r} models raw counts, but {problem} Set up the raw counts "
+            "(e.g. SCVI.setup_anndata(adata, layer='counts')), or model continuous values with "
+            "gene_likelihood='normal'."
+        )
+
+    @torch.inference_mode()
+    def get_batch_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The learned embedding of each cell's batch (models with ``batch_representation="embedding"``).
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to use (default: all training data).
+
+        Returns
+        -------
+        Array ``(n_cells, embedding_dim)``: row ``i`` is the vector of cell ``i``'s batch. A ``KeyError``
+        when the model has no batch embedding (``batch_representation="one-hot"``).
+
+        Examples
+        --------
+        >>> model = SCVI(adata, batch_representation="embedding", batch_embedding_kwargs={"embedding_dim": 8})  # doctest: +SKIP
+        >>> model.get_batch_representation().shape  # doctest: +SKIP
+        (400, 8)
+        """
+        key = REGISTRY_KEYS.BATCH_KEY
+        self.module.get_embedding(key)  # a KeyError without an embedding, before reading any data
+        manager = self._validate_anndata(adata)
+        codes = manager.get_array(key)
+        n_obs = manager.adata.n_obs
+        codes = np.zeros(n_obs, dtype=np.int64) if codes is None else np.asarray(codes).reshape(-1)
+        if indices is not None:
+            codes = codes[np.asarray(indices)]
+        return self.module.compute_embedding(key, torch.as_tensor(codes, dtype=torch.long)).cpu().numpy()
 
     # ----------------------------------------------------------------------------------------------
     # setup
@@ -171,7 +238,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         continuous_covariate_keys: Sequence[str] | None = None,
     ) -> list:
         return [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            # counts, or continuous values recorded as such (gene_likelihood="normal" only; checked by the model)
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data="infer"),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, "n_batch"),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, "n_labels"),
             NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, positive=True),

@@ -51,18 +51,29 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     n_latent, n_hidden, n_layers_encoder, n_layers_decoder, dropout_rate_encoder, dropout_rate_decoder
         Network sizes (totalVI's defaults: 20, 256, 2, 1, 0.2, 0.2).
     gene_dispersion, protein_dispersion
-        ``"gene"``/``"gene-batch"`` and ``"protein"``/``"protein-batch"``.
+        ``"gene"``/``"gene-batch"``/``"gene-label"`` and ``"protein"``/``"protein-batch"``/``"protein-label"``.
     gene_likelihood
         ``"nb"`` or ``"zinb"``.
+    latent_distribution
+        ``"normal"`` or ``"ln"`` (logistic normal: each cell's latent is ``n_latent`` proportions).
     use_observed_lib_size
         Observed RNA library size (otherwise latent).
     empirical_protein_background_prior
         Initialise the background prior from a two-component mixture fit to each protein's log counts
-        per batch (otherwise location 0, scale 0.5).
+        per batch (otherwise location 0, scale 0.5). Default (``None``): when there are more than 10
+        proteins, as totalVI.
+    override_missing_proteins
+        Take a protein that is zero in every cell of a batch as measured there (zeros are data) instead of
+        missing from that batch's panel (masked).
     prior, global_guide
         Prior of ``z`` (a :class:`~pyrovi.priors.LatentPrior`) and guide of global sites.
     objective
         ``"elbo"`` (default) or ``"scvi-tools"``; see :class:`~pyrovi.module.TOTALVAE`.
+    **module_kwargs
+        Further arguments of :class:`~pyrovi.module.TOTALVAE`: ``encode_covariates`` (default True),
+        ``use_batch_norm``, ``use_layer_norm`` (``"encoder"``, ``"decoder"``, ``"both"``, ``"none"``),
+        ``extra_encoder_kwargs`` (e.g. ``{"var_activation": "softplus"}``), ``extra_decoder_kwargs``
+        (``{"activation_function_bg": "exp"}``), ``log_variational``.
 
     Examples
     --------
@@ -85,11 +96,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         n_layers_decoder: int = 1,
         dropout_rate_encoder: float = 0.2,
         dropout_rate_decoder: float = 0.2,
-        gene_dispersion: Literal["gene", "gene-batch"] = "gene",
-        protein_dispersion: Literal["protein", "protein-batch"] = "protein",
+        gene_dispersion: Literal["gene", "gene-batch", "gene-label"] = "gene",
+        protein_dispersion: Literal["protein", "protein-batch", "protein-label"] = "protein",
         gene_likelihood: Literal["nb", "zinb"] = "nb",
+        latent_distribution: Literal["normal", "ln"] = "normal",
         use_observed_lib_size: bool = True,
-        empirical_protein_background_prior: bool = True,
+        empirical_protein_background_prior: bool | None = None,
+        override_missing_proteins: bool = False,
         prior: LatentPrior | None = None,
         global_guide: GlobalGuide = "normal",
         objective: Literal["elbo", "scvi-tools"] = "elbo",
@@ -102,6 +115,10 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         proteins, batch = arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY], arrays[REGISTRY_KEYS.BATCH_KEY]
         n_batch = stats["n_batch"]
         mask = protein_batch_mask(proteins, batch, n_batch)
+        if override_missing_proteins:
+            mask = np.ones_like(mask)
+        if empirical_protein_background_prior is None:
+            empirical_protein_background_prior = mask.shape[1] > 10
         background_mean = background_scale = None
         if empirical_protein_background_prior:
             background_mean, background_scale = protein_background_prior(proteins, batch, n_batch, mask)
@@ -125,11 +142,12 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             gene_dispersion=gene_dispersion,
             protein_dispersion=protein_dispersion,
             gene_likelihood=gene_likelihood,
+            latent_distribution=latent_distribution,
             use_observed_lib_size=use_observed_lib_size,
             library_log_means=library_log_means,
             library_log_vars=library_log_vars,
-            protein_background_mean=background_mean,
-            protein_background_scale=background_scale,
+            protein_background_prior_mean=background_mean,
+            protein_background_prior_scale=background_scale,
             protein_batch_mask=mask,
             prior=prior,
             global_guide=global_guide,
@@ -624,6 +642,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         if n_samples == 1:
             rna, protein = rna[None], protein[None]
         return np.concatenate([rna, protein], axis=-1)
+
 
 _MUDATA_OBS_ARGS = ("batch_key", "size_factor_key", "categorical_covariate_keys", "continuous_covariate_keys")
 

@@ -17,6 +17,9 @@ with :math:`c, d` learnable and initialised from the data (the lower component o
 Gaussian mixture of each protein's log counts per batch). Proteins absent from a batch (all zero there)
 are masked: their likelihood terms and the KL of their background are dropped, never fit as zeros.
 
+With ``latent_distribution="ln"``, :math:`z_n = T(u_n)` lies on the simplex, :math:`u_n` Gaussian and
+:math:`T` the stick-breaking bijection (see :class:`~pyrovi.module.VAE`).
+
 Guide: :math:`q(z_n \\mid x_n, y_n, s_n)` and :math:`q(\\log \\ell_n \\mid x_n, y_n)` (latent library) from
 an encoder of the concatenated log counts; :math:`q(\\log \\beta_n \\mid z_n, s_n)` from a network of the
 guide applied to the sampled :math:`z_n`.
@@ -36,10 +39,14 @@ from pyro import poutine
 from torch import nn
 
 from .._constants import REGISTRY_KEYS
+from ._vae import Normalization, _check_choice, _check_extra_kwargs, logistic_normal_transform
 from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS, negative_binomial
 from .nn import Encoder, FCLayers
 from .priors import LatentPrior, StandardNormal, check_latent_prior
+
+#: the positive map of the network output that gives the scale of q(log beta | z, s)
+_BACKGROUND_SCALE_ACTIVATIONS = {"softplus": F.softplus, "exp": torch.exp}
 
 Objective = Literal["elbo", "scvi-tools"]
 
@@ -79,17 +86,33 @@ class TOTALVAE(BaseModuleClass):
     dropout_rate_encoder, dropout_rate_decoder
         Dropout rates (0.2 each).
     gene_dispersion
-        ``"gene"`` or ``"gene-batch"``.
+        ``"gene"``, ``"gene-batch"`` or ``"gene-label"``.
     protein_dispersion
-        ``"protein"`` or ``"protein-batch"``.
+        ``"protein"``, ``"protein-batch"`` or ``"protein-label"``.
+    log_variational
+        The encoders read ``log1p`` of the counts (totalVI's default).
     gene_likelihood
         ``"nb"`` or ``"zinb"``.
+    latent_distribution
+        ``"normal"`` or ``"ln"`` (logistic normal: ``z`` on the simplex), as for :class:`~pyrovi.module.VAE`.
+    encode_covariates
+        Feed batch and covariates to the encoders (default, as totalVI); otherwise the encoders read the counts
+        alone and only the decoders and ``q(log beta | z, s)`` see the batch.
+    use_batch_norm, use_layer_norm
+        Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``; the network of
+        ``q(log beta | z, s)`` counts as a decoder (as in totalVI).
+    extra_encoder_kwargs
+        Further arguments of the encoders (:class:`~pyrovi.module.nn.Encoder`, e.g. ``var_activation``).
+    extra_decoder_kwargs
+        ``activation_function_bg``: ``"softplus"`` (default) or ``"exp"``, the positive map giving the scale
+        of ``q(log beta | z, s)``.
     use_observed_lib_size
         Observed RNA library size (otherwise latent with a per-batch log-normal prior).
     library_log_means, library_log_vars
         Per-batch prior of the latent log library.
-    protein_background_mean, protein_background_scale
-        ``(n_batch, n_proteins)`` initial values of the background prior's location and scale.
+    protein_background_prior_mean, protein_background_prior_scale
+        ``(n_batch, n_proteins)`` initial values of the background prior's location and scale
+        (default 0 and 0.5).
     protein_batch_mask
         ``(n_batch, n_proteins)`` booleans: False where a protein is missing from a batch.
     prior, global_guide
@@ -124,28 +147,46 @@ class TOTALVAE(BaseModuleClass):
         n_cats_per_cov: Sequence[int] | None = None,
         dropout_rate_encoder: float = 0.2,
         dropout_rate_decoder: float = 0.2,
-        gene_dispersion: Literal["gene", "gene-batch"] = "gene",
-        protein_dispersion: Literal["protein", "protein-batch"] = "protein",
+        gene_dispersion: Literal["gene", "gene-batch", "gene-label"] = "gene",
+        protein_dispersion: Literal["protein", "protein-batch", "protein-label"] = "protein",
+        log_variational: bool = True,
         gene_likelihood: Literal["nb", "zinb"] = "nb",
+        latent_distribution: Literal["normal", "ln"] = "normal",
+        protein_batch_mask: np.ndarray | None = None,
+        encode_covariates: bool = True,
+        protein_background_prior_mean: np.ndarray | None = None,
+        protein_background_prior_scale: np.ndarray | None = None,
         use_observed_lib_size: bool = True,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
-        protein_background_mean: np.ndarray | None = None,
-        protein_background_scale: np.ndarray | None = None,
-        protein_batch_mask: np.ndarray | None = None,
+        use_batch_norm: Normalization = "both",
+        use_layer_norm: Normalization = "none",
+        extra_encoder_kwargs: dict | None = None,
+        extra_decoder_kwargs: dict | None = None,
         prior: LatentPrior | None = None,
         global_guide: GlobalGuide = "normal",
         objective: Objective = "elbo",
     ):
         super().__init__()
-        if gene_dispersion not in ("gene", "gene-batch"):
-            raise ValueError(f"gene_dispersion={gene_dispersion!r}: use 'gene' or 'gene-batch'.")
-        if protein_dispersion not in ("protein", "protein-batch"):
-            raise ValueError(f"protein_dispersion={protein_dispersion!r}: use 'protein' or 'protein-batch'.")
-        if gene_likelihood not in ("nb", "zinb"):
-            raise ValueError(f"gene_likelihood={gene_likelihood!r}: use 'nb' or 'zinb'.")
-        if objective not in ("elbo", "scvi-tools"):
-            raise ValueError(f"objective={objective!r}: use 'elbo' or 'scvi-tools'.")
+        _check_choice("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
+        _check_choice("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
+        _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb"))
+        _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
+        _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
+        _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
+        _check_choice("objective", objective, ("elbo", "scvi-tools"))
+        if latent_distribution == "ln" and n_latent < 2:
+            raise ValueError(f"latent_distribution='ln' needs n_latent >= 2 (got {n_latent}).")
+        decoder_options = dict(extra_decoder_kwargs or {})
+        unknown = sorted(set(decoder_options) - {"activation_function_bg"})
+        if unknown:
+            raise ValueError(f"extra_decoder_kwargs has arguments {unknown}; TOTALVAE takes 'activation_function_bg'.")
+        activation_bg = decoder_options.get("activation_function_bg", "softplus")
+        _check_choice("activation_function_bg", activation_bg, tuple(_BACKGROUND_SCALE_ACTIVATIONS))
+        self.activation_function_bg = activation_bg
+        self.latent_distribution = latent_distribution
+        self.n_latent_base = n_latent - 1 if latent_distribution == "ln" else n_latent
+        self.encode_covariates = encode_covariates
         self.n_input_genes, self.n_input_proteins = n_input_genes, n_input_proteins
         self.n_input = n_input_genes + n_input_proteins  # the encoder's input width
         self.n_batch, self.n_labels, self.n_latent = n_batch, n_labels, n_latent
@@ -162,8 +203,8 @@ class TOTALVAE(BaseModuleClass):
             self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float().reshape(-1))
 
         shape = (n_batch, n_input_proteins)
-        mean = np.zeros(shape) if protein_background_mean is None else protein_background_mean
-        scale = np.full(shape, 0.5) if protein_background_scale is None else protein_background_scale
+        mean = np.zeros(shape) if protein_background_prior_mean is None else protein_background_prior_mean
+        scale = np.full(shape, 0.5) if protein_background_prior_scale is None else protein_background_prior_scale
         # learnable prior of the background, initialised from the data (empirical Bayes, as totalVI)
         self.background_prior_loc = nn.Parameter(torch.as_tensor(mean, dtype=torch.float32).reshape(shape))
         self.background_prior_log_scale = nn.Parameter(
@@ -172,26 +213,34 @@ class TOTALVAE(BaseModuleClass):
         mask = np.ones(shape, dtype=bool) if protein_batch_mask is None else np.asarray(protein_batch_mask, bool)
         self.register_buffer("protein_batch_mask", torch.as_tensor(mask).reshape(shape))
 
-        self.log_theta = nn.Parameter(torch.randn((n_input_genes,) if gene_dispersion == "gene" else (n_batch, n_input_genes)))
-        self.log_phi = nn.Parameter(
-            2 * torch.rand((n_input_proteins,) if protein_dispersion == "protein" else shape)
-        )
+        # per gene (protein), or one row per batch or label, indexed by the cell's code
+        rows = {"gene": None, "gene-batch": n_batch, "gene-label": n_labels}[gene_dispersion]
+        self.log_theta = nn.Parameter(torch.randn((n_input_genes,) if rows is None else (rows, n_input_genes)))
+        rows = {"protein": None, "protein-batch": n_batch, "protein-label": n_labels}[protein_dispersion]
+        self.log_phi = nn.Parameter(2 * torch.rand((n_input_proteins,) if rows is None else (rows, n_input_proteins)))
 
         cats = [n_batch, *self.n_cats_per_cov]
-        self.z_encoder = Encoder(
-            self.n_input, n_latent, n_cat_list=cats, n_cont=n_continuous_cov, n_layers=n_layers_encoder,
-            n_hidden=n_hidden, dropout_rate=dropout_rate_encoder,
-        )
+        enc_kwargs = {
+            "n_cat_list": cats if encode_covariates else None,
+            "n_cont": n_continuous_cov if encode_covariates else 0,
+            "n_hidden": n_hidden, "dropout_rate": dropout_rate_encoder, "log1p_input": log_variational,
+            "use_batch_norm": use_batch_norm in ("encoder", "both"),
+            "use_layer_norm": use_layer_norm in ("encoder", "both"),
+            **_check_extra_kwargs(
+                "extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__,
+                ("n_input", "n_output", "n_cat_list", "n_cont", "n_layers", "n_hidden"),
+            ),
+        }
+        self.z_encoder = Encoder(self.n_input, self.n_latent_base, n_layers=n_layers_encoder, **enc_kwargs)
         if not use_observed_lib_size:
-            self.l_encoder = Encoder(
-                self.n_input, 1, n_cat_list=cats, n_cont=n_continuous_cov, n_layers=1, n_hidden=n_hidden,
-                dropout_rate=dropout_rate_encoder,
-            )
+            self.l_encoder = Encoder(self.n_input, 1, n_layers=1, **enc_kwargs)
 
         def hidden() -> FCLayers:
             return FCLayers(
                 n_latent, n_hidden, n_cat_list=cats, n_cont=n_continuous_cov, n_layers=n_layers_decoder,
                 n_hidden=n_hidden, dropout_rate=dropout_rate_decoder,
+                use_batch_norm=use_batch_norm in ("decoder", "both"),
+                use_layer_norm=use_layer_norm in ("decoder", "both"),
             )
 
         self.rna_decoder = hidden()
@@ -206,8 +255,8 @@ class TOTALVAE(BaseModuleClass):
         self.background_log_scale = nn.Linear(n_hidden, n_input_proteins)
 
         self.prior = prior if prior is not None else StandardNormal()
-        self.prior.setup(n_latent, self)
-        self.global_sites = tuple(check_latent_prior(self.prior, n_latent, self._example_covariates(2)))
+        self.prior.setup(self.n_latent_base, self)
+        self.global_sites = tuple(check_latent_prior(self.prior, self.n_latent_base, self._example_covariates(2)))
         self.global_guide = make_global_guide(self._global_model, self.global_sites, global_guide)
         materialise_guide(self.global_guide)
 
@@ -233,7 +282,9 @@ class TOTALVAE(BaseModuleClass):
     ) -> None:
         """p(x, y, z, l, beta): the totalVI generative process; ``x`` (RNA) and ``y`` (proteins) observed."""
         batch_index = self._batch_codes(batch_index, x)
-        p_z = self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
+        p_z = self._latent(
+            self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
+        )
         library_scale, protein_scale = self._objective_scales(kl_weight)
         with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
             measured = self.protein_batch_mask[batch_index]
@@ -256,7 +307,7 @@ class TOTALVAE(BaseModuleClass):
             h = self.rna_decoder(z, batch_index, *cat_covs, cont=cont_covs)
             rho = torch.softmax(self.rho_logits(h), -1)
             pyro.deterministic("rho", rho, event_dim=1)
-            theta = self.log_theta.exp() if self.gene_dispersion == "gene" else self.log_theta[batch_index].exp()
+            theta = self._per_cell(self.log_theta, self.gene_dispersion, batch_index, labels).exp()
             rna = COUNT_LIKELIHOODS[self.gene_likelihood](library * rho, theta, self.zi_logits(h))
             pyro.sample("x", rna.to_event(1), obs=x)
 
@@ -268,7 +319,7 @@ class TOTALVAE(BaseModuleClass):
             pyro.deterministic("protein_background_rate", background, event_dim=1)
             pyro.deterministic("protein_foreground_rate", foreground, event_dim=1)
             pyro.deterministic("protein_background_logits", mixing_logits, event_dim=1)
-            phi = self.log_phi.exp() if self.protein_dispersion == "protein" else self.log_phi[batch_index].exp()
+            phi = self._per_cell(self.log_phi, self.protein_dispersion, batch_index, labels).exp()
             proteins = protein_mixture(background, foreground, phi.expand_as(foreground), mixing_logits)
             with poutine.scale(scale=protein_scale):
                 pyro.sample("y", proteins.mask(measured).to_event(1), obs=y)
@@ -294,21 +345,72 @@ class TOTALVAE(BaseModuleClass):
         # a protein missing from the cell's batch is hidden from the encoder too: it must not inform q
         measured = self.protein_batch_mask[batch_index]
         xy = torch.cat([x, y * measured], -1)
+        enc_cats = (batch_index, *cat_covs) if self.encode_covariates else ()
+        enc_cont = cont_covs if self.encode_covariates else None
         with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
             with poutine.scale(scale=kl_weight):
-                z_loc, z_scale = self.z_encoder(xy, batch_index, *cat_covs, cont=cont_covs)
-                z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+                z_loc, z_scale = self.z_encoder(xy, *enc_cats, cont=enc_cont)
+                z = pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
                 h = self.background_encoder(z, batch_index, *cat_covs, cont=cont_covs)
-                scale = F.softplus(self.background_log_scale(h)) + 1e-4
+                scale = _BACKGROUND_SCALE_ACTIVATIONS[self.activation_function_bg](self.background_log_scale(h)) + 1e-4
                 # the same mask as the model's site: a masked pair has a KL over measured proteins only
                 background = dist.Normal(self.background_loc(h), scale).mask(measured)
                 pyro.sample("log_protein_background", background.to_event(1))
             if not self.use_observed_lib_size:
                 with poutine.scale(scale=library_scale):
-                    l_loc, l_scale = self.l_encoder(xy, batch_index, *cat_covs, cont=cont_covs)
+                    l_loc, l_scale = self.l_encoder(xy, *enc_cats, cont=enc_cont)
                     pyro.sample("log_library", dist.Normal(l_loc, l_scale).to_event(1))
 
     # ----------------------------------------------------------------------------------------------
+
+    def latent_params(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of the guide's Gaussian ``q(u | x, y)``, each ``(n_cells, n_latent_base)``.
+
+        ``q(z | x, y)`` itself for ``latent_distribution="normal"``; for ``"ln"`` the Gaussian that
+        :attr:`latent_transform` maps onto the simplex. Proteins missing from a cell's batch are hidden.
+
+        Examples
+        --------
+        >>> loc, scale = module.latent_params(rna, proteins, batch_index)  # doctest: +SKIP
+        """
+        batch_index = self._batch_codes(batch_index, x)
+        xy = torch.cat([x, y * self.protein_batch_mask[batch_index]], -1)
+        if not self.encode_covariates:
+            return self.z_encoder(xy)
+        return self.z_encoder(xy, batch_index, *cat_covs, cont=cont_covs)
+
+    @property
+    def latent_transform(self) -> dist.transforms.Transform | None:
+        """None (identity) for ``latent_distribution="normal"``, the stick-breaking bijection for ``"ln"``.
+
+        Examples
+        --------
+        >>> module.latent_transform  # doctest: +SKIP
+        """
+        return logistic_normal_transform() if self.latent_distribution == "ln" else None
+
+    def _latent(self, base: dist.Distribution) -> dist.Distribution:
+        transform = self.latent_transform
+        return base if transform is None else dist.TransformedDistribution(base, transform)
+
+    @staticmethod
+    def _per_cell(
+        table: torch.Tensor, kind: str, batch_index: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A per-feature table (``"gene"``/``"protein"``) or its row for each cell's batch or label."""
+        if table.dim() == 1:
+            return table
+        if kind.endswith("-batch"):
+            return table[batch_index]
+        codes = labels.reshape(-1).long() if labels is not None else torch.zeros_like(batch_index)
+        return table[codes]
 
     def _objective_scales(self, kl_weight: float) -> tuple[float, float]:
         """Scales of the library KL and of the protein likelihood under each objective."""

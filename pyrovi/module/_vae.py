@@ -4,26 +4,30 @@ Generative model, for cell :math:`n` and gene :math:`g`, with batch :math:`s_n`:
 
 .. math::
 
-    z_n &\\sim p(z) \\quad\\text{(default } \\mathcal{N}(0, I)\\text{; any } \\texttt{prior=}\\text{)} \\\\
+    u_n &\\sim p(u) \\quad\\text{(default } \\mathcal{N}(0, I)\\text{; any } \\texttt{prior=}\\text{)},
+        \\qquad z_n = u_n \\ \\text{(normal) or}\\ z_n = T(u_n) \\ \\text{(logistic normal)} \\\\
     \\ell_n &= \\textstyle\\sum_g x_{ng} \\quad\\text{(observed library), or}\\quad
         \\log \\ell_n \\sim \\mathcal{N}(\\mu^{\\ell}_{s_n}, (\\sigma^{\\ell}_{s_n})^2) \\\\
-    \\rho_n &= \\mathrm{softmax}(f_\\theta(z_n, s_n, \\text{covariates})) \\\\
+    \\rho_n &= \\mathrm{softmax}(f_\\theta(z_n, c(s_n), \\text{covariates})) \\\\
     x_{ng} &\\sim \\mathrm{ZINB}(\\mu = \\ell_n \\rho_{ng},\\ \\theta_g,\\ \\pi_{ng})
-        \\quad\\text{(or NB, Poisson)}
+        \\quad\\text{(or NB, Poisson; or } \\mathcal{N}(\\ell_n \\rho_{ng}, \\theta_g^2) \\text{ for continuous data)}
 
 with the inverse dispersion :math:`\\theta_g` a point estimate, or a global latent variable when
 ``dispersion_prior`` is given. Global latent sites (a prior's hyperpriors, the dispersion) get an
-automatic guide (:func:`~pyrovi.module.base.make_global_guide`).
+automatic guide (:func:`~pyrovi.module.base.make_global_guide`). The batch enters the networks as
+:math:`c(s_n)`, a one-hot vector or a learned embedding :math:`E_{s_n} \\in \\mathbb{R}^d`.
 
-Guide (amortized mean field): :math:`q(z_n \\mid x_n) = \\mathcal{N}(g_\\phi(x_n))` and, for a latent
-library, :math:`q(\\log \\ell_n \\mid x_n)` Normal. Cells live in a subsampled plate, so a minibatch's
-ELBO estimates the full-data ELBO.
+Guide (amortized mean field): :math:`q(u_n \\mid x_n) = \\mathcal{N}(g_\\phi(x_n))`, pushed through the
+same :math:`T` as the prior, and, for a latent library, :math:`q(\\log \\ell_n \\mid x_n)` Normal. Cells
+live in a subsampled plate, so a minibatch's ELBO estimates the full-data ELBO.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import pyro
@@ -33,17 +37,54 @@ from pyro import poutine
 from torch import nn
 
 from .._constants import REGISTRY_KEYS
-from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
+from .base import CELL_PLATE, BaseModuleClass, EmbeddingModuleMixin, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS
-from .nn import DecoderSCVI, Encoder
+from .nn import DecoderSCVI, Encoder, VarActivation
 from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
 #: a built-in name, or a callable ``(mu, theta, zi_logits) -> distribution`` over one cell's genes
-GeneLikelihood = Union[Literal["zinb", "nb", "poisson"], Callable[..., dist.Distribution]]
+GeneLikelihood = Union[Literal["zinb", "nb", "poisson", "normal"], Callable[..., dist.Distribution]]
+#: ``"normal"``: z is Gaussian; ``"ln"``: logistic normal, z lies on the probability simplex
+LatentDistribution = Literal["normal", "ln"]
+BatchRepresentation = Literal["one-hot", "embedding"]
+Normalization = Literal["encoder", "decoder", "none", "both"]
 
 
-class VAE(BaseModuleClass):
+def logistic_normal_transform() -> dist.transforms.Transform:
+    """The bijection from :math:`\\mathbb{R}^{K-1}` onto the open simplex of :math:`K` proportions.
+
+    Pyro's stick-breaking transform: with ``u = 0`` every proportion is ``1 / K``. A Normal pushed
+    through it is the logistic-normal distribution (:class:`pyro.distributions.LogisticNormal`).
+
+    Examples
+    --------
+    >>> z = logistic_normal_transform()(torch.zeros(3))
+    >>> [round(float(v), 3) for v in z]
+    [0.25, 0.25, 0.25, 0.25]
+    """
+    return dist.transforms.StickBreakingTransform()
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+
+
+def _check_extra_kwargs(name: str, kwargs: dict | None, target: Callable, reserved: Sequence[str]) -> dict:
+    """``kwargs`` for ``target``, refusing names it does not take and names the module sets itself."""
+    kwargs = dict(kwargs or {})
+    accepted = set(inspect.signature(target).parameters) - {"self", *reserved}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{name} has arguments {unknown} that {target.__qualname__.split('.')[0]} does not take or that the "
+            f"model sets itself; accepted: {sorted(accepted)}."
+        )
+    return kwargs
+
+
+class VAE(EmbeddingModuleMixin, BaseModuleClass):
     """The scVI generative model and its amortized guide.
 
     Parameters
@@ -64,21 +105,48 @@ class VAE(BaseModuleClass):
         Dropout in the encoder.
     dispersion
         Inverse dispersion ``theta`` per ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or
-        ``"gene-cell"`` (a decoder head).
+        ``"gene-cell"`` (a decoder head). With ``gene_likelihood="normal"`` it is the standard deviation.
+    log_variational
+        The encoders read ``log1p(x)`` (scVI's default) instead of ``x``.
     gene_likelihood
-        ``"zinb"``, ``"nb"``, ``"poisson"``, or a callable ``(mu, theta, zi_logits) -> distribution``
-        whose batch shape is ``(n_cells, n_genes)`` (e.g. a hurdle or beta-binomial model); ``theta`` is
-        the inverse dispersion and ``zi_logits`` the decoder's gate logits, to use or ignore.
+        ``"zinb"``, ``"nb"``, ``"poisson"``, ``"normal"`` (continuous data, e.g. log-normalised expression:
+        ``x ~ N(library * rho, theta^2)``), or a callable ``(mu, theta, zi_logits) -> distribution`` whose
+        batch shape is ``(n_cells, n_genes)`` (e.g. a hurdle or beta-binomial model); ``theta`` is the
+        inverse dispersion and ``zi_logits`` the decoder's gate logits, to use or ignore.
+    latent_distribution
+        ``"normal"``: ``z`` is the Gaussian ``u`` itself. ``"ln"``: logistic normal, ``z = T(u)`` with
+        ``T`` the stick-breaking bijection from ``n_latent - 1`` coordinates onto the simplex of
+        ``n_latent`` proportions (:func:`logistic_normal_transform`): each cell is a mixture of
+        ``n_latent`` programmes. The prior and the guide are the same ``T`` applied to the prior of
+        ``u`` and to the encoder's Normal; since the KL divergence is invariant under a bijection applied
+        to both distributions, ``KL(T#q || T#p) = KL(q || p)`` is the analytic Gaussian KL (torch's rule for
+        two transformed distributions), and Monte Carlo ELBOs (``Trace_ELBO``) evaluate exact
+        log-densities through the transform's Jacobian.
+    encode_covariates
+        Feed batch and covariates to the encoders too (otherwise only to the decoder).
+    deeply_inject_covariates
+        Feed covariates to every hidden layer, not only the first.
+    batch_representation
+        ``"one-hot"``: the batch enters the networks as indicator columns. ``"embedding"``: as a learned
+        vector per batch (``module.get_embedding("batch")``, see :class:`~pyrovi.module.base.EmbeddingModuleMixin`),
+        appended to the continuous covariates.
+    batch_embedding_kwargs
+        Arguments of the batch :class:`~pyrovi.module.nn.Embedding` (``embedding_dim``, default 5).
+    use_batch_norm, use_layer_norm
+        Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
     use_observed_lib_size
         Use the observed library size (or the registered size factor) instead of a latent library.
     library_log_means, library_log_vars
         Per-batch mean and variance of log library sizes: the prior of a latent library.
-    encode_covariates
-        Feed batch and categorical covariates to the encoder too.
-    use_batch_norm, use_layer_norm
-        Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
+    var_activation
+        Positive map of the encoders' variance output: ``"exp"`` (default, also ``None``), ``"softplus"``,
+        or a callable such as ``torch.nn.Softplus()``.
+    extra_encoder_kwargs, extra_decoder_kwargs
+        Further arguments of :class:`~pyrovi.module.nn.Encoder` (e.g. ``var_eps``) and
+        :class:`~pyrovi.module.nn.DecoderSCVI`.
     prior
-        Prior of ``z``, a :class:`~pyrovi.priors.LatentPrior` (default :class:`~pyrovi.priors.StandardNormal`).
+        Prior of ``u`` (of ``z`` itself when ``latent_distribution="normal"``), a
+        :class:`~pyrovi.priors.LatentPrior` (default :class:`~pyrovi.priors.StandardNormal`).
     dispersion_prior
         A distribution with positive support (e.g. ``dist.LogNormal(2.0, 1.0)``) making ``theta`` a
         global latent variable with this prior for every entry (not with ``"gene-cell"``).
@@ -113,33 +181,52 @@ class VAE(BaseModuleClass):
         n_cats_per_cov: Sequence[int] | None = None,
         dropout_rate: float = 0.1,
         dispersion: Dispersion = "gene",
+        log_variational: bool = True,
         gene_likelihood: GeneLikelihood = "zinb",
+        latent_distribution: LatentDistribution = "normal",
+        encode_covariates: bool = False,
+        deeply_inject_covariates: bool = True,
+        batch_representation: BatchRepresentation = "one-hot",
+        use_batch_norm: Normalization = "both",
+        use_layer_norm: Normalization = "none",
         use_observed_lib_size: bool = True,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
-        encode_covariates: bool = False,
-        use_batch_norm: Literal["encoder", "decoder", "none", "both"] = "both",
-        use_layer_norm: Literal["encoder", "decoder", "none", "both"] = "none",
+        var_activation: VarActivation = None,
+        extra_encoder_kwargs: dict | None = None,
+        extra_decoder_kwargs: dict | None = None,
+        batch_embedding_kwargs: dict | None = None,
         prior: LatentPrior | None = None,
         dispersion_prior: dist.Distribution | None = None,
         global_guide: GlobalGuide = "normal",
     ):
         super().__init__()
-        if dispersion not in ("gene", "gene-batch", "gene-label", "gene-cell"):
-            raise ValueError(
-                f"dispersion={dispersion!r} is not one of 'gene', 'gene-batch', 'gene-label', 'gene-cell'."
-            )
+        _check_choice("dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell"))
         if not callable(gene_likelihood) and gene_likelihood not in COUNT_LIKELIHOODS:
             raise ValueError(
                 f"gene_likelihood={gene_likelihood!r} is not one of {sorted(COUNT_LIKELIHOODS)} "
                 "or a callable (mu, theta, zi_logits) -> distribution."
             )
+        _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
+        _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
+        _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
+        _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
+        if latent_distribution == "ln" and n_latent < 2:
+            raise ValueError(
+                f"latent_distribution='ln' puts z on the simplex of n_latent proportions, which needs n_latent >= 2 "
+                f"(got {n_latent})."
+            )
         self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
         self.dispersion = dispersion
         self.gene_likelihood = gene_likelihood
+        self.latent_distribution = latent_distribution
         self.use_observed_lib_size = use_observed_lib_size
         self.encode_covariates = encode_covariates
         self.n_continuous_cov = n_continuous_cov
+        self.n_cats_per_cov = list(n_cats_per_cov or [])
+        self.batch_representation = batch_representation
+        #: the guide's and the prior's Gaussian live in n_latent - 1 coordinates for the logistic normal
+        self.n_latent_base = n_latent - 1 if latent_distribution == "ln" else n_latent
 
         if not use_observed_lib_size:
             if library_log_means is None or library_log_vars is None:
@@ -162,37 +249,58 @@ class VAE(BaseModuleClass):
         elif dispersion in shapes and self._uses_dispersion:
             self.log_theta = nn.Parameter(torch.randn(shapes[dispersion]))
 
-        cat_list = [n_batch, *(n_cats_per_cov or [])]
+        # how the batch reaches the networks: one-hot codes among the categorical covariates, or a learned
+        # vector appended to the continuous ones
+        extra_cats = list(self.n_cats_per_cov)
+        n_cont = n_continuous_cov
+        if batch_representation == "embedding":
+            self.init_embedding(REGISTRY_KEYS.BATCH_KEY, n_batch, **(batch_embedding_kwargs or {}))
+            n_cont += self.get_embedding(REGISTRY_KEYS.BATCH_KEY).embedding_dim
+            cat_list = extra_cats
+        else:
+            if batch_embedding_kwargs:
+                warnings.warn(
+                    "batch_embedding_kwargs is ignored with batch_representation='one-hot'; pass "
+                    "batch_representation='embedding' to learn batch embeddings.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            cat_list = [n_batch, *extra_cats]
         enc_cats = cat_list if encode_covariates else None
-        enc_cont = n_continuous_cov if encode_covariates else 0
+        enc_cont = n_cont if encode_covariates else 0
         bn_enc = use_batch_norm in ("encoder", "both")
         bn_dec = use_batch_norm in ("decoder", "both")
         ln_enc = use_layer_norm in ("encoder", "both")
         ln_dec = use_layer_norm in ("decoder", "both")
-        self.z_encoder = Encoder(
-            n_input, n_latent, n_cat_list=enc_cats, n_cont=enc_cont, n_layers=n_layers, n_hidden=n_hidden,
-            dropout_rate=dropout_rate, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
-        )
+        reserved = ("n_input", "n_output", "n_cat_list", "n_cont", "n_layers", "n_hidden", "inject_covariates")
+        enc_kwargs = {
+            "n_cat_list": enc_cats, "n_cont": enc_cont, "n_hidden": n_hidden, "dropout_rate": dropout_rate,
+            "use_batch_norm": bn_enc, "use_layer_norm": ln_enc, "inject_covariates": deeply_inject_covariates,
+            "var_activation": var_activation, "log1p_input": log_variational,
+            **_check_extra_kwargs("extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__, reserved),
+        }
+        self.z_encoder = Encoder(n_input, self.n_latent_base, n_layers=n_layers, **enc_kwargs)
         if not use_observed_lib_size:
-            self.l_encoder = Encoder(
-                n_input, 1, n_cat_list=enc_cats, n_cont=enc_cont, n_layers=1, n_hidden=n_hidden,
-                dropout_rate=dropout_rate, use_batch_norm=bn_enc, use_layer_norm=ln_enc,
-            )
-        self.decoder = DecoderSCVI(
-            n_latent, n_input, n_cat_list=cat_list, n_cont=n_continuous_cov, n_layers=n_layers,
-            n_hidden=n_hidden, use_batch_norm=bn_dec, use_layer_norm=ln_dec,
-            dispersion_head=dispersion == "gene-cell" and self._uses_dispersion,
+            self.l_encoder = Encoder(n_input, 1, n_layers=1, **enc_kwargs)
+        dec_kwargs = {
+            "n_cat_list": cat_list, "n_cont": n_cont, "n_hidden": n_hidden, "use_batch_norm": bn_dec,
+            "use_layer_norm": ln_dec, "inject_covariates": deeply_inject_covariates,
+            "dispersion_head": dispersion == "gene-cell" and self._uses_dispersion,
             # a callable likelihood may use the gate logits; of the built-ins only ZINB does
-            zi_head=callable(gene_likelihood) or gene_likelihood == "zinb",
-        )
-        self.n_cats_per_cov = list(n_cats_per_cov or [])
+            "zi_head": callable(gene_likelihood) or gene_likelihood == "zinb",
+            **_check_extra_kwargs(
+                "extra_decoder_kwargs", extra_decoder_kwargs, DecoderSCVI.__init__,
+                (*reserved, "dispersion_head", "zi_head"),
+            ),
+        }
+        self.decoder = DecoderSCVI(n_latent, n_input, n_layers=n_layers, **dec_kwargs)
         if callable(gene_likelihood):
             self._check_likelihood(gene_likelihood)
 
         # the prior comes last: a VampPrior pushes its pseudo-inputs through the encoder built above
         self.prior = prior if prior is not None else StandardNormal()
-        self.prior.setup(n_latent, self)
-        global_sites = check_latent_prior(self.prior, n_latent, self._example_covariates(2))
+        self.prior.setup(self.n_latent_base, self)
+        global_sites = check_latent_prior(self.prior, self.n_latent_base, self._example_covariates(2))
         if self._dispersion_prior_name is not None:
             global_sites.append("dispersion")
         self.global_sites = tuple(global_sites)
@@ -276,7 +384,9 @@ class VAE(BaseModuleClass):
         """p(x, z, l): the scVI generative process; ``x`` is observed."""
         batch_index = self._batch_codes(batch_index, x)
         # global: the prior's hyperpriors (if any), then the dispersion when it has a prior
-        p_z = self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
+        p_z = self._latent(
+            self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
+        )
         theta = None
         if self._dispersion_prior_name is not None:
             theta = pyro.sample("dispersion", self._dispersion_prior())
@@ -291,11 +401,15 @@ class VAE(BaseModuleClass):
                     log_library = pyro.sample("log_library", dist.Normal(prior_loc, prior_scale).to_event(1))
                     library = log_library.exp()
             # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
-            log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, batch_index, *cat_covs, cont=cont_covs)
+            cats, cont = self._network_covariates(batch_index, cat_covs, cont_covs)
+            log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, *cats, cont=cont)
             rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
             theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
             if callable(self.gene_likelihood):
                 likelihood = self.gene_likelihood(library * rho, theta, zi_logits)
+            elif self.gene_likelihood == "normal":
+                # continuous data: the library may be any real total, so the mean is not taken from log space
+                likelihood = COUNT_LIKELIHOODS["normal"](library * rho, theta, None)
             else:
                 log_mu = log_rho + (log_library if not self.use_observed_lib_size else torch.log(library + 1e-8))
                 likelihood = COUNT_LIKELIHOODS[self.gene_likelihood](None, theta, zi_logits, log_mu=log_mu)
@@ -313,18 +427,78 @@ class VAE(BaseModuleClass):
         n_obs: int | None = None,
         kl_weight: float = 1.0,
     ) -> None:
-        """q(z, l | x): amortized Normal posteriors computed by the encoders."""
+        """q(z, l | x): amortized Normal posteriors computed by the encoders (z through T for "ln")."""
         batch_index = self._batch_codes(batch_index, x)
-        enc_cats = (batch_index, *cat_covs) if self.encode_covariates else ()
-        enc_cont = cont_covs if self.encode_covariates else None
         if self.global_guide is not None:
             self.global_guide()
         with self._cells(x, indices, n_obs), poutine.scale(scale=kl_weight):
-            z_loc, z_scale = self.z_encoder(x, *enc_cats, cont=enc_cont)
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
+            pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
             if not self.use_observed_lib_size:
-                l_loc, l_scale = self.l_encoder(x, *enc_cats, cont=enc_cont)
+                cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
+                l_loc, l_scale = self.l_encoder(x, *cats, cont=cont)
                 pyro.sample("log_library", dist.Normal(l_loc, l_scale).to_event(1))
+
+    def latent_params(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of the guide's Gaussian ``q(u | x)``, each ``(n_cells, n_latent_base)``.
+
+        For ``latent_distribution="normal"`` this is ``q(z | x)`` itself; for ``"ln"`` it is the Gaussian
+        that :attr:`latent_transform` maps onto the simplex (``n_latent - 1`` coordinates).
+
+        Examples
+        --------
+        >>> vae = VAE(n_input=20, n_latent=4, latent_distribution="ln")
+        >>> loc, scale = vae.latent_params(torch.poisson(torch.full((3, 20), 2.0)))
+        >>> tuple(loc.shape)
+        (3, 3)
+        """
+        batch_index = self._batch_codes(batch_index, x)
+        cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
+        return self.z_encoder(x, *cats, cont=cont)
+
+    @property
+    def latent_transform(self) -> dist.transforms.Transform | None:
+        """The map from the Gaussian ``u`` to ``z``: None (identity) for ``"normal"``, stick-breaking for ``"ln"``.
+
+        Examples
+        --------
+        >>> VAE(n_input=20, latent_distribution="ln").latent_transform(torch.zeros(1, 9)).sum().item()
+        1.0
+        """
+        return logistic_normal_transform() if self.latent_distribution == "ln" else None
+
+    def _latent(self, base: dist.Distribution) -> dist.Distribution:
+        """The distribution of ``z`` from that of ``u``: ``base`` itself, or ``base`` pushed through ``T``."""
+        transform = self.latent_transform
+        return base if transform is None else dist.TransformedDistribution(base, transform)
+
+    def _network_covariates(
+        self, batch_index: torch.Tensor, cat_covs: tuple[torch.Tensor, ...], cont_covs: torch.Tensor | None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The decoder's covariates: categorical codes (one-hot inside the network) and continuous inputs.
+
+        With ``batch_representation="embedding"`` the batch is its learned vector, appended to the
+        continuous covariates, instead of a one-hot code.
+        """
+        if self.batch_representation == "one-hot":
+            return (batch_index, *cat_covs), cont_covs
+        embedded = self.compute_embedding(REGISTRY_KEYS.BATCH_KEY, batch_index)
+        cont = embedded if cont_covs is None else torch.cat([cont_covs.to(embedded.dtype), embedded], dim=-1)
+        return tuple(cat_covs), cont
+
+    def _encoder_covariates(
+        self, batch_index: torch.Tensor, cat_covs: tuple[torch.Tensor, ...], cont_covs: torch.Tensor | None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The encoders' covariates: those of the decoder with ``encode_covariates``, else none."""
+        if not self.encode_covariates:
+            return (), None
+        return self._network_covariates(batch_index, cat_covs, cont_covs)
 
     # ----------------------------------------------------------------------------------------------
     # helpers

@@ -1,6 +1,7 @@
 """The module contract (:class:`BaseModuleClass`) and per-cell quantities read off Pyro traces."""
 
 from ._base_module import BaseModuleClass
+from ._embedding_mixin import EmbeddingModuleMixin
 from ._global_guide import GlobalGuide, make_global_guide, materialise_guide
 from ._per_cell import (
     CELL_PLATE,
@@ -13,6 +14,7 @@ from ._per_cell import (
 
 __all__ = [
     "BaseModuleClass",
+    "EmbeddingModuleMixin",
     "GlobalGuide",
     "make_global_guide",
     "materialise_guide",

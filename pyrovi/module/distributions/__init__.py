@@ -4,8 +4,9 @@ own distributions."""
 from ._count_likelihoods import (
     COUNT_LIKELIHOODS,
     negative_binomial,
+    normal,
     poisson,
     zero_inflated_negative_binomial,
 )
 
-__all__ = ["negative_binomial", "zero_inflated_negative_binomial", "poisson", "COUNT_LIKELIHOODS"]
+__all__ = ["negative_binomial", "zero_inflated_negative_binomial", "poisson", "normal", "COUNT_LIKELIHOODS"]

@@ -77,10 +77,25 @@ def poisson(mu: torch.Tensor) -> dist.Poisson:
     return dist.Poisson(mu)
 
 
+def normal(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Normal:
+    """Normal with mean ``mu`` and standard deviation ``sigma``: the likelihood of continuous data.
+
+    With ``gene_likelihood="normal"`` the ``theta`` of the count likelihoods is this standard deviation.
+
+    Examples
+    --------
+    >>> float(normal(torch.tensor(1.5), torch.tensor(2.0)).stddev)
+    2.0
+    """
+    return dist.Normal(mu, sigma)
+
+
 #: gene_likelihood name -> constructor taking ``(mu, theta, zi_logits, log_mu=None)``; unused arguments
 #: are ignored, and ``mu`` may be ``None`` when ``log_mu`` is given.
 COUNT_LIKELIHOODS = {
     "nb": lambda mu, theta, zi_logits, log_mu=None: negative_binomial(mu, theta, log_mu=log_mu),
     "zinb": zero_inflated_negative_binomial,
     "poisson": lambda mu, theta, zi_logits, log_mu=None: poisson(log_mu.exp() if mu is None else mu),
+    # not a count model: theta is the standard deviation of continuous data (e.g. log-normalised expression)
+    "normal": lambda mu, theta, zi_logits, log_mu=None: normal(log_mu.exp() if mu is None else mu, theta),
 }

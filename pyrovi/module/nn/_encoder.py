@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._fc_layers import FCLayers
@@ -19,11 +21,51 @@ def _log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(x)
 
 
+#: a positive activation by name, or any callable ``tensor -> positive tensor``
+VarActivation = Union[str, Callable[[torch.Tensor], torch.Tensor], None]
+
+#: the variance activations a model file can name (anything else is user code, asked for again at load)
+VAR_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"exp": torch.exp, "softplus": F.softplus}
+
+
+def var_activation_name(fn: VarActivation) -> VarActivation:
+    """The name of a known variance activation (``"exp"``, ``"softplus"``), else ``fn`` itself.
+
+    ``None``, ``torch.exp`` and ``"exp"`` are ``"exp"``; ``F.softplus`` and ``nn.Softplus()`` (default
+    ``beta`` and ``threshold``) are ``"softplus"``. A name is what a saved model stores, so these survive
+    save and load; another callable is returned as is.
+
+    Examples
+    --------
+    >>> var_activation_name(torch.nn.Softplus())
+    'softplus'
+    >>> var_activation_name(None)
+    'exp'
+    """
+    if fn is None:
+        return "exp"
+    if isinstance(fn, str):
+        if fn not in VAR_ACTIVATIONS:
+            raise ValueError(
+                f"var_activation={fn!r} is not one of {sorted(VAR_ACTIVATIONS)}; pass one of these names or a "
+                "callable mapping a tensor to positive values (e.g. torch.nn.Softplus())."
+            )
+        return fn
+    for name, known in VAR_ACTIVATIONS.items():
+        if fn is known:
+            return name
+    if type(fn) is nn.Softplus and fn.beta == 1 and fn.threshold == 20:
+        return "softplus"
+    if not callable(fn):
+        raise TypeError(f"var_activation must be a name, a callable or None, got {fn!r}.")
+    return fn
+
+
 class Encoder(nn.Module):
     """Map ``log1p`` counts to the location and scale of a diagonal Normal, ``q(z | x)``.
 
-    The scale is ``sqrt(exp(v) + var_eps)``: the small variance floor keeps the posterior from
-    collapsing to a point, as in scVI.
+    The scale is ``sqrt(a(v) + var_eps)`` with ``a`` the variance activation (``exp`` by default): the
+    small variance floor keeps the posterior from collapsing to a point, as in scVI.
 
     Parameters
     ----------
@@ -39,6 +81,9 @@ class Encoder(nn.Module):
         Variance floor.
     log1p_input
         Transform counts with ``log1p`` before the network (scVI's default).
+    var_activation
+        Maps the network's variance output to positive values: ``"exp"`` (default, also ``None``),
+        ``"softplus"`` (gentler for large outputs), or a callable such as ``torch.nn.Softplus()``.
 
     Examples
     --------
@@ -62,8 +107,11 @@ class Encoder(nn.Module):
         inject_covariates: bool = True,
         var_eps: float = 1e-4,
         log1p_input: bool = True,
+        var_activation: VarActivation = None,
     ):
         super().__init__()
+        name = var_activation_name(var_activation)
+        self.var_activation = VAR_ACTIVATIONS[name] if isinstance(name, str) else name
         self.var_eps = var_eps
         self.log1p_input = log1p_input
         self.encoder = FCLayers(
@@ -86,5 +134,5 @@ class Encoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of the Normal posterior for each cell."""
         h = self.encoder(_log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
-        scale = torch.sqrt(torch.exp(self.log_var(h)) + self.var_eps)
+        scale = torch.sqrt(self.var_activation(self.log_var(h)) + self.var_eps)
         return self.loc(h), scale
