@@ -22,3 +22,8 @@ REGISTRY_KEYS = _RegistryKeys()
 #: Key in ``adata.uns`` under which a model's registry is stored, as a JSON string so that it
 #: survives ``copy()`` and a round trip through ``write_h5ad``/``read_h5ad`` unchanged.
 UNS_REGISTRY_KEY = "_pyrovi_registry"
+
+#: Key in ``adata.uns`` of an identifier a model gives each AnnData it is set up with or reads (a hex string).
+#: A copy of an AnnData carries its original's identifier until a model reads it, which then gives the copy
+#: its own; scvi-tools keeps the same kind of identifier, and code written for it reads it.
+UNS_UUID_KEY = "_pyrovi_uuid"

@@ -136,3 +136,21 @@ def test_get_from_registry_and_view_setup(trained, capsys):
     trained.view_anndata_setup()
     full = capsys.readouterr().out
     assert "batch" in short and len(full) > len(short)
+
+
+def test_a_copy_gets_its_own_identifier_when_a_model_reads_it(trained):
+    from pyrovi.data._constants import _SCVI_UUID_KEY
+
+    original = trained.adata
+    uid = original.uns[_SCVI_UUID_KEY]
+    copy = original.copy()
+    assert copy.uns[_SCVI_UUID_KEY] == uid  # a copy carries its original's identifier ...
+    trained.get_elbo(copy)
+    assert copy.uns[_SCVI_UUID_KEY] != uid  # ... until the model reads it
+    assert original.uns[_SCVI_UUID_KEY] == uid
+    view = original[:10]
+    trained.get_elbo(view)
+    assert view.is_view  # a view is read as it is, never written to
+    query = _data(seed=8)
+    trained.get_elbo(query)
+    assert _SCVI_UUID_KEY not in query.uns  # data never set up is not written to

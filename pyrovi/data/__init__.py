@@ -4,8 +4,8 @@ A model declares its *fields* (counts in ``X`` or a layer, batch and label colum
 extra covariates, ``obsm`` matrices). An :class:`AnnDataManager` registers them on an AnnData:
 every field validates its data (raw counts, no missing values, known categories) and records a
 JSON-serialisable state (gene order, category mappings). The resulting *registry* is stored in
-``adata.uns[UNS_REGISTRY_KEY]`` as a JSON string, the only change made to the user's AnnData, so it
-survives ``copy()`` and ``write_h5ad``/``read_h5ad``. Query data and data given when a model is
+``adata.uns[UNS_REGISTRY_KEY]`` as a JSON string, the only change the data layer makes to the user's
+AnnData, so it survives ``copy()`` and ``write_h5ad``/``read_h5ad``. Query data and data given when a model is
 loaded are *transferred*: validated against the registered states, with genes reordered and
 categories mapped (or extended) accordingly. The loader reads :meth:`AnnDataManager.get_arrays`.
 

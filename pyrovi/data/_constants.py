@@ -9,3 +9,5 @@ _FIELD_REGISTRIES_KEY = "field_registries"
 _DATA_REGISTRY_KEY = "data_registry"
 _STATE_REGISTRY_KEY = "state_registry"
 _SUMMARY_STATS_KEY = "summary_stats"
+#: Entry of ``adata.uns`` holding the AnnData's identifier (see :data:`pyrovi._constants.UNS_UUID_KEY`).
+_SCVI_UUID_KEY = "_pyrovi_uuid"

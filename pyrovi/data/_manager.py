@@ -35,7 +35,8 @@ class AnnDataManager:
     """Registers a model's data fields on an AnnData and serves the encoded arrays to the data loader.
 
     The registry it builds is a plain JSON-serialisable dict, stored in ``adata.uns[UNS_REGISTRY_KEY]`` as
-    a JSON string (the only change ever made to the user's AnnData)::
+    a JSON string (the only change the data layer makes to the user's AnnData; a model's setup adds an
+    identifier, see :mod:`pyrovi.model`)::
 
         {"model_name": str, "pyrovi_version": str, "setup_args": dict,
          "field_states": {registry_key: state}, "summary_stats": {name: int}}
@@ -110,7 +111,8 @@ class AnnDataManager:
         Parameters
         ----------
         adata
-            The data to set up. Must not be a view: pass ``adata[mask].copy()`` instead.
+            The data to set up. Must not be a view (pass ``adata[mask].copy()``), except when transferring
+            (``source_registry`` given): a view is then read and its ``uns`` left as it is.
         source_registry
             A registry to transfer from (query data, or data given when a saved model is loaded): each field
             then keeps the registered genes and category mappings. None registers the fields afresh.
@@ -131,7 +133,7 @@ class AnnDataManager:
         ...     adata_query, source_registry=registry)  # doctest: +SKIP
         """
         _check_transfer_kwargs(transfer_kwargs)
-        _check_adata(adata, self._fields)
+        _check_adata(adata, self._fields, allow_view=source_registry is not None)
         source_states = None if source_registry is None else _source_states(source_registry, self._fields)
         field_states = {}
         for field in self._fields:
@@ -148,8 +150,9 @@ class AnnDataManager:
             "field_states": field_states,
             "summary_stats": self._summary_stats(adata, field_states),
         }
-        # Written only once every field has validated, so a failed setup leaves the AnnData untouched.
-        self._registry = _write_registry(adata, registry)
+        # Written only once every field has validated, so a failed setup leaves the AnnData untouched. A view
+        # (query data such as adata[:10]) is read, never written: writing would turn it into a copy.
+        self._registry = json.loads(json.dumps(registry)) if adata.is_view else _write_registry(adata, registry)
         self._adata = adata
         return self
 
@@ -513,7 +516,7 @@ def _check_transfer_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
-def _check_adata(adata: AnnData, fields: Sequence[BaseField] = ()) -> None:
+def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: bool = False) -> None:
     is_mudata = _is_mudata(adata)
     if not isinstance(adata, AnnData) and not is_mudata:
         raise TypeError(f"Expected an AnnData (or a MuData for MuData fields), got {type(adata).__name__}.")
@@ -524,7 +527,7 @@ def _check_adata(adata: AnnData, fields: Sequence[BaseField] = ()) -> None:
                 f"Got a MuData, but the field(s) {anndata_fields} read an AnnData. Set a MuData up with the "
                 "model's setup_mudata (MuData fields), or pass one of its modalities, e.g. mdata.mod['rna']."
             )
-    if adata.is_view:
+    if adata.is_view and not allow_view:
         raise ValueError(
             f"The {type(adata).__name__} is a view (e.g. adata[mask]); pyrovi does not copy data silently. Pass a "
             "copy instead, e.g. adata[mask].copy()."

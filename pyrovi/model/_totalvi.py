@@ -213,7 +213,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     ) -> None:
         """Set up a MuData of RNA and protein modalities for :class:`TOTALVI`; then ``TOTALVI(mdata)``.
 
-        The registry is stored in ``mdata.uns`` (the only change made to the MuData): the RNA counts are read
+        The registry and an identifier are stored in ``mdata.uns`` (the only changes made to the MuData): the RNA counts are read
         from one modality, the protein counts (named by that modality's ``var_names``) from another, and each
         obs column from the modality ``modalities`` names for it. Every query then takes the MuData (or
         another MuData with the same modalities) as ``adata``. Needs ``pip install 'pyrovi[mudata]'``.

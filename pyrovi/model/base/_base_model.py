@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..._constants import REGISTRY_KEYS
+from ..._constants import REGISTRY_KEYS, UNS_UUID_KEY
 from ..._errors import ModelFileError
 from ..._settings import settings
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
@@ -25,6 +26,13 @@ from ._query_errors import _unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
 
 logger = logging.getLogger("pyrovi")
+
+
+def _assign_uuid(adata: AnnData, overwrite: bool) -> None:
+    """Give ``adata`` a fresh identifier in ``uns`` (not a view: writing to one would copy it silently)."""
+    if getattr(adata, "is_view", False) or (not overwrite and UNS_UUID_KEY in adata.uns):
+        return
+    adata.uns[UNS_UUID_KEY] = uuid.uuid4().hex
 
 
 def _max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) -> int:
@@ -146,7 +154,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         self._adata = adata
         #: AnnDatas this model has validated (by id, with a weak reference so that none is kept alive):
         #: get_anndata_manager and view_anndata_setup answer for these, as scvi-tools' per-model store does.
-        self._seen_adatas: dict[int, weakref.ref] = {id(adata): weakref.ref(adata)}
+        self._seen_adatas: dict[int, weakref.ref] = {}
+        _assign_uuid(adata, overwrite=False)
+        self._note_seen(adata)
         try:
             self.adata_manager = self._manager(registry["setup_args"]).register_fields(
                 adata, source_registry=registry
@@ -186,6 +196,7 @@ class BaseModelClass(PosteriorSamplingMixin):
     def _register(cls, adata: AnnData, setup_args: dict[str, Any]) -> None:
         """Validate ``adata`` against this model's fields and store the registry in ``adata.uns``."""
         cls._manager(setup_args).register_fields(adata)
+        _assign_uuid(adata, overwrite=True)
 
     def _record_init_params(self, frame_locals: dict[str, Any]) -> None:
         """Keep the constructor's arguments (JSON values) so that :meth:`load` can rebuild the model."""
@@ -222,6 +233,16 @@ class BaseModelClass(PosteriorSamplingMixin):
             return
         manager = self._validate_anndata(adata)
         self._adata, self.adata_manager = adata, manager
+
+    def _note_seen(self, adata: AnnData) -> None:
+        """Remember ``adata``; a copy of an AnnData seen before gets an identifier of its own."""
+        uid = adata.uns.get(UNS_UUID_KEY) if not getattr(adata, "is_view", False) else None
+        if uid is not None:
+            for ref in self._seen_adatas.values():
+                other = ref()
+                if other is not None and other is not adata and other.uns.get(UNS_UUID_KEY) == uid:
+                    _assign_uuid(adata, overwrite=True)
+                    break
         self._seen_adatas[id(adata)] = weakref.ref(adata)
 
     @property
@@ -358,7 +379,7 @@ class BaseModelClass(PosteriorSamplingMixin):
             manager = self.adata_manager.transfer_fields(adata)
         except UnseenCategoryError as err:
             raise _unknown_to_model(err, type(self).__name__) from None
-        self._seen_adatas[id(adata)] = weakref.ref(adata)
+        self._note_seen(adata)
         if len(self._seen_adatas) > 64:  # forget AnnDatas that no longer exist
             self._seen_adatas = {k: r for k, r in self._seen_adatas.items() if r() is not None}
         return manager
