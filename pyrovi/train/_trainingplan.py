@@ -132,9 +132,9 @@ def _compile_networks(module: torch.nn.Module, compile_kwargs: dict[str, Any] | 
     try:
         # Compiling the whole Pyro program would break its graph at every effect handler; the networks
         # (encoders, decoders) are plain torch code. A network that fails to compile runs eagerly.
-        import torch._dynamo
+        import torch._dynamo as dynamo
 
-        torch._dynamo.config.suppress_errors = True
+        dynamo.config.suppress_errors = True
         for child in networks:
             child.compile(**kwargs)
     except Exception as err:  # noqa: BLE001 (any failure means: train uncompiled)
