@@ -162,11 +162,11 @@ def test_normal_likelihood_recovers_the_means_of_gaussian_data():
     adata, truth = _gaussian_adata()
     with pytest.warns(UserWarning, match="registered as continuous values"):
         SCVI.setup_anndata(adata)
-    model = _train(SCVI(adata, n_latent=2, gene_likelihood="normal"), 100, batch_size=64, lr=1e-2)
+    model = _train(SCVI(adata, n_latent=2, n_hidden=32, gene_likelihood="normal"), 60, batch_size=64, lr=1e-2)
     fitted = model.get_normalized_expression(library_size="latent", n_samples=5, return_numpy=True)
     err = np.abs(fitted - truth).mean()
-    assert err < 0.2, err  # measured 0.14; the noise sd is 0.3, the spread of the true means 0.9
-    assert np.corrcoef(fitted.ravel(), truth.ravel())[0, 1] > 0.96  # measured 0.98
+    assert err < 0.15, err  # measured 0.084; the noise sd is 0.3, the spread of the true means 0.9
+    assert np.corrcoef(fitted.ravel(), truth.ravel())[0, 1] > 0.98  # measured 0.995
     # theta is the standard deviation of the Gaussian: close to 0.3 for every gene
     sd = model.module.log_theta.exp().detach().numpy()
     assert abs(np.median(sd) - 0.3) < 0.08, np.median(sd)
@@ -181,7 +181,20 @@ def test_count_likelihoods_refuse_continuous_data_naming_the_fix():
         SCVI(adata)
 
 
-def test_normal_likelihood_on_counts_and_queries_with_new_data():
+def test_normal_likelihood_refuses_values_without_log1p():
+    adata, _ = _gaussian_adata()
+    adata.X = adata.X - 3.0  # centred values: some below -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        SCVI.setup_anndata(adata)
+    with pytest.raises(ValueError, match="log_variational=False"):
+        SCVI(adata, gene_likelihood="normal")
+    model = SCVI(adata, gene_likelihood="normal", log_variational=False)
+    model.train(max_epochs=1, progress_bar=False)
+    assert np.isfinite(model.get_elbo())
+
+
+def test_normal_likelihood_on_counts():
     adata = _adata(n_cells=100)
     SCVI.setup_anndata(adata, batch_key="batch")  # counts: no warning, count likelihoods accepted
     model = SCVI(adata, gene_likelihood="normal")

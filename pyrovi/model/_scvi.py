@@ -102,7 +102,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             # a known activation is stored by name, so that it survives save and load
             module_kwargs["var_activation"] = var_activation_name(module_kwargs["var_activation"])
         self._record_init_params(locals())
-        self._check_count_data(gene_likelihood)
+        self._check_data(gene_likelihood, module_kwargs.get("log_variational", True))
         stats = self.summary_stats
         cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
         library_log_means = library_log_vars = None
@@ -130,10 +130,24 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             **module_kwargs,
         )
 
-    def _check_count_data(self, gene_likelihood: GeneLikelihood) -> None:
-        """Count likelihoods need raw counts: refuse data registered as continuous, naming the first value."""
+    def _check_data(self, gene_likelihood: GeneLikelihood, log_variational: bool) -> None:
+        """Count likelihoods need raw counts: refuse data registered as continuous, naming the first value.
+
+        Continuous data must also suit the encoders' ``log1p``: values below -1 have no logarithm.
+        """
         state = self.adata_manager.get_state(REGISTRY_KEYS.X_KEY) or {}
-        if callable(gene_likelihood) or gene_likelihood == "normal" or state.get("is_count_data", True):
+        if state.get("is_count_data", True):
+            return
+        if gene_likelihood == "normal" and log_variational:
+            x = self.adata_manager.get_array(REGISTRY_KEYS.X_KEY)
+            low = float(x.min()) if x.shape[0] else 0.0
+            if low <= -1:
+                raise ValueError(
+                    f"The registered data have values down to {low:.3g}, but the encoders read log(1 + x), which "
+                    "needs x > -1. Pass log_variational=False to encode the values as they are, or register "
+                    "non-negative data (e.g. log-normalised expression rather than scaled values)."
+                )
+        if callable(gene_likelihood) or gene_likelihood == "normal":
             return
         try:  # the count check again, for its message naming the first value that is not a count
             LayerField(REGISTRY_KEYS.X_KEY, state.get("layer"), is_count_data=True).register(self.adata)
