@@ -274,8 +274,11 @@ def test_totalvi_missing_proteins_dispersions_and_background_prior(citeseq):
     masked = TOTALVI(citeseq)
     assert not masked.module.protein_batch_mask[1, 0] and masked.module.protein_batch_mask.sum() == 23
     assert TOTALVI(citeseq, override_missing_proteins=True).module.protein_batch_mask.all()
-    # more than 10 proteins: the background prior starts from the data (not from location 0)
+    # by default the background prior starts from the data (not from location 0), with few proteins too
     assert masked.module.background_prior_loc.abs().sum() > 0
+    few = pyrovi.data.synthetic_iid(batch_size=30, n_genes=20, n_proteins=4, seed=2)
+    TOTALVI.setup_anndata(few, protein_expression_obsm_key="protein_expression", batch_key="batch")
+    assert TOTALVI(few).module.background_prior_loc.abs().sum() > 0
     assert TOTALVI(citeseq, empirical_protein_background_prior=False).module.background_prior_loc.abs().sum() == 0
     labelled = TOTALVI(citeseq, gene_dispersion="gene-label", protein_dispersion="protein-batch")
     assert labelled.module.log_theta.shape == (1, 50) and labelled.module.log_phi.shape == (2, 12)
