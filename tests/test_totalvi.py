@@ -182,7 +182,8 @@ def test_posterior_predictive_rna_and_protein_share_each_draw(trained):
 
     cells = np.arange(40)
     pyrovi.settings.seed = 11
-    x_rep, y_rep = trained.posterior_predictive_sample(indices=cells, n_samples=2)
+    replicates = trained.posterior_predictive_sample(indices=cells, n_samples=2)
+    x_rep, y_rep = replicates["rna"], replicates["protein"]
     pyrovi.settings.seed = 11
     module = trained.module.eval()
     joint = Predictive(poutine.uncondition(module.model), guide=module.guide, num_samples=2, return_sites=["x", "y"])
@@ -207,7 +208,8 @@ def test_queries_shapes_and_ranges(trained):
         indices=np.arange(5), gene_list=["gene_1"], protein_list=["protein_3", "protein_2"]
     )
     assert sub_rna.shape == (5, 1) and list(sub_protein.columns) == ["protein_3", "protein_2"]
-    x_rep, y_rep = trained.posterior_predictive_sample(n_samples=3)
+    replicates = trained.posterior_predictive_sample(n_samples=3)
+    x_rep, y_rep = replicates["rna"], replicates["protein"]
     assert x_rep.shape == (500, 100, 3) and y_rep.shape == (500, 20, 3)
     # replicated mean counts per protein (among the cells that measured it) track the observed ones
     observed = trained.adata.obsm["protein_expression"].to_numpy()

@@ -572,15 +572,16 @@ class PosteriorPredictiveCheck:
     def _replicate(self, model: Any, cells: np.ndarray, features: list[str]) -> np.ndarray:
         kwargs = {"indices": cells, "n_samples": self.n_samples, "batch_size": self.batch_size}
         if self.modality == "protein":  # no RNA replicates: an empty gene list
-            _, replicates = model.posterior_predictive_sample(self.adata, gene_list=[], protein_list=features, **kwargs)
+            replicates = model.posterior_predictive_sample(self.adata, gene_list=[], protein_list=features, **kwargs)
+            replicates = replicates["protein"]
         else:
             # Ask for genes by name only when this model's order differs from the reference.
             gene_list = None if _model_genes(model) == features else features
             if hasattr(model, "protein_names"):  # a model of RNA and proteins: no protein replicates
                 kwargs["protein_list"] = []
             replicates = model.posterior_predictive_sample(self.adata, gene_list=gene_list, **kwargs)
-            if isinstance(replicates, tuple):
-                replicates = replicates[0]
+            if isinstance(replicates, dict):  # a model of RNA and proteins: {"rna": ..., "protein": ...}
+                replicates = replicates["rna"]
         if replicates.ndim == 2:  # one sample comes back without the samples axis
             replicates = replicates[..., None]
         return np.asarray(replicates, dtype=np.float32)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -10,7 +11,6 @@ import pandas as pd
 import pyro.distributions as dist
 import torch
 from anndata import AnnData
-from pyro import poutine
 
 from .._constants import REGISTRY_KEYS
 from ..data import (
@@ -26,6 +26,7 @@ from ..module.base import GlobalGuide, trace_pair
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from .base import BaseModelClass, DEMixin, VAEMixin
+from .base._queries import _cells, _likelihood_mean, check_weights, latent_draw, latent_library_size
 
 
 class SCVI(DEMixin, VAEMixin, BaseModelClass):
@@ -273,9 +274,15 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         gene_list: Sequence[str] | None = None,
         library_size: float | Literal["latent"] = 1,
         n_samples: int = 1,
+        n_samples_overall: int | None = None,
+        weights: Literal["uniform", "importance"] | None = None,
         batch_size: int | None = None,
         return_mean: bool = True,
-        return_numpy: bool = False,
+        return_numpy: bool | None = None,
+        silent: bool = True,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        data_loader_kwargs: dict[str, Any] | None = None,
+        **importance_weighting_kwargs: Any,
     ) -> pd.DataFrame | np.ndarray:
         """Denoised expression ``library_size * rho`` of each cell, under the posterior of ``z``.
 
@@ -284,8 +291,9 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         adata, indices, batch_size
             Cells to use (default: all training data).
         transform_batch
-            Decode as if every cell came from this batch (a category of ``batch_key``); a list averages
-            over those batches. Default: each cell's own batch.
+            Decode as if every cell came from this batch (a category of ``batch_key``; for a numeric
+            batch column its value, e.g. ``1``); a list averages over those batches. Default: each
+            cell's own batch.
         gene_list
             Genes to return (default: all).
         library_size
@@ -293,11 +301,33 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             10k). ``"latent"`` returns the model's mean counts ``library * rho`` instead.
         n_samples
             Draws of ``z ~ q(z | x)``; averaged when ``return_mean``.
+        n_samples_overall
+            Instead of one row per cell: this many draws of the group's expression, an array
+            ``(n_samples_overall, n_genes)``. Each row is the decoded draw of a cell; with ``weights=None``
+            or ``"uniform"`` the cells are picked uniformly with replacement, with ``"importance"`` the
+            draws are resampled by importance weights (below).
+        weights
+            ``None``/``"uniform"``, or ``"importance"``: weight each draw ``z`` by how well it explains
+            the group, the ratio of the mixture of the cells' exact posteriors to the mixture of their
+            approximate ones, ``p(z) mean_a[p(x_a | z) / p(x_a)] / mean_a q(z | x_a)`` over (up to
+            ``max_cells``) anchor cells ``a`` of the group, with ``p(x_a)`` from
+            :meth:`get_marginal_ll`. Used with ``n_samples_overall`` only.
         return_mean
             Average over draws; otherwise, with ``n_samples > 1``, return an array
             ``(n_samples, n_cells, n_genes)``.
         return_numpy
-            Return an array rather than a DataFrame (cells x genes).
+            Return an array rather than a DataFrame (cells x genes). Default: a DataFrame, except for
+            ``n_samples_overall`` and for the per-draw array above.
+        silent
+            Accepted for scvi-tools' signature (no progress bar is shown).
+        dataloader
+            Minibatches to decode instead of ``adata`` (an array is returned).
+        data_loader_kwargs
+            Options of the model's loader (``shuffle``).
+        **importance_weighting_kwargs
+            Settings of the importance weights: ``max_cells`` (1024: anchors), ``n_mc_samples`` (500:
+            draws of each anchor's marginal likelihood), ``n_mc_samples_per_pass``, ``truncation``
+            (False: cap each weight at ``sqrt(K)`` times the mean of the ``K`` weights).
 
         Returns
         -------
@@ -306,34 +336,59 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         Examples
         --------
         >>> rho = model.get_normalized_expression(library_size=1e4)  # doctest: +SKIP
+        >>> draws = model.get_normalized_expression(indices=cells, n_samples_overall=1000, weights="importance")  # doctest: +SKIP
         """
+        check_weights(weights, importance_weighting_kwargs)
         gene_idx = self._gene_indices(gene_list)
+        importance = weights == "importance" and n_samples_overall is not None
 
-        def read(model_trace) -> tuple[torch.Tensor]:
+        def read(model_trace) -> tuple[torch.Tensor, ...]:
             if library_size == "latent":
-                values = self._mean_counts(model_trace)
+                values = _likelihood_mean(model_trace.nodes["x"]["fn"])
             else:
                 values = model_trace.nodes["rho"]["value"] * library_size
-            return (values if gene_idx is None else values[..., gene_idx],)
+            values = values if gene_idx is None else values[..., gene_idx]
+            return (values, *latent_draw(model_trace)) if importance else (values,)
 
-        (values,) = self._decode_draws(adata, indices, n_samples, batch_size, transform_batch, read)
+        if n_samples_overall is not None:
+            if dataloader is not None:
+                raise ValueError("n_samples_overall draws from cells of adata; it cannot be used with a dataloader.")
+            if n_samples != 1:
+                raise ValueError("n_samples_overall sets the number of draws itself; leave n_samples at 1.")
+            cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
+            if not importance:
+                picks = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]
+                (values,) = self._decode_draws(adata, picks, 1, batch_size, transform_batch, read)
+                return values[0]
+            # the pool: n_samples_overall // n_cells + 1 draws of every cell (one row each), then resampled
+            pool = np.tile(cells, n_samples_overall // cells.size + 1)
+            values, z, log_pz = self._decode_draws(adata, pool, 1, batch_size, transform_batch, read)
+            probabilities = self._importance_probabilities(
+                adata, cells, z.reshape(-1, z.shape[-1]), log_pz.reshape(-1), batch_size, **importance_weighting_kwargs
+            )
+            picks = torch.multinomial(torch.as_tensor(probabilities), n_samples_overall, replacement=True).numpy()
+            return values.reshape(-1, values.shape[-1])[picks]
+
+        (values,) = self._decode_draws(
+            adata, indices, n_samples, batch_size, transform_batch, read,
+            dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
+        )  # fmt: skip
         if not return_mean and n_samples > 1:
+            if return_numpy is False:
+                warnings.warn(
+                    "return_numpy=False cannot hold (n_samples, n_cells, n_genes) draws: returning an array.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             return values
         values = values.mean(0)
-        if return_numpy:
+        if return_numpy or dataloader is not None:
             return values
         manager = self._validate_anndata(adata)
         var_names = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         columns = var_names if gene_idx is None else var_names[gene_idx]
         obs_names = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
         return pd.DataFrame(values, index=obs_names, columns=columns)
-
-    @staticmethod
-    def _mean_counts(model_trace) -> torch.Tensor:
-        # mean of the NB part (library * rho), excluding zero inflation, as scvi-tools' "latent" scale
-        fn = model_trace.nodes["x"]["fn"].base_dist
-        fn = getattr(fn, "base_dist", fn)  # unwrap a zero-inflated distribution
-        return fn.mean
 
     @torch.inference_mode()
     def get_latent_library_size(
@@ -342,11 +397,23 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         give_mean: bool = True,
         batch_size: int | None = None,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        **data_loader_kwargs: Any,
     ) -> np.ndarray:
         """Library size of each cell: observed total counts (or size factor), or its latent posterior.
 
         With a latent library, ``give_mean`` returns the posterior mean of the log-normal
-        ``exp(loc + scale^2 / 2)``, otherwise one draw.
+        ``exp(loc + scale^2 / 2)``, otherwise one draw. With an observed library both return it (scvi-tools
+        raises for ``give_mean=True`` there).
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to use (default: all training data).
+        give_mean
+            Posterior mean rather than one draw (latent library only).
+        dataloader, **data_loader_kwargs
+            As for :meth:`get_latent_representation`.
 
         Returns
         -------
@@ -356,17 +423,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> model.get_latent_library_size()[:3]  # doctest: +SKIP
         """
-        self.module.eval()
-        out = []
-        for batch in self._make_data_loader(adata, indices, batch_size):
-            args, kwargs = self._fn_args(batch)
-            if self.module.use_observed_lib_size:
-                out.append(self.module._observed_library(args[0], kwargs.get("size_factor")))
-                continue
-            fn = poutine.trace(self.module.guide).get_trace(*args, **kwargs).nodes["log_library"]["fn"]
-            normal = fn.base_dist
-            out.append((normal.loc + normal.scale**2 / 2).exp() if give_mean else fn.sample().exp())
-        return torch.cat(out).cpu().numpy()
+        return latent_library_size(self, adata, indices, give_mean, batch_size, dataloader, data_loader_kwargs)
 
     @torch.inference_mode()
     def get_likelihood_parameters(
@@ -376,14 +433,27 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         n_samples: int = 1,
         give_mean: bool = False,
         batch_size: int | None = None,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        **data_loader_kwargs: Any,
     ) -> dict[str, np.ndarray]:
         """Parameters of the count likelihood for each cell and gene, under draws of ``z ~ q``.
 
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells to use (default: all training data).
+        n_samples
+            Posterior draws.
+        give_mean
+            Average over the draws.
+        dataloader, **data_loader_kwargs
+            As for :meth:`get_latent_representation`.
+
         Returns
         -------
-        dict with ``"mean"`` (NB mean ``library * rho``), ``"dispersions"`` (inverse dispersion
-        ``theta``; absent for Poisson) and ``"dropout"`` (zero-inflation probability; ZINB only). Each is
-        ``(n_cells, n_genes)``, averaged over draws when ``give_mean`` or ``n_samples == 1``, else
+        dict with ``"mean"`` (the likelihood's mean, ``library * rho``), ``"dispersions"`` (inverse
+        dispersion ``theta``; absent for Poisson) and ``"dropout"`` (zero-inflation probability; ZINB only).
+        Each is ``(n_cells, n_genes)``, averaged over draws when ``give_mean`` or ``n_samples == 1``, else
         ``(n_samples, n_cells, n_genes)``.
 
         Examples
@@ -391,9 +461,11 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
         >>> params["mean"].shape  # doctest: +SKIP
         """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         self.module.eval()
         chunks: dict[str, list[torch.Tensor]] = {}
-        for batch in self._make_data_loader(adata, indices, batch_size):
+        for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):
             args, kwargs = self._fn_args(batch)
             draws: dict[str, list[torch.Tensor]] = {}
             for _ in range(n_samples):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -34,7 +35,16 @@ from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
+from .base._differential import raw_count_statistics
 from .base._features import feature_positions
+from .base._queries import _cells, _likelihood_mean, latent_library_size
+
+#: Options of the shared differential expression that TOTALVI's takes through **kwargs, with their defaults.
+_DE_DEFAULTS = {
+    "n_samples_overall": None, "test_mode": "three", "use_permutation": False, "m_permutation": 10000,
+    "change_fn": None, "m1_domain_fn": None, "threshold_counts": 0.01, "cred_interval_lvls": None, "n_samples": None,
+}  # fmt: skip
+_DE_OPTIONS = {*_DE_DEFAULTS, "weights", "filter_outlier_cells"}
 
 
 class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
@@ -391,20 +401,24 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     def _protein_indices(self, protein_list: Sequence[str] | None) -> np.ndarray | None:
         return feature_positions(self.protein_names, protein_list, "protein_list")
 
+    @torch.inference_mode()
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        n_samples: int = 1,
+        n_samples_overall: int | None = None,
         transform_batch: Any | Sequence[Any] | None = None,
         gene_list: Sequence[str] | None = None,
         protein_list: Sequence[str] | None = None,
-        library_size: float = 1,
-        include_protein_background: bool = False,
+        library_size: float | Literal["latent"] = 1,
+        n_samples: int = 1,
         sample_protein_mixing: bool = False,
-        return_mean: bool = True,
-        return_numpy: bool = False,
+        scale_protein: bool = False,
+        include_protein_background: bool = False,
         batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+        silent: bool = True,
     ) -> tuple[pd.DataFrame, pd.DataFrame] | tuple[np.ndarray, np.ndarray]:
         """Denoised RNA (``library_size * rho``) and protein expression under the posterior.
 
@@ -416,8 +430,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         ----------
         adata, indices, batch_size
             Cells (default: all training data).
-        n_samples
-            Posterior draws, averaged when ``return_mean``; otherwise arrays ``(n_samples, n_cells, ...)``.
+        n_samples_overall
+            Pick this many cells uniformly with replacement from ``indices`` (one row each) instead of
+            returning every cell once.
         transform_batch
             Decode under this batch (a list averages over batches). ``z`` and the library keep their draws
             from the cell's own data and batch; everything batch-dependent is derived under the target
@@ -428,17 +443,23 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         gene_list, protein_list
             Features to return (default: all).
         library_size
-            RNA rows sum to this over all genes.
-        include_protein_background
-            Add the background term ``pi * beta`` to the protein value.
+            RNA rows sum to this over all genes; ``"latent"``: the mean counts ``library * rho``.
+        n_samples
+            Posterior draws, averaged when ``return_mean``; otherwise arrays ``(n_samples, n_cells, ...)``.
         sample_protein_mixing
             Draw the background indicator ``~ Bernoulli(pi)`` for each draw instead of weighting by
             ``pi``: a draw's protein value is then ``alpha * beta`` (foreground) or ``0`` (``beta`` with
             ``include_protein_background``).
+        scale_protein
+            Scale each cell's protein values to sum to 1 (over all proteins, before ``protein_list``).
+        include_protein_background
+            Add the background term ``pi * beta`` to the protein value.
         return_mean
             Average over the ``n_samples`` draws.
         return_numpy
-            Return arrays instead of DataFrames.
+            Return arrays instead of DataFrames (default: DataFrames, except for the per-draw arrays).
+        silent
+            Accepted for scvi-tools' signature (no progress bar is shown).
 
         Returns
         -------
@@ -448,15 +469,23 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")  # doctest: +SKIP
         """
+        if n_samples_overall is not None:
+            cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
+            indices = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]
 
         def read(trace):
-            rho = trace.nodes["rho"]["value"] * library_size
+            if library_size == "latent":
+                rho = _likelihood_mean(trace.nodes["x"]["fn"])
+            else:
+                rho = trace.nodes["rho"]["value"] * library_size
             pi = torch.sigmoid(trace.nodes["protein_background_logits"]["value"])
             if sample_protein_mixing:
                 pi = torch.bernoulli(pi)
             protein = (1 - pi) * trace.nodes["protein_foreground_rate"]["value"]
             if include_protein_background:
                 protein = protein + pi * trace.nodes["protein_background_rate"]["value"]
+            if scale_protein:
+                protein = protein / protein.sum(-1, keepdim=True).clamp_min(1e-12)
             return rho, protein
 
         rna, protein = self._decode_draws(adata, indices, n_samples, batch_size, transform_batch, read)
@@ -466,6 +495,12 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         if protein_idx is not None:
             protein = protein[..., protein_idx]
         if not return_mean and n_samples > 1:
+            if return_numpy is False:
+                warnings.warn(
+                    "return_numpy=False cannot hold (n_samples, n_cells, n_features) draws: returning arrays.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             return rna, protein
         rna, protein = rna.mean(0), protein.mean(0)
         if return_numpy:
@@ -478,6 +513,31 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             pd.DataFrame(rna, index=cells, columns=genes if gene_idx is None else genes[gene_idx]),
             pd.DataFrame(protein, index=cells, columns=proteins if protein_idx is None else proteins[protein_idx]),
         )
+
+    @torch.inference_mode()
+    def get_latent_library_size(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """RNA library size of each cell: observed total counts (or size factor), or its latent posterior.
+
+        With a latent library (``use_observed_lib_size=False``), ``give_mean`` returns the posterior mean
+        of the log-normal, ``exp(loc + scale^2 / 2)``, otherwise one draw. With an observed library both
+        return it (scvi-tools returns its encoder's unused library posterior there).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, 1)``.
+
+        Examples
+        --------
+        >>> model.get_latent_library_size(indices=[0, 1, 2]).shape  # doctest: +SKIP
+        (3, 1)
+        """
+        return latent_library_size(self, adata, indices, give_mean, batch_size, None, None)
 
     def get_protein_foreground_probability(
         self,
@@ -578,28 +638,28 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         n_samples: int = 1,
+        batch_size: int | None = None,
         gene_list: Sequence[str] | None = None,
         protein_list: Sequence[str] | None = None,
-        batch_size: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> dict[str, np.ndarray]:
         """Replicate RNA and protein counts from the posterior predictive.
 
-        Both modalities come from one :class:`pyro.infer.Predictive` pass over
-        ``poutine.uncondition(model)``: the ``k``-th RNA and protein replicates of a cell share the same
-        posterior draw of ``z``, the library and the protein background, so they are a joint replicate.
-        Replicates of proteins missing from a cell's batch are draws from the model (imputations), as
-        no count was measured there.
+        The ``k``-th RNA and protein replicates of a cell share the same posterior draw of ``z``, the
+        library and the protein background, so they are a joint replicate. Replicates of proteins
+        missing from a cell's batch are draws from the model (imputations), as no count was measured
+        there.
 
         Returns
         -------
-        ``(rna, protein)``, each ``(n_cells, n_features)`` for one sample and ``(n_cells, n_features,
-        n_samples)`` otherwise.
+        ``{"rna": ..., "protein": ...}`` (scvi-tools' keys), each ``(n_cells, n_features)`` for one sample
+        and ``(n_cells, n_features, n_samples)`` otherwise.
 
         Examples
         --------
-        >>> rna_rep, protein_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
+        >>> replicates = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
+        >>> replicates["rna"].shape, replicates["protein"].shape  # doctest: +SKIP
         """
-        # one Predictive pass for both sites: a cell's RNA and protein replicates share each posterior draw
+        # one pass for both sites: a cell's RNA and protein replicates share each posterior draw
         rna, protein = self._predictive_sites(
             adata,
             indices,
@@ -607,7 +667,87 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             batch_size,
             {"x": self._gene_indices(gene_list), "y": self._protein_indices(protein_list)},
         )
-        return rna, protein
+        return {"rna": rna, "protein": protein}
+
+    def differential_expression(
+        self,
+        adata: AnnData | None = None,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | np.ndarray | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | np.ndarray | str | None = None,
+        mode: Literal["vanilla", "change"] = "change",
+        delta: float | None = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        silent: bool = False,
+        protein_prior_count: float = 0.1,
+        scale_protein: bool = False,
+        sample_protein_mixing: bool = False,
+        include_protein_background: bool = False,
+        use_field: Sequence[str] | None = None,
+        pseudocounts: float | None = 1e-5,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """Bayesian differential expression of genes and proteins between groups of cells.
+
+        As :meth:`pyrovi.model.SCVI.differential_expression` (same arguments, statistics and columns) on
+        the joint draws of the normalised RNA and the denoised protein expression; proteins are rows
+        named ``"<protein>_protein"``. The default mode is ``"change"`` with ``pseudocounts=1e-5``, as in
+        scvi-tools' totalVI.
+
+        Parameters
+        ----------
+        protein_prior_count
+            Added to the protein draws before fold changes are taken.
+        scale_protein, sample_protein_mixing, include_protein_background
+            How the protein draws are made (see :meth:`get_normalized_expression`).
+        use_field
+            ``["rna", "protein"]`` (default), or one of them to test only genes or only proteins.
+        pseudocounts
+            Offset added to the normalised expression before the log2 in change mode (``None``:
+            estimated from unexpressed features).
+        **kwargs
+            Further options of :meth:`pyrovi.model.SCVI.differential_expression` (``n_samples_overall``,
+            ``test_mode``, ``cred_interval_lvls``, ``use_permutation``, ``filter_outlier_cells``, ...).
+
+        Examples
+        --------
+        >>> de = model.differential_expression(groupby="cell_type", group1="B")  # doctest: +SKIP
+        >>> de.loc["CD19_protein", "lfc_mean"]  # doctest: +SKIP
+        """
+        fields = ["rna", "protein"] if use_field is None else list(use_field)
+        unknown = sorted(set(fields) - {"rna", "protein"})
+        if unknown or not fields:
+            raise ValueError(f"use_field takes 'rna' and/or 'protein', got {use_field!r}.")
+        gene_list = kwargs.pop("gene_list", None)
+        if gene_list is None and fields != ["rna", "protein"]:
+            gene_list = (self._feature_names(self.adata_manager)[: self.summary_stats["n_vars"]] if "rna" in fields else []) + (
+                self.protein_names if "protein" in fields else []
+            )
+        draw_kwargs = {
+            "protein_prior_count": protein_prior_count,
+            "scale_protein": scale_protein,
+            "sample_protein_mixing": sample_protein_mixing,
+            "include_protein_background": include_protein_background,
+        }
+        if kwargs.get("weights", "uniform") not in (None, "uniform"):
+            raise ValueError("TOTALVI draws uniformly over cells (as scvi-tools' totalVI); weights='importance' is SCVI's.")
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _DE_OPTIONS}
+        if kwargs:
+            raise TypeError(f"differential_expression() got unexpected keyword arguments {sorted(kwargs)}.")
+        return self._differential_expression(
+            adata, groupby, group1, group2, idx1, idx2, mode, delta, batch_size, all_stats, batch_correction,
+            batchid1, batchid2, fdr_target, silent, options.pop("weights", "uniform"),
+            options.pop("filter_outlier_cells", False), None,
+            pseudocounts=pseudocounts, gene_list=gene_list, draw_kwargs=draw_kwargs,
+            **{**_DE_DEFAULTS, **options},
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------
     # differential expression and correlations over genes and proteins (DEMixin hooks)
@@ -625,15 +765,32 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         protein = protein.toarray() if hasattr(protein, "toarray") else np.asarray(protein)
         return np.concatenate([rna, protein], axis=1)
 
-    def _group_draws(self, adata, cells, n_samples, transform_batch, gene_list, batch_size) -> np.ndarray:
+    def _group_draws(
+        self, adata, cells, n_samples, transform_batch, gene_list, batch_size, weights="uniform",
+        importance_weighting_kwargs=None, protein_prior_count: float = 0.1, scale_protein: bool = False,
+        sample_protein_mixing: bool = False, include_protein_background: bool = False,
+    ) -> np.ndarray:  # fmt: skip
         picks = cells[torch.randint(cells.size, (n_samples,)).numpy()]
         rna, protein = self.get_normalized_expression(
             adata, indices=picks, transform_batch=transform_batch, n_samples=1, batch_size=batch_size,
-            return_numpy=True,
-        )
-        draws = np.concatenate([rna, protein], axis=1).astype(np.float32)
+            return_numpy=True, scale_protein=scale_protein, sample_protein_mixing=sample_protein_mixing,
+            include_protein_background=include_protein_background,
+        )  # fmt: skip
+        draws = np.concatenate([rna, protein + protein_prior_count], axis=1).astype(np.float32)
         _, positions = self._de_genes(self._validate_anndata(adata), gene_list)
         return draws if positions is None else draws[:, positions]
+
+    def _de_labels(self, manager: Any) -> list[str]:
+        genes = list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+        return genes + [f"{name}_protein" for name in self.protein_names]
+
+    def _raw_statistics(self, manager: Any, counts: Any, cells: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
+        # genes as SCVI (per 10^4 RNA counts of the cell); proteins have no normalised mean (NaN), as scvi-tools
+        n_genes = self.summary_stats["n_vars"]
+        rna = raw_count_statistics(counts[cells, :n_genes], suffix=suffix)
+        protein = raw_count_statistics(counts[cells, n_genes:], suffix=suffix)
+        protein[f"raw_normalized_mean{suffix}"] = np.full(counts.shape[1] - n_genes, np.nan)
+        return {key: np.concatenate([rna[key], protein[key]]) for key in rna}
 
     def _correlation_draws(self, adata, indices, transform_batch, size_factor, n_samples, batch_size) -> np.ndarray:
         rna, protein = self.get_normalized_expression(

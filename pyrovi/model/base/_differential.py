@@ -20,7 +20,7 @@ expected false discovery rate (:func:`posterior_expected_fdr_mask`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,8 +44,8 @@ _RAW_NORMALIZATION = 1e4
 REST = "Rest"
 #: Column order of the result table (a mode has either the proba_de or the proba_m1 pair).
 _COLUMNS = (
-    "proba_de", "proba_not_de", "proba_m1", "proba_m2", "bayes_factor",
-    "lfc_mean", "lfc_median", "lfc_std", "lfc_min", "lfc_max", "scale1", "scale2",
+    "proba_de", "proba_not_de", "proba_m1", "proba_m2", "bayes_factor", "scale1", "scale2",
+    "pseudocounts", "delta", "lfc_mean", "lfc_median", "lfc_std", "lfc_min", "lfc_max",
     "raw_mean1", "raw_mean2", "non_zeros_proportion1", "non_zeros_proportion2",
     "raw_normalized_mean1", "raw_normalized_mean2",
 )  # fmt: skip
@@ -136,28 +136,90 @@ def log2_fold_changes(draws1: np.ndarray, draws2: np.ndarray, eps: float = LFC_E
     return np.log2(np.asarray(draws1) + eps) - np.log2(np.asarray(draws2) + eps)
 
 
-def _lfc_summaries(lfc: np.ndarray) -> dict[str, np.ndarray]:
-    return {
+def _lfc_summaries(lfc: np.ndarray, cred_interval_lvls: Sequence[float] = ()) -> dict[str, np.ndarray]:
+    out = {
         "lfc_mean": lfc.mean(0),
         "lfc_median": np.median(lfc, 0),
         "lfc_std": lfc.std(0),
         "lfc_min": lfc.min(0),
         "lfc_max": lfc.max(0),
     }
+    for level in cred_interval_lvls:
+        low, high = highest_density_interval(lfc, level)
+        out[f"lfc_confidence_interval_{str(level)[:5]}_min"] = low
+        out[f"lfc_confidence_interval_{str(level)[:5]}_max"] = high
+    return out
+
+
+def highest_density_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest interval holding a fraction ``level`` of the draws, per column of ``draws`` (n_draws, n).
+
+    Examples
+    --------
+    >>> low, high = highest_density_interval(np.arange(10.0)[:, None], 0.5)
+    >>> float(low[0]), float(high[0])
+    (0.0, 5.0)
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"credible interval levels must lie strictly between 0 and 1, got {level!r}.")
+    ordered = np.sort(np.asarray(draws), axis=0)
+    n = ordered.shape[0]
+    inside = int(np.floor(level * n))
+    if inside >= n:
+        raise ValueError(f"{n} draws are too few for a {level} credible interval; draw more samples.")
+    widths = ordered[inside:] - ordered[: n - inside]
+    start = np.argmin(widths, axis=0)
+    columns = np.arange(ordered.shape[1])
+    return ordered[start, columns], ordered[start + inside, columns]
+
+
+def _default_change(rho1: np.ndarray, rho2: np.ndarray, pseudocounts: float) -> np.ndarray:
+    return np.log2(rho1 + pseudocounts) - np.log2(rho2 + pseudocounts)
+
+
+def _change_function(change_fn: Any) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
+    if change_fn is None or change_fn == "log-fold":
+        return _default_change
+    if not callable(change_fn):
+        raise ValueError(f"change_fn must be None, 'log-fold' or a function (rho1, rho2, pseudocounts), got {change_fn!r}.")
+    return change_fn
 
 
 def _block_statistics(
-    rho1: np.ndarray, rho2: np.ndarray, mode: Literal["vanilla", "change"], delta: float, eps: float
+    rho1: np.ndarray,
+    rho2: np.ndarray,
+    mode: Literal["vanilla", "change"],
+    delta: float,
+    eps: float,
+    pseudocounts: float | None,
+    test_mode: str,
+    change_fn: Callable,
+    m1_domain_fn: Callable | None,
+    cred_interval_lvls: Sequence[float],
 ) -> dict[str, np.ndarray]:
-    lfc = log2_fold_changes(rho1, rho2, eps)
     if mode == "vanilla":
         proba_m1 = (rho1 > rho2).mean(0)
         stats = {"proba_m1": proba_m1, "proba_m2": 1 - proba_m1, "bayes_factor": _log_odds(proba_m1)}
+        stats["scale1"], stats["scale2"] = rho1.mean(0), rho2.mean(0)
+        stats.update(_lfc_summaries(log2_fold_changes(rho1, rho2, eps), cred_interval_lvls))
+        return stats
+    test_offset = eps if pseudocounts is None else pseudocounts
+    # the fold-change summaries take a 1000 times smaller offset, as scvi-tools: the offset is there to keep
+    # unexpressed genes out of the test, not to shrink the reported fold changes
+    summary_offset = eps if pseudocounts is None else 1e-3 * pseudocounts
+    change = change_fn(rho1, rho2, test_offset)
+    if m1_domain_fn is None:
+        up, down = change >= delta, change < -delta
     else:
-        proba_de = (np.abs(lfc) >= delta).mean(0)
-        stats = {"proba_de": proba_de, "proba_not_de": 1 - proba_de, "bayes_factor": _log_odds(proba_de)}
-    stats.update(_lfc_summaries(lfc))
+        domain = m1_domain_fn(change)
+        up, down = domain if isinstance(domain, tuple) else (domain, np.zeros_like(domain, dtype=bool))
+    proba_up, proba_down = np.mean(up, 0), np.mean(down, 0)
+    proba_de = proba_up + proba_down if test_mode == "two" else np.maximum(proba_up, proba_down)
+    stats = {"proba_de": proba_de, "proba_not_de": 1 - proba_de, "bayes_factor": _log_odds(proba_de)}
     stats["scale1"], stats["scale2"] = rho1.mean(0), rho2.mean(0)
+    stats["pseudocounts"] = np.full(rho1.shape[1], test_offset)
+    stats["delta"] = np.full(rho1.shape[1], np.nan if delta is None else delta)
+    stats.update(_lfc_summaries(change_fn(rho1, rho2, summary_offset), cred_interval_lvls))
     return stats
 
 
@@ -165,30 +227,54 @@ def de_statistics(
     draws1: np.ndarray,
     draws2: np.ndarray,
     mode: Literal["vanilla", "change"] = "change",
-    delta: float = 0.25,
+    delta: float | None = 0.25,
     eps: float = LFC_EPS,
+    *,
+    pseudocounts: float | None = None,
+    test_mode: Literal["two", "three"] = "three",
+    change_fn: str | Callable | None = None,
+    m1_domain_fn: Callable | None = None,
+    cred_interval_lvls: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-gene Bayesian DE statistics of two groups' posterior draws of normalised expression.
 
     Draw ``i`` of group 1 is compared with draw ``i`` of group 2. Computed over blocks of genes, so the
-    temporaries (fold changes, comparisons) stay at ``n_samples x 1024`` values whatever the gene count.
+    temporaries (fold changes, comparisons) stay at ``n_samples x 1024`` values whatever the gene count
+    (a custom ``change_fn`` must therefore work gene by gene).
 
     Parameters
     ----------
     draws1, draws2
         Arrays ``(n_samples, n_genes)`` of posterior draws of ``rho`` for each group.
     mode
-        ``"change"``: probability that ``|lfc| >= delta``; ``"vanilla"``: probability that ``rho1 > rho2``.
+        ``"change"``: probability of a change ``r = change_fn(rho1, rho2)`` beyond ``delta``;
+        ``"vanilla"``: probability that ``rho1 > rho2``.
     delta
-        Smallest ``|log2 fold change|`` that counts as a change (``"change"`` mode).
+        Smallest ``|log2 fold change|`` that counts as a change (``"change"`` mode). ``None``: estimated
+        from the genes' mean fold changes (:func:`estimate_delta`).
     eps
-        Added to ``rho`` before the log2 (see :data:`LFC_EPS`).
+        Offset added to ``rho`` before the log2 when ``pseudocounts`` is None (see :data:`LFC_EPS`).
+    pseudocounts
+        Offset added to ``rho`` before the log2 in the test; the ``lfc_*`` summaries use a 1000 times
+        smaller one (as scvi-tools).
+    test_mode
+        ``"three"`` (up, down and no change): ``proba_de = max(P(r >= delta), P(r < -delta))``; ``"two"``:
+        ``proba_de = P(|r| >= delta)``.
+    change_fn
+        ``None``/``"log-fold"`` (log2 fold change) or a function ``(rho1, rho2, pseudocounts) -> r``.
+    m1_domain_fn
+        Function of the change draws returning the masks ``(up, down)`` of draws that count as DE (or
+        one mask), replacing the ``delta`` rule.
+    cred_interval_lvls
+        Levels of highest-density credible intervals of the fold change to add
+        (``lfc_confidence_interval_<level>_min`` / ``_max``).
 
     Returns
     -------
     dict of arrays of length ``n_genes``: ``proba_de``/``proba_not_de`` (change) or
-    ``proba_m1``/``proba_m2`` (vanilla); ``bayes_factor`` (log odds of the first); ``lfc_mean``,
-    ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``; ``scale1``, ``scale2`` (mean draws).
+    ``proba_m1``/``proba_m2`` (vanilla); ``bayes_factor`` (log odds of the first); ``scale1``, ``scale2``
+    (mean draws); in change mode ``pseudocounts`` and ``delta``; ``lfc_mean``, ``lfc_median``,
+    ``lfc_std``, ``lfc_min``, ``lfc_max``.
 
     Examples
     --------
@@ -196,22 +282,98 @@ def de_statistics(
     >>> draws1 = rng.dirichlet(np.ones(5), size=1000)
     >>> stats = de_statistics(draws1, draws1[::-1], mode="change", delta=0.5)
     >>> sorted(stats)[:3]
-    ['bayes_factor', 'lfc_max', 'lfc_mean']
+    ['bayes_factor', 'delta', 'lfc_max']
     """
     draws1, draws2 = _check_draws(draws1, draws2)
     _check_mode(mode, delta)
+    if test_mode not in ("two", "three"):
+        raise ValueError(f"test_mode must be 'two' or 'three', got {test_mode!r}.")
+    change = _change_function(change_fn)
+    if mode == "change" and delta is None and m1_domain_fn is None:
+        offset = eps if pseudocounts is None else pseudocounts
+        means = np.concatenate(
+            [change(draws1[:, g], draws2[:, g], offset).mean(0) for g in _gene_blocks(draws1.shape[1])]
+        )
+        delta = estimate_delta(means)
+    levels = list(cred_interval_lvls or ())
     blocks = [
-        _block_statistics(draws1[:, genes], draws2[:, genes], mode, delta, eps)
+        _block_statistics(
+            draws1[:, genes], draws2[:, genes], mode, delta, eps, pseudocounts, test_mode, change, m1_domain_fn, levels
+        )
         for genes in _gene_blocks(draws1.shape[1])
     ]
     return {key: np.concatenate([block[key] for block in blocks]) for key in blocks[0]}
 
 
-def _check_mode(mode: str, delta: float) -> None:
+def estimate_delta(lfc_means: np.ndarray, coef: float = 0.6, min_thres: float = 0.1) -> float:
+    """A fold-change threshold from the genes' mean log fold changes.
+
+    Fits a three-component Gaussian mixture (down, unchanged, up) to the means by EM and returns ``coef``
+    times the average distance of the outer components' means from 0, at least ``min_thres``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> means = np.concatenate([rng.normal(-2, 0.1, 50), rng.normal(0, 0.1, 500), rng.normal(2, 0.1, 50)])
+    >>> round(estimate_delta(means), 1)
+    1.2
+    """
+    x = np.asarray(lfc_means, dtype=np.float64).reshape(-1)
+    if x.size < 3 or np.ptp(x) == 0:
+        return float(min_thres)
+    centres = np.quantile(x, [0.05, 0.5, 0.95])
+    variances = np.full(3, max(x.var(), 1e-6))
+    weights = np.full(3, 1 / 3)
+    for _ in range(200):
+        log_resp = np.log(weights) - 0.5 * np.log(2 * np.pi * variances) - (x[:, None] - centres) ** 2 / (2 * variances)
+        log_resp -= log_resp.max(1, keepdims=True)
+        resp = np.exp(log_resp)
+        resp /= resp.sum(1, keepdims=True)
+        totals = resp.sum(0) + 1e-12
+        weights = totals / totals.sum()
+        centres = (resp * x[:, None]).sum(0) / totals
+        variances = np.maximum((resp * (x[:, None] - centres) ** 2).sum(0) / totals, 1e-6)
+    ordered = np.sort(centres)
+    return float(max(min_thres, coef * np.abs(ordered[[0, -1]]).mean()))
+
+
+def estimate_pseudocounts(
+    draws1: np.ndarray,
+    draws2: np.ndarray,
+    unexpressed1: np.ndarray,
+    unexpressed2: np.ndarray,
+    quantile: float = 0.9,
+) -> float:
+    """Pseudocount for the fold changes: the expression the model gives genes a group does not express.
+
+    For each group, the largest draw of each gene the group does not express (mean count below a
+    threshold) is taken, and the ``quantile`` of those over genes; the larger of the two groups' values,
+    divided by the number of genes (at least 1e-10), is added to ``rho`` before the log2. Fold changes of
+    unexpressed genes then shrink towards 0 instead of reflecting decoder noise.
+
+    Examples
+    --------
+    >>> draws = np.full((10, 4), 0.25)
+    >>> estimate_pseudocounts(draws, draws, np.array([True, False, False, False]), np.zeros(4, bool))
+    0.0625
+    """
+    values = [1e-10, 1e-10]
+    for i, (draws, unexpressed) in enumerate(((draws1, unexpressed1), (draws2, unexpressed2))):
+        unexpressed = np.asarray(unexpressed, dtype=bool)
+        if unexpressed.shape != (draws.shape[1],):
+            raise ValueError("the unexpressed masks need one entry per gene of the draws.")
+        if unexpressed.any():
+            values[i] = float(np.quantile(np.max(draws, 0)[unexpressed], quantile))
+    return float(max(1e-10, max(values) / draws1.shape[1]))
+
+
+def _check_mode(mode: str, delta: float | None) -> None:
     if mode not in ("vanilla", "change"):
         raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}.")
-    if mode == "change" and not (delta is not None and delta > 0):
-        raise ValueError(f"mode='change' needs a positive delta (smallest |log2 fold change|), got {delta!r}.")
+    if mode == "change" and delta is not None and not delta > 0:
+        raise ValueError(
+            f"mode='change' needs a positive delta (smallest |log2 fold change|), or None to estimate it; got {delta!r}."
+        )
 
 
 def _check_fdr_target(fdr_target: float) -> None:
@@ -219,7 +381,7 @@ def _check_fdr_target(fdr_target: float) -> None:
         raise ValueError(f"fdr_target must lie strictly between 0 and 1, got {fdr_target!r}.")
 
 
-def check_test_arguments(mode: str, delta: float, fdr_target: float) -> None:
+def check_test_arguments(mode: str, delta: float | None, fdr_target: float) -> None:
     """Raise a clear error for a bad ``mode``, ``delta`` or ``fdr_target`` before any sampling is done.
 
     Examples
@@ -476,3 +638,51 @@ def feature_correlation(
     diagonal = np.diag(corr).copy()
     np.fill_diagonal(corr, np.where(np.isnan(diagonal), np.nan, 1.0))
     return corr
+
+
+# --------------------------------------------------------------------------------------------------
+# outlier cells
+
+
+def robust_inliers(points: np.ndarray, contamination: float = 0.1, n_steps: int = 30) -> np.ndarray | None:
+    """Mask of the points that are not among the ``contamination`` fraction farthest from a robust centre.
+
+    The centre and covariance are those of the half of the points with the smallest Mahalanobis distances
+    (minimum covariance determinant, found by concentration steps from the full sample); the points
+    farthest from it by that distance are the outliers. Returns ``None`` when the covariance cannot be
+    estimated (fewer points than dimensions plus two, or a singular covariance).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> points = np.vstack([rng.normal(size=(95, 2)), rng.normal(8, 0.1, size=(5, 2))])
+    >>> bool(robust_inliers(points)[95:].any())
+    False
+    """
+    x = np.asarray(points, dtype=np.float64)
+    n, d = x.shape
+    if n < d + 2:
+        return None
+    h = (n + d + 1) // 2
+    subset = np.arange(n)
+    distances = None
+    for _ in range(n_steps):
+        centre = x[subset].mean(0)
+        cov = np.cov(x[subset], rowvar=False).reshape(d, d)
+        try:
+            precision = np.linalg.inv(cov)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.isfinite(precision).all():
+            return None
+        diff = x - centre
+        distances = np.einsum("ij,jk,ik->i", diff, precision, diff)
+        new = np.sort(np.argsort(distances, kind="stable")[:h])
+        if np.array_equal(new, subset):
+            break
+        subset = new
+    n_out = int(np.floor(contamination * n))
+    keep = np.ones(n, dtype=bool)
+    if n_out:
+        keep[np.argsort(-distances, kind="stable")[:n_out]] = False
+    return keep

@@ -7,18 +7,42 @@ a query traces the guide on a minibatch, replays the model on the guide's draws,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from anndata import AnnData
 from pyro import poutine
-from pyro.infer import Predictive
+from pyro.distributions import TransformedDistribution
 
 from ..._constants import REGISTRY_KEYS
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
+
+#: A minibatch as loaders yield it: tensors keyed by registry keys (``"X"``, ``"batch"``, ...).
+Minibatch = dict[str, torch.Tensor]
+#: Keyword arguments of the model's own loader that a query forwards (``data_loader_kwargs``).
+_LOADER_KWARGS = ("shuffle",)
+
+
+def _unwrap(fn: Any) -> tuple[Any, bool]:
+    """The innermost base distribution of ``fn`` and whether a transform sits on the way.
+
+    ``Normal(loc, scale).to_event(1)`` gives the Normal; a logistic-normal latent (a Normal pushed through
+    a softmax, possibly inside ``Independent``) gives the Normal and ``True``.
+    """
+    transformed = False
+    while hasattr(fn, "base_dist"):
+        transformed = transformed or isinstance(fn, TransformedDistribution)
+        fn = fn.base_dist
+    return fn, transformed
+
+
+def _as_scalar(values: np.ndarray) -> np.float64:
+    """The mean of per-cell values as a 0-d numpy float (``.ndim == 0``; a ``float`` subclass)."""
+    return np.float64(np.mean(values, dtype=np.float64))
 
 
 class VAEMixin:
@@ -36,6 +60,64 @@ class VAEMixin:
     #: get_reconstruction_error's keys and the observed site of each (None: all observed sites together)
     _reconstruction_error_sites: tuple[tuple[str, str | None], ...] = (("reconstruction_loss", None),)
 
+    # ----------------------------------------------------------------------------------------------
+    # minibatches of a query
+
+    def _query_batches(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        dataloader: Iterable[Minibatch] | None = None,
+        data_loader_kwargs: dict[str, Any] | None = None,
+        guide_only: bool = False,
+    ) -> Iterable[Minibatch]:
+        """The minibatches a query runs over: the given ``dataloader``, or the model's loader of ``adata``.
+
+        ``dataloader`` is any iterable of dicts of tensors keyed by registry keys (what
+        ``model._make_data_loader`` yields); ``adata`` and ``dataloader`` exclude each other.
+        """
+        if dataloader is not None:
+            if adata is not None:
+                raise ValueError(
+                    "Pass either adata or dataloader, not both: a dataloader already says which cells to use."
+                )
+            return ({k: v for k, v in batch.items() if v is not None} for batch in dataloader)
+        extra = dict(data_loader_kwargs or {})
+        unknown = sorted(set(extra) - set(_LOADER_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"data_loader_kwargs {unknown} are not options of pyrovi's loader; it takes {list(_LOADER_KWARGS)} "
+                "(batch_size and indices are arguments of the query itself)."
+            )
+        return self._make_data_loader(adata, indices, batch_size, guide_only=guide_only, **extra)
+
+    def _batch_codes(self, manager: Any, transform_batch: Any) -> list[int | None]:
+        """Codes of the batches named by ``transform_batch`` (``None``, a category, or a list of them).
+
+        A category matches by its name (``"batch_1"``) or, for a numeric batch column, by value (``1`` finds
+        the category ``"1.0"``); ``None`` keeps each cell's own batch.
+        """
+        if transform_batch is None or isinstance(transform_batch, (str, numbers.Number)):
+            listed = [transform_batch]
+        else:
+            listed = list(transform_batch)
+            if not listed:
+                raise ValueError("transform_batch is an empty list; name at least one batch, or pass None.")
+        categories = [str(c) for c in manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]]
+        codes: list[int | None] = []
+        for category in listed:
+            if category is None:
+                codes.append(None)
+            elif str(category) in categories:
+                codes.append(categories.index(str(category)))
+            else:
+                codes.append(_numeric_category(category, categories))
+        return codes
+
+    # ----------------------------------------------------------------------------------------------
+    # the latent space
+
     @torch.inference_mode()
     def get_latent_representation(
         self,
@@ -44,8 +126,11 @@ class VAEMixin:
         give_mean: bool = True,
         mc_samples: int = 5000,
         batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Posterior of the latent ``z`` of each cell: its mean, or one draw.
+        return_dist: bool = False,
+        dataloader: Iterable[Minibatch] | None = None,
+        **data_loader_kwargs: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior of the latent ``z`` of each cell: its mean, one draw, or its parameters.
 
         Parameters
         ----------
@@ -54,34 +139,59 @@ class VAEMixin:
         indices
             Cells to use (default: all).
         give_mean
-            Return the posterior mean (otherwise one sample of ``q(z | x)``).
+            Return the posterior mean (otherwise one draw of ``q(z | x)``). For a latent without a
+            closed-form mean (``latent_distribution="ln"``: the softmax of a Gaussian) the mean is the
+            average of ``mc_samples`` draws.
         mc_samples
             Draws averaged for the mean when the posterior has no closed-form mean.
         batch_size
             Minibatch size (default ``pyrovi.settings.encode_batch_size``, 1024: only the encoder runs).
+        return_dist
+            Return the mean and variance of the Gaussian posterior instead, ``(qz_mean, qz_var)`` (for a
+            logistic-normal latent: of the Gaussian before the softmax). ``give_mean`` is then ignored.
+        dataloader
+            Minibatches to encode instead of ``adata`` (dicts of tensors keyed by registry keys, as the
+            model's ``_make_data_loader`` yields them).
+        **data_loader_kwargs
+            Options of the model's loader (``shuffle``).
 
         Returns
         -------
-        Array of shape ``(n_cells, n_latent)``.
+        Array of shape ``(n_cells, n_latent)``, or with ``return_dist`` a pair of them (mean, variance).
 
         Examples
         --------
         >>> z = model.get_latent_representation()  # doctest: +SKIP
         >>> adata.obsm["X_pyrovi"] = z  # doctest: +SKIP
+        >>> qz_mean, qz_var = model.get_latent_representation(return_dist=True)  # doctest: +SKIP
         """
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
         self.module.eval()
-        out = []
-        for batch in self._make_data_loader(adata, indices, batch_size, guide_only=True):
+        softmax_latent = getattr(self.module, "latent_distribution", "normal") == "ln"
+        means, variances, out = [], [], []
+        for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs, guide_only=True):
             args, kwargs = self._fn_args(batch)
             fn = poutine.trace(self.module.guide).get_trace(*args, **kwargs).nodes[self._latent_site]["fn"]
-            if not give_mean:
-                out.append(fn.sample())
+            base, transformed = _unwrap(fn)
+            if return_dist:
+                means.append(base.loc)
+                variances.append(base.scale.square())
                 continue
-            try:
+            # a logistic-normal latent is either a transformed site or a Gaussian site the module softmaxes
+            to_latent = (lambda z: torch.softmax(z, -1)) if softmax_latent and not transformed else (lambda z: z)
+            if not give_mean:
+                out.append(to_latent(fn.sample()))
+            elif transformed or softmax_latent:
+                out.append(to_latent(fn.sample((mc_samples,))).mean(0))
+            else:
                 out.append(fn.mean)
-            except NotImplementedError:
-                out.append(fn.sample((mc_samples,)).mean(0))
+        if return_dist:
+            return torch.cat(means).cpu().numpy(), torch.cat(variances).cpu().numpy()
         return torch.cat(out).cpu().numpy()
+
+    # ----------------------------------------------------------------------------------------------
+    # fit of the data
 
     @torch.inference_mode()
     def get_elbo(
@@ -89,8 +199,11 @@ class VAEMixin:
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        dataloader: Iterable[Minibatch] | None = None,
         return_mean: bool = True,
-    ) -> float | np.ndarray:
+        data_loader_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> np.float64 | np.ndarray:
         """Evidence lower bound per cell, ``E_q[log p(x | z)] - KL(q(z | x) || p(z))``. Higher is better.
 
         The KL term is analytic where torch knows it, so the estimate has the variance of a single
@@ -100,16 +213,30 @@ class VAEMixin:
         ----------
         adata, indices, batch_size
             Cells to evaluate (default: all training data).
+        dataloader
+            Minibatches to evaluate instead of ``adata`` (see :meth:`get_latent_representation`).
         return_mean
             Average over cells (otherwise one value per cell).
+        data_loader_kwargs
+            Options of the model's loader (``shuffle``).
+        **kwargs
+            Accepted for scvi-tools' signature (arguments of its module's forward pass); pyrovi's
+            modules take none, so any given is an error.
+
+        Returns
+        -------
+        With ``return_mean``, a 0-d ``numpy.float64`` (a Python ``float`` too); otherwise an array
+        ``(n_cells,)``.
 
         Examples
         --------
         >>> model.get_elbo(indices=model.validation_indices)  # doctest: +SKIP
-        -312.4
+        np.float64(-312.4)
         """
-        values = self._per_cell(adata, indices, batch_size, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
-        return float(values.mean()) if return_mean else values
+        _no_module_kwargs(kwargs, "get_elbo")
+        batches = self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
+        values = self._per_cell(batches, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
+        return _as_scalar(values) if return_mean else values
 
     @torch.inference_mode()
     def get_reconstruction_error(
@@ -117,8 +244,11 @@ class VAEMixin:
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
+        dataloader: Iterable[Minibatch] | None = None,
         return_mean: bool = True,
-    ) -> dict[str, float | np.ndarray]:
+        data_loader_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, np.float64 | np.ndarray]:
         """Reconstruction loss per cell, ``-E_q[log p(x | z)]`` (one posterior draw; lower is better).
 
         The negative expected log-likelihood of a cell's counts under its posterior, without the KL
@@ -132,14 +262,19 @@ class VAEMixin:
         ----------
         adata, indices, batch_size
             Cells to evaluate (default: all training data).
+        dataloader
+            Minibatches to evaluate instead of ``adata``.
         return_mean
-            Average over cells (otherwise one value per cell).
+            Average over cells (a 0-d ``numpy.float64``); otherwise one value per cell.
+        data_loader_kwargs, **kwargs
+            As for :meth:`get_elbo`.
 
         Examples
         --------
-        >>> model.get_reconstruction_error()["reconstruction_loss"]  # doctest: +SKIP
+        >>> float(model.get_reconstruction_error()["reconstruction_loss"])  # doctest: +SKIP
         1310.2
         """
+        _no_module_kwargs(kwargs, "get_reconstruction_error")
         keys, sites = zip(*self._reconstruction_error_sites)
 
         def log_likelihoods(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
@@ -152,8 +287,9 @@ class VAEMixin:
             ]
             return torch.stack(terms, -1)
 
-        values = -self._per_cell(adata, indices, batch_size, log_likelihoods)
-        return {key: float(values[:, i].mean()) if return_mean else values[:, i] for i, key in enumerate(keys)}
+        batches = self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
+        values = -self._per_cell(batches, log_likelihoods)
+        return {key: _as_scalar(values[:, i]) if return_mean else values[:, i] for i, key in enumerate(keys)}
 
     @torch.inference_mode()
     def get_marginal_ll(
@@ -163,66 +299,118 @@ class VAEMixin:
         n_mc_samples: int = 1000,
         batch_size: int | None = None,
         return_mean: bool = True,
-    ) -> float | np.ndarray:
+        dataloader: Iterable[Minibatch] | None = None,
+        data_loader_kwargs: dict[str, Any] | None = None,
+        n_mc_samples_per_pass: int = 1,
+        **kwargs: Any,
+    ) -> np.float64 | np.ndarray:
         """Importance-sampling estimate of ``log p(x)`` per cell, with the guide as proposal.
 
         ``log p(x) ≈ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K`` with ``z_k ~ q(z | x)``.
         By Jensen's inequality its expectation lies between the ELBO and ``log p(x)``, so it is at
         least :meth:`get_elbo` up to Monte Carlo noise and tightens as ``n_mc_samples`` grows.
 
+        Parameters
+        ----------
+        adata, indices, batch_size, dataloader, data_loader_kwargs
+            Cells to evaluate, as for :meth:`get_elbo`.
+        n_mc_samples
+            Draws ``K`` per cell.
+        return_mean
+            Average over cells (a 0-d ``numpy.float64``); otherwise one value per cell.
+        n_mc_samples_per_pass
+            Draws traced at once (each minibatch's cells repeated this many times): more is faster,
+            memory grows with ``batch_size * n_mc_samples_per_pass * n_genes``.
+        **kwargs
+            As for :meth:`get_elbo`.
+
         Examples
         --------
         >>> model.get_marginal_ll(n_mc_samples=200)  # doctest: +SKIP
         """
+        _no_module_kwargs(kwargs, "get_marginal_ll")
         if n_mc_samples < 1:
             raise ValueError(f"n_mc_samples must be at least 1, got {n_mc_samples}.")
+        if n_mc_samples_per_pass < 1:
+            raise ValueError(f"n_mc_samples_per_pass must be at least 1, got {n_mc_samples_per_pass}.")
 
-        def log_px(batch_args: tuple, batch_kwargs: dict) -> torch.Tensor:
-            weights = torch.stack(
-                [
-                    per_cell_log_weights(*trace_pair(self.module.model, self.module.guide, batch_args, batch_kwargs))
-                    for _ in range(n_mc_samples)
-                ]
-            )
-            return torch.logsumexp(weights, 0) - math.log(n_mc_samples)
+        per_pass = min(n_mc_samples_per_pass, n_mc_samples)
+        self.module.eval()
+        out = []
+        for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):
+            n_cells = next(iter(batch.values())).shape[0]
+            weights, done = [], 0
+            while done < n_mc_samples:
+                k = min(per_pass, n_mc_samples - done)
+                # k draws of each cell at once: the minibatch's rows repeated, one draw per row
+                rows = torch.arange(n_cells).repeat_interleave(k)
+                args, kwargs = self._fn_args({key: value[rows] for key, value in batch.items()} if k > 1 else batch)
+                w = per_cell_log_weights(*trace_pair(self.module.model, self.module.guide, args, kwargs))
+                weights.append(w.reshape(n_cells, k))
+                done += k
+            out.append(torch.logsumexp(torch.cat(weights, 1), 1) - math.log(n_mc_samples))
+        if not out:
+            raise ValueError("The query selects no cells; pass at least one cell (indices) or a non-empty dataloader.")
+        values = torch.cat(out).cpu().numpy()
+        return _as_scalar(values) if return_mean else values
 
-        values = self._per_cell_from_args(adata, indices, batch_size, log_px)
-        return float(values.mean()) if return_mean else values
+    # ----------------------------------------------------------------------------------------------
+    # replicated data
 
     @torch.inference_mode()
     def posterior_predictive_sample(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
+        transform_batch: Any | Sequence[Any] | None = None,
         n_samples: int = 1,
         gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
+        dataloader: Iterable[Minibatch] | None = None,
+        silent: bool = True,
+        **data_loader_kwargs: Any,
     ) -> np.ndarray:
         """Replicate counts from the posterior predictive ``p(x_rep | x)``.
 
-        Built on :class:`pyro.infer.Predictive` over ``poutine.uncondition(model)``: each replicate draws
-        the latents from the guide given the cell's data, then new counts from the likelihood.
+        Each replicate draws the latents from the guide given the cell's data, then new counts from the
+        likelihood (the model with its observations released, ``poutine.uncondition``).
 
         Parameters
         ----------
         adata, indices, batch_size
             Cells to replicate (default: all training data).
+        transform_batch
+            Draw the counts as if every cell came from this batch (the latents still come from the
+            cell's own data); with a list, the replicates under each batch are averaged (no longer
+            integers). Default: each cell's own batch.
         n_samples
             Replicates per cell.
         gene_list
             Genes to return (default: all).
+        dataloader
+            Minibatches to replicate instead of ``adata``.
+        silent
+            Accepted for scvi-tools' signature (no progress bar is shown).
+        **data_loader_kwargs
+            Options of the model's loader (``shuffle``).
 
         Returns
         -------
-        Array of shape ``(n_cells, n_genes)`` for one sample, ``(n_cells, n_genes, n_samples)`` otherwise.
+        Dense array of shape ``(n_cells, n_genes)`` for one sample, ``(n_cells, n_genes, n_samples)``
+        otherwise (scvi-tools returns the same values as a ``sparse.GCXS`` array; pyrovi does not depend
+        on the ``sparse`` package).
 
         Examples
         --------
         >>> x_rep = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
+        >>> x_rep.shape  # doctest: +SKIP
+        (400, 100, 5)
         """
-        return self._predictive_site(
-            adata, indices, n_samples, batch_size, self._observed_sites[0], self._gene_indices(gene_list)
-        )
+        (result,) = self._predictive_sites(
+            adata, indices, n_samples, batch_size, {self._observed_sites[0]: self._gene_indices(gene_list)},
+            transform_batch=transform_batch, dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
+        )  # fmt: skip
+        return result
 
     def _predictive_site(
         self,
@@ -244,33 +432,35 @@ class VAEMixin:
         n_samples: int,
         batch_size: int | None,
         sites: dict[str, np.ndarray | None],
+        transform_batch: Any = None,
+        dataloader: Iterable[Minibatch] | None = None,
+        data_loader_kwargs: dict[str, Any] | None = None,
     ) -> list[np.ndarray]:
-        """Replicates of several observed sites from one :class:`~pyro.infer.Predictive` pass.
+        """Replicates of several observed sites from the same posterior draws.
 
         ``sites`` maps each site to the feature positions to keep (``None``: all). Every replicate of
         every site comes from the same posterior draw of the latents, so replicates of different
         modalities of a cell stay jointly distributed. Returns one array ``(n_cells, n_features[,
         n_samples])`` per site, in the order of ``sites``.
         """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         names = list(sites)
-        predictive = Predictive(
-            poutine.uncondition(self.module.model),
-            guide=self.module.guide,
-            num_samples=n_samples,
-            return_sites=names,
-        )
-        self.module.eval()
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        with torch.inference_mode():
-            for batch in self._make_data_loader(adata, indices, batch_size):
-                args, kwargs = self._fn_args(batch)
-                samples = predictive(*args, **kwargs)
-                for name in names:
-                    values = samples[name]  # (n_samples, n_cells, n_features)
-                    if sites[name] is not None:
-                        values = values[..., sites[name]]
-                    out[name].append(values.permute(1, 2, 0))
-        results = [torch.cat(out[name]).cpu().numpy() for name in names]
+
+        def read(trace: poutine.Trace) -> tuple[torch.Tensor, ...]:
+            out = []
+            for name in names:
+                values = trace.nodes[name]["value"]
+                out.append(values if sites[name] is None else values[..., sites[name]])
+            return tuple(out)
+
+        results = self._decode_draws(
+            adata, indices, n_samples, batch_size, transform_batch, read,
+            model=poutine.uncondition(self.module.model), dataloader=dataloader,
+            data_loader_kwargs=data_loader_kwargs,
+        )  # fmt: skip
+        # (n_samples, n_cells, n_features) -> (n_cells, n_features, n_samples)
+        results = [np.moveaxis(r, 0, -1) for r in results]
         return [r[..., 0] if n_samples == 1 else r for r in results]
 
     # ----------------------------------------------------------------------------------------------
@@ -287,42 +477,64 @@ class VAEMixin:
         batch_size: int | None,
         transform_batch: Any,
         read: Callable[[Any], tuple[torch.Tensor, ...]],
+        model: Callable | None = None,
+        dataloader: Iterable[Minibatch] | None = None,
+        data_loader_kwargs: dict[str, Any] | None = None,
+        guide_draws: list | None = None,
     ) -> list[np.ndarray]:
         """Apply ``read(model_trace) -> tuple of tensors`` to ``n_samples`` posterior draws per minibatch.
 
-        Each draw traces the guide on the cells' own data, then replays the model on it. With
-        ``transform_batch`` (a batch category, or a list of them whose results are averaged) the model
-        decodes as if every cell came from that batch. Guide sites that the module lists in
-        ``transform_batch_guide_sites`` (latents whose guide is a function of the batch, e.g. totalVI's
-        protein background ``q(log beta | z, batch)``) are drawn again under the target batch, given the
-        same draws of every other site; all other latents keep the draw from the cell's own data.
-        Returns one array ``(n_samples, n_cells, ...)`` per tensor that ``read`` returns.
+        Each draw traces the guide on the cells' own data, then replays the model (``model``, default
+        the module's) on it. With ``transform_batch`` (a batch category, or a list of them whose results
+        are averaged) the model decodes as if every cell came from that batch. Guide sites that the
+        module lists in ``transform_batch_guide_sites`` (latents whose guide is a function of the batch,
+        e.g. totalVI's protein background ``q(log beta | z, batch)``) are drawn again under the target
+        batch, given the same draws of every other site; all other latents keep the draw from the
+        cell's own data. Returns one array ``(n_samples, n_cells, ...)`` per tensor that ``read``
+        returns. ``guide_draws``, when a list, receives each draw's guide trace (per minibatch, a list
+        of ``n_samples`` traces).
         """
-        manager = self._validate_anndata(adata)
-        listed = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
-        codes = [None if b is None else self._batch_code_of(manager, b) for b in listed]
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        manager = self._validate_anndata(adata) if dataloader is None else self.adata_manager
+        codes = self._batch_codes(manager, transform_batch)
+        model = self.module.model if model is None else model
         redrawn = frozenset(getattr(self.module, "transform_batch_guide_sites", ()))
         self.module.eval()
         chunks: list[list[torch.Tensor]] = []
         with torch.inference_mode():
-            for batch in self._make_data_loader(adata, indices, batch_size):
+            for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):
                 args, kwargs = self._fn_args(batch)
                 draws = []
+                traces = []
                 for _ in range(n_samples):
                     guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                    traces.append(guide_trace)
                     per_batch = []
                     for code in codes:
                         decode_kwargs = dict(kwargs)
                         if code is not None:
-                            decode_kwargs["batch_index"] = torch.full_like(kwargs["batch_index"], code)
+                            decode_kwargs["batch_index"] = self._target_batch_index(kwargs, args, code)
                         decode_trace = guide_trace
                         if code is not None and redrawn:
                             decode_trace = self._redraw_under_batch(guide_trace, redrawn, args, decode_kwargs)
-                        replayed = poutine.replay(self.module.model, trace=decode_trace)
+                        replayed = poutine.replay(model, trace=decode_trace)
                         per_batch.append(read(poutine.trace(replayed).get_trace(*args, **decode_kwargs)))
-                    draws.append([torch.stack(t).mean(0) for t in zip(*per_batch)])
+                    draws.append([torch.stack(t).float().mean(0) if len(t) > 1 else t[0] for t in zip(*per_batch)])
+                if guide_draws is not None:
+                    guide_draws.append(traces)
                 chunks.append([torch.stack(t) for t in zip(*draws)])
+        if not chunks:
+            raise ValueError("The query selects no cells; pass at least one cell (indices) or a non-empty dataloader.")
         return [torch.cat(parts, dim=1).cpu().numpy() for parts in zip(*chunks)]
+
+    @staticmethod
+    def _target_batch_index(kwargs: dict, args: tuple, code: int) -> torch.Tensor:
+        batch_index = kwargs.get("batch_index")
+        if batch_index is None:  # a model set up without batches has one batch, code 0
+            x = args[0]
+            return torch.full((x.shape[0], 1), code, dtype=torch.long, device=x.device)
+        return torch.full_like(batch_index, code)
 
     def _redraw_under_batch(
         self, guide_trace: poutine.Trace, redrawn: frozenset[str], args: tuple, decode_kwargs: dict
@@ -339,18 +551,38 @@ class VAEMixin:
                 kept.add_node(name, **site)
         return poutine.trace(poutine.replay(self.module.guide, trace=kept)).get_trace(*args, **decode_kwargs)
 
-    def _per_cell_from_args(self, adata, indices, batch_size, fn) -> np.ndarray:
+    def _per_cell_from_args(self, batches: Iterable[Minibatch], fn: Callable[[tuple, dict], torch.Tensor]) -> np.ndarray:
         self.module.eval()
         out = []
-        for batch in self._make_data_loader(adata, indices, batch_size):
+        for batch in batches:
             args, kwargs = self._fn_args(batch)
             out.append(fn(args, kwargs))
+        if not out:
+            raise ValueError("The query selects no cells; pass at least one cell (indices) or a non-empty dataloader.")
         return torch.cat(out).cpu().numpy()
 
-    def _per_cell(self, adata, indices, batch_size, reduce) -> np.ndarray:
+    def _per_cell(self, batches: Iterable[Minibatch], reduce: Callable) -> np.ndarray:
         return self._per_cell_from_args(
-            adata,
-            indices,
-            batch_size,
+            batches,
             lambda args, kwargs: reduce(*trace_pair(self.module.model, self.module.guide, args, kwargs)),
+        )
+
+
+def _numeric_category(category: Any, categories: list[str]) -> int:
+    """The code of a numeric ``category`` among category names that parse as numbers (``1`` -> ``"1.0"``)."""
+    if isinstance(category, numbers.Number) and not isinstance(category, bool):
+        for code, name in enumerate(categories):
+            try:
+                if float(name) == float(category):
+                    return code
+            except ValueError:
+                continue
+    raise ValueError(f"transform_batch={category!r} is not a batch; batches are {categories}.")
+
+
+def _no_module_kwargs(kwargs: dict[str, Any], query: str) -> None:
+    if kwargs:
+        raise TypeError(
+            f"{query}() got unexpected keyword arguments {sorted(kwargs)}: scvi-tools passes these to its "
+            "module's forward pass, and pyrovi's modules take no extra arguments there."
         )
