@@ -16,21 +16,17 @@ from tqdm.auto import tqdm
 
 
 _PACKED_PREFIX = "_pyrovi_history/"
+_PACKED_STEP_PREFIX = "_pyrovi_history_step/"  # metrics indexed by step
 _logger = logging.getLogger("pyrovi")
-
-
-def _is_step_key(key: str) -> bool:
-    """Whether a history key is indexed by optimiser step (step-level metrics, learning-rate monitors)."""
-    return key.endswith("_step") or key.startswith("lr-")
 
 
 class HistoryLogger(Logger):
     """Collect every metric into ``{metric: {epoch or step: value}}``.
 
     :meth:`history` turns it into scvi-tools' layout: one DataFrame per metric, indexed by epoch (index
-    name ``"epoch"``), or by global step for step-level metrics (keys ending in ``_step``, and metrics logged
-    without an epoch, such as :class:`~lightning.pytorch.callbacks.LearningRateMonitor`'s ``lr-Adam``; index
-    name ``"step"``).
+    name ``"epoch"``), or by global step (index name ``"step"``) for metrics logged without an epoch: the
+    training plan's step-level metrics (``train_loss_step``...) and e.g.
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor`'s ``lr-Adam``.
 
     Examples
     --------
@@ -68,7 +64,7 @@ class HistoryLogger(Logger):
         for key, value in metrics.items():
             if key == "epoch":
                 continue
-            if epoch is None or key.endswith("_step"):
+            if epoch is None:
                 index = int(step or 0)
                 self._step_keys.add(key)
             else:
@@ -83,17 +79,20 @@ class HistoryLogger(Logger):
         """Store the history in ``metrics`` as one ``(n_epochs, 2)`` tensor of (epoch, value) per metric."""
         for key, values in self._metrics.items():
             rows = sorted(values.items())
-            metrics[_PACKED_PREFIX + key] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+            prefix = _PACKED_STEP_PREFIX if key in self._step_keys else _PACKED_PREFIX
+            metrics[prefix + key] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
 
     def unpack_from(self, metrics: dict[str, Any]) -> None:
         """Take a packed history out of ``metrics``; adopt it when this logger saw no epoch itself."""
-        packed = {key: metrics.pop(key) for key in [k for k in metrics if k.startswith(_PACKED_PREFIX)]}
+        prefixes = (_PACKED_PREFIX, _PACKED_STEP_PREFIX)
+        packed = {key: metrics.pop(key) for key in [k for k in metrics if k.startswith(prefixes)]}
         if self._metrics:
             return
         for key, rows in packed.items():
-            name = key[len(_PACKED_PREFIX):]
+            by_step = key.startswith(_PACKED_STEP_PREFIX)
+            name = key[len(_PACKED_STEP_PREFIX if by_step else _PACKED_PREFIX):]
             self._metrics[name] = {int(e): float(v) for e, v in rows.tolist()}
-            if _is_step_key(name):
+            if by_step:
                 self._step_keys.add(name)
 
     def history(self) -> dict[str, pd.DataFrame]:
@@ -101,7 +100,7 @@ class HistoryLogger(Logger):
         out = {}
         for key, values in self._metrics.items():
             frame = pd.DataFrame({key: pd.Series(values, dtype=float)})
-            frame.index.name = "step" if key in self._step_keys or _is_step_key(key) else "epoch"
+            frame.index.name = "step" if key in self._step_keys else "epoch"
             out[key] = frame.sort_index()
         return out
 
@@ -165,14 +164,21 @@ class _PackHistory(pl.Callback):
         # (callback_metrics) but before Lightning hands them to the loggers: add them here.
         metrics = {key: dict(values) for key, values in self.history_logger._metrics.items()}
         epoch = trainer.current_epoch
+        step_keys = self.history_logger._step_keys
         for key, value in trainer.callback_metrics.items():
-            if not key.startswith(_PACKED_PREFIX) and epoch not in metrics.get(key, {}):
+            if key.startswith((_PACKED_PREFIX, _PACKED_STEP_PREFIX)) or key in step_keys:
+                continue
+            if f"{key}_epoch" in trainer.callback_metrics:  # with on_step, the history has it as key_epoch
+                continue
+            if epoch not in metrics.get(key, {}):
                 metrics.setdefault(key, {})[epoch] = float(value)
         checkpoint["pyrovi_history"] = {key: sorted(values.items()) for key, values in metrics.items()}
+        checkpoint["pyrovi_history_step_keys"] = sorted(step_keys)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for key, rows in checkpoint.get("pyrovi_history", {}).items():
             self.history_logger._metrics[key].update({int(e): float(v) for e, v in rows})
+        self.history_logger._step_keys.update(checkpoint.get("pyrovi_history_step_keys", []))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
