@@ -320,6 +320,87 @@ class CellAssign(BaseModelClass):
         return table if soft else table.idxmax(axis=1).rename("cell_type")
 
     @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        transform_batch: Any | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float = 1,
+        batch_size: int | None = None,
+        return_numpy: bool | None = None,
+        silent: bool = True,
+    ) -> pd.DataFrame | np.ndarray:
+        """Expected expression of the marker genes of each cell at a common size factor.
+
+        For each cell, the negative binomial mean of each marker at size factor ``library_size`` under
+        each type, ``exp(design @ beta + rho * delta)``, averaged over the cell's exact type posterior
+        ``p(c | x)``. With ``transform_batch`` the design row is that of the given batch (the type
+        posterior still uses the cell's own batch).
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            Cells (default: all training data).
+        transform_batch
+            Batch category whose design row is used (default: each cell's own).
+        gene_list
+            Marker genes to return (default: all markers, in the marker table's order).
+        library_size
+            Size factor of the returned expression.
+        return_numpy
+            Return an array instead of a DataFrame (cells x markers).
+        silent
+            Accepted for scvi-tools' signature (no progress bar is shown).
+
+        Examples
+        --------
+        >>> expression = model.get_normalized_expression(transform_batch="batch_1")  # doctest: +SKIP
+        """
+        from pyro import poutine
+
+        manager = self._validate_anndata(adata)
+        markers = [str(g) for g in self.cell_type_markers.index]
+        positions = None if gene_list is None else np.array(
+            [markers.index(str(g)) if str(g) in markers else -1 for g in gene_list]
+        )
+        if positions is not None and (positions < 0).any():
+            missing = [g for g, i in zip(gene_list, positions) if i < 0]
+            raise ValueError(f"gene_list holds genes that are not markers of this model: {missing[:10]}.")
+        code = None
+        if transform_batch is not None:
+            categories = [str(c) for c in manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]]
+            if str(transform_batch) not in categories:
+                raise ValueError(f"transform_batch={transform_batch!r} is not a batch; batches are {categories}.")
+            code = categories.index(str(transform_batch))
+        self.module.eval()
+        loader = self._make_data_loader(adata, indices, batch_size)
+        out = []
+        for batch in loader:
+            args, kwargs = self._fn_args(batch)
+            posterior = self.module.type_log_posterior(*args, **kwargs).exp()  # (n_cells, n_types)
+            decode = {k: v for k, v in kwargs.items() if k not in ("n_obs", "kl_weight")}
+            decode["size_factor"] = torch.full_like(kwargs["size_factor"], float(library_size))
+            if code is not None and decode.get("batch_index") is not None:
+                decode["batch_index"] = torch.full_like(decode["batch_index"], code)
+            guide_trace = poutine.trace(self.module.guide).get_trace(*args, **decode)
+            enumerated = poutine.enum(poutine.replay(self.module.model, trace=guide_trace), first_available_dim=-2)
+            trace = poutine.trace(enumerated).get_trace(*args, **decode)
+            fn = trace.nodes["x"]["fn"]
+            while hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            means = fn.mean  # (n_types, n_cells, n_markers)
+            out.append((posterior.T.unsqueeze(-1) * means).sum(0))  # weighted by p(c | x)
+        values = torch.cat(out).cpu().numpy()
+        if positions is not None:
+            values = values[:, positions]
+        if return_numpy:
+            return values
+        cells = manager.adata.obs_names[loader.indices]
+        columns = markers if positions is None else [markers[i] for i in positions]
+        return pd.DataFrame(values, index=cells, columns=columns)
+
+    @torch.inference_mode()
     def sample_posterior(
         self,
         num_samples: int = 1000,
