@@ -96,8 +96,11 @@ def test_change_mode_statistics_match_the_known_lfc_distribution():
     sd = np.array([1e-9, 0.2, 0.5, 0.3, 1.0])
     delta = 0.5
     draws1, draws2, lfc = _draws_with_known_lfc(20_000, mu, sd)
-    stats = de_statistics(draws1, draws2, mode="change", delta=delta)
+    stats = de_statistics(draws1, draws2, mode="change", delta=delta, test_mode="two")
     expected = norm.sf((delta - mu) / sd) + norm.cdf((-delta - mu) / sd)  # P(|N(mu, sd)| >= delta)
+    three = de_statistics(draws1, draws2, mode="change", delta=delta)  # the default: the likelier direction
+    np.testing.assert_allclose(three["proba_de"], np.maximum(norm.sf((delta - mu) / sd), norm.cdf((-delta - mu) / sd)),
+                               atol=0.015)  # fmt: skip
     np.testing.assert_allclose(stats["proba_de"], expected, atol=0.015)
     np.testing.assert_allclose(stats["proba_de"] + stats["proba_not_de"], 1)
     p = np.clip(stats["proba_de"], 1e-8, 1 - 1e-8)
@@ -180,8 +183,8 @@ def test_de_table_columns_order_and_calls():
     genes = [f"g{i}" for i in range(6)]
     table = de_table(stats, genes, 0.05, "A", "B")
     assert list(table.columns) == [
-        "proba_de", "proba_not_de", "bayes_factor", "lfc_mean", "lfc_median", "lfc_std", "lfc_min",
-        "lfc_max", "scale1", "scale2", "raw_mean1", "raw_mean2", "non_zeros_proportion1",
+        "proba_de", "proba_not_de", "bayes_factor", "scale1", "scale2", "pseudocounts", "delta", "lfc_mean",
+        "lfc_median", "lfc_std", "lfc_min", "lfc_max", "raw_mean1", "raw_mean2", "non_zeros_proportion1",
         "non_zeros_proportion2", "raw_normalized_mean1", "raw_normalized_mean2", "is_de_fdr_0.05",
         "comparison", "group1", "group2",
     ]  # fmt: skip
