@@ -154,3 +154,29 @@ def test_a_copy_gets_its_own_identifier_when_a_model_reads_it(trained):
     query = _data(seed=8)
     trained.get_elbo(query)
     assert _SCVI_UUID_KEY not in query.uns  # data never set up is not written to
+
+
+def test_continuous_covariates_come_back_as_a_frame():
+    adata = _data(seed=9)
+    adata.obs["cont1"] = np.linspace(0, 1, adata.n_obs)
+    adata.obs["cont2"] = np.linspace(2, 3, adata.n_obs)
+    SCVI.setup_anndata(adata, batch_key="batch", continuous_covariate_keys=["cont1", "cont2"])
+    model = SCVI(adata, n_hidden=8, n_latent=2)
+    frame = model.get_from_registry(adata, REGISTRY_KEYS.CONT_COVS_KEY)
+    np.testing.assert_allclose(frame.to_numpy(), adata.obs[["cont1", "cont2"]].to_numpy())
+    assert list(frame.columns) == ["cont1", "cont2"] and list(frame.index) == list(adata.obs_names)
+
+
+def test_totalvi_on_mudata_saves_its_mudata_and_loads_without_data(tmp_path):
+    from pyrovi.model import TOTALVI
+
+    mdata = synthetic_iid(batch_size=40, n_genes=30, n_proteins=6, n_regions=0, return_mudata=True,
+                          protein_expression_key="prot", seed=10)  # fmt: skip
+    TOTALVI.setup_mudata(mdata, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "prot"})
+    model = TOTALVI(mdata, n_latent=3)
+    model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+    model.save(tmp_path / "m", save_anndata=True)
+    assert sorted(os.listdir(tmp_path / "m")) == ["mdata.h5mu", "model.json", "model.safetensors"]
+    loaded = TOTALVI.load(tmp_path / "m")
+    assert type(loaded.adata).__name__ == "MuData"
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), rtol=1e-5)

@@ -57,6 +57,18 @@ def _merge_kwargs(config: Any, overrides: dict[str, Any] | None, name: str) -> d
     return merged
 
 
+def _train_size(splitter_cls: Any, train_size: float | None) -> float | None:
+    """``None`` goes to a splitter that gives it a meaning of its own (0.9, a tiny last minibatch moved to
+    validation, as scvi-tools); 0.9 to one that does not take ``None``."""
+    if train_size is not None:
+        return train_size
+    try:
+        default = inspect.signature(splitter_cls).parameters["train_size"].default
+    except (KeyError, TypeError, ValueError):
+        return 0.9
+    return None if default is None else 0.9
+
+
 def _accepts(cls: Any, name: str) -> bool:
     """Whether ``cls(...)`` takes the keyword ``name`` (explicitly)."""
     try:
@@ -293,18 +305,22 @@ class BaseModelClass(PosteriorSamplingMixin):
         """
         return self._validate_anndata(adata)
 
-    def get_from_registry(self, adata: AnnData, registry_key: str) -> np.ndarray:
-        """The array a field of the setup reads from ``adata`` (e.g. ``REGISTRY_KEYS.BATCH_KEY``: codes).
+    def get_from_registry(self, adata: AnnData, registry_key: str) -> Any:
+        """The data one field of the setup reads from ``adata``, as scvi-tools returns it.
+
+        Category codes and numbers of one obs column come as a column ``(n_cells, 1)``, joint obs columns
+        (``REGISTRY_KEYS.CONT_COVS_KEY``, ``CAT_COVS_KEY``) as a DataFrame indexed by cell, matrices with the
+        registered columns in their order.
 
         Examples
         --------
         >>> model.get_from_registry(adata, pyrovi.REGISTRY_KEYS.BATCH_KEY)[:3]  # doctest: +SKIP
         array([[0], [0], [1]])
         """
-        value = self._validate_anndata(adata).get_array(registry_key)
-        if value is None:
-            raise KeyError(f"{registry_key!r} is not a field of this {type(self).__name__}'s setup (or it is empty).")
-        return value
+        manager = self._validate_anndata(adata)
+        if registry_key not in {field.registry_key for field in manager.fields if not field.is_empty}:
+            raise KeyError(f"{registry_key!r} is not a field of this {type(self).__name__}'s setup.")
+        return manager.get_from_registry(registry_key)
 
     def view_anndata_setup(self, adata: AnnData | None = None, hide_state_registries: bool = False) -> None:
         """Print how the model reads its AnnData: setup arguments, summary and field mappings.
@@ -501,7 +517,7 @@ class BaseModelClass(PosteriorSamplingMixin):
                 splitter_kwargs.setdefault("load_sparse_tensor", load_sparse_tensor)
             datamodule = self._data_splitter_cls(
                 self.adata_manager,
-                train_size=0.9 if train_size is None else train_size,
+                train_size=_train_size(self._data_splitter_cls, train_size),
                 validation_size=validation_size,
                 shuffle_set_split=shuffle_set_split,
                 batch_size=batch_size,

@@ -24,6 +24,8 @@ from ..._files import sniff_pickle
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
+#: A model set up on a MuData saves it (``save_anndata=True``) under this name, as scvi-tools does.
+MDATA_FILE = "mdata.h5mu"
 #: Version of the layout of ``model.json`` and the weights. Files of any version up to this one load;
 #: raise it when a saved field changes meaning, and convert older files in :func:`read_meta`.
 FORMAT_VERSION = 1
@@ -217,20 +219,30 @@ def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected:
 
 
 def read_saved_adata(path: Path, prefix: str = "") -> AnnData:
-    """The ``adata.h5ad`` saved with ``save_anndata=True`` (HDF5: read as data, never executed)."""
-    adata_path = path / (prefix + ADATA_FILE)
-    if not adata_path.is_file():
+    """The data saved with ``save_anndata=True``: ``adata.h5ad``, or ``mdata.h5mu`` for a MuData model.
+
+    Both are HDF5 files, read as data and never executed.
+    """
+    adata_path, mdata_path = path / (prefix + ADATA_FILE), path / (prefix + MDATA_FILE)
+    data_path = mdata_path if mdata_path.is_file() and not adata_path.is_file() else adata_path
+    if not data_path.is_file():
         raise _fail(
             path,
             f"holds no {prefix}{ADATA_FILE} (the model was saved without save_anndata=True).",
             "Pass the data: Model.load(path, adata).",
         )
-    with adata_path.open("rb") as handle:
-        if handle.read(8) != _HDF5_MAGIC:
-            raise _fail(adata_path, "is not an HDF5 (.h5ad) file.", "Pass the data: Model.load(path, adata).")
+    with data_path.open("rb") as handle:
+        head = handle.read(520)
+    # HDF5 puts its signature at offset 0, or after a user block (mudata writes a 512-byte one)
+    if not any(head[offset : offset + 8] == _HDF5_MAGIC for offset in (0, 512)):
+        raise _fail(data_path, "is not an HDF5 (.h5ad/.h5mu) file.", "Pass the data: Model.load(path, adata).")
     try:
-        return read_h5ad(adata_path)
+        if data_path is mdata_path:
+            import mudata
+
+            return mudata.read_h5mu(data_path)
+        return read_h5ad(data_path)
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise _fail(
-            adata_path, f"cannot be read as an AnnData ({err}).", "Pass the data: Model.load(path, adata)."
+            data_path, f"cannot be read as an AnnData ({err}).", "Pass the data: Model.load(path, adata)."
         ) from err

@@ -28,6 +28,7 @@ from ...module.priors import (
 from ._model_files import (
     ADATA_FILE,
     FORMAT_VERSION,
+    MDATA_FILE,
     META_FILE,
     WEIGHTS_FILE,
     check_model_dir,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
 
 #: The files a saved model consists of: only a directory holding nothing else is replaced by overwrite=True.
-_MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE})
+_MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE, MDATA_FILE})
 
 
 def _history_to_json(history: dict[str, pd.DataFrame]) -> dict[str, dict[str, list]]:
@@ -167,7 +168,7 @@ def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: b
     """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
-    names = [prefix + name for name in (WEIGHTS_FILE, META_FILE, ADATA_FILE)]
+    names = [prefix + name for name in _MODEL_FILES]
     existing = [name for name in names if (path / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -183,9 +184,10 @@ def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: b
             staged.append(tmp)
             write(tmp)
             _fsync(tmp)
-        stale = path / (prefix + ADATA_FILE)
-        if (prefix + ADATA_FILE) not in files and stale.exists():
-            stale.unlink()  # an older save's data must not be loaded with this model
+        for data_file in (ADATA_FILE, MDATA_FILE):
+            stale = path / (prefix + data_file)
+            if (prefix + data_file) not in files and stale.exists():
+                stale.unlink()  # an older save's data must not be loaded with this model
         for name in files:
             (path / f".{name}.tmp-{tag}").replace(path / name)
         _fsync(path)
@@ -229,7 +231,9 @@ def save_model(
         prefix + WEIGHTS_FILE: lambda p: write_safetensors(state, p, metadata={"pyrovi_model": type(model).__name__}),
         prefix + META_FILE: lambda p: p.write_text(meta_text, encoding="utf-8"),
     }
-    if save_anndata:
+    if save_anndata and _is_mudata(model.adata):
+        files[prefix + MDATA_FILE] = lambda p: model.adata.write(p, **anndata_write_kwargs)
+    elif save_anndata:
         files[prefix + ADATA_FILE] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
     if prefix:
         _write_prefixed(files, path, prefix, overwrite)
@@ -251,6 +255,10 @@ def save_model(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_mudata(data: Any) -> bool:
+    return type(data).__name__ == "MuData" and hasattr(data, "mod")
 
 
 def _version() -> str:
