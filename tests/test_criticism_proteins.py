@@ -38,7 +38,9 @@ def fitted():
     untrained = TOTALVI(adata, n_latent=3)
     pyrovi.settings.seed = 0
     trained = TOTALVI(adata, n_latent=3)
-    trained.train(max_epochs=150, batch_size=128, progress_bar=False)
+    # the settings the coverage was measured with (before TOTALVI.train took scvi-tools' defaults)
+    trained.train(max_epochs=150, batch_size=128, early_stopping=False, reduce_lr_on_plateau=False, lr=1e-3,
+                  n_epochs_kl_warmup=400, progress_bar=False)
     return adata, untrained, trained
 
 
