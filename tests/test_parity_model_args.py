@@ -118,13 +118,17 @@ def test_scvi_batch_embedding_corrects_batches_like_one_hot(tmp_path):
     labels, batches = adata.obs["labels"].to_numpy(), adata.obs["batch"].to_numpy()
     mixing, accuracy = {}, {}
     for rep in ("one-hot", "embedding"):
-        model = _train(SCVI(adata, n_latent=5, gene_likelihood="nb", batch_representation=rep), 60)
+        model = SCVI(adata, n_latent=5, gene_likelihood="nb", batch_representation=rep)
+        initial = {k: v.clone() for k, v in model.module.state_dict().items() if "embeddings_dict" in k}
+        _train(model, 60)
         z = model.get_latent_representation()
         mixing[rep], accuracy[rep] = same_batch_fraction(z, batches), knn_accuracy(z, labels)
     # 0.5 is perfect mixing for two batches
     assert mixing["embedding"] < 0.7 and mixing["embedding"] < mixing["one-hot"] + 0.1, mixing
     assert accuracy["embedding"] > 0.85 and accuracy["embedding"] > accuracy["one-hot"] - 0.1, accuracy
 
+    # the batch vectors are trained with the networks
+    assert not torch.allclose(model.module.get_embedding("batch").weight, initial["_embeddings_dict.batch.weight"])
     rep = model.get_batch_representation()
     table = model.module.get_embedding("batch").weight.detach().numpy()
     codes = adata.obs["batch"].cat.codes.to_numpy()

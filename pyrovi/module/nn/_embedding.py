@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class Embedding(nn.Embedding):
     num_embeddings
         Number of categories.
     embedding_dim
-        Length of each category's vector.
+        Length of each category's vector (default 5, as scvi-tools).
     **kwargs
         Further arguments of :class:`torch.nn.Embedding` (``max_norm``, ...).
 
@@ -42,6 +43,9 @@ class Embedding(nn.Embedding):
     >>> tuple(emb(torch.tensor([0, 2, 2])).shape)
     (3, 5)
     """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int = 5, **kwargs: Any):
+        super().__init__(num_embeddings, embedding_dim, **kwargs)
 
     @classmethod
     def extend(cls, embedding: Embedding, init: int | list[int], freeze_prev: bool = True) -> Embedding:
