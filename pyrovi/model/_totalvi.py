@@ -543,11 +543,14 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        n_samples: int = 1,
+        transform_batch: Any | Sequence[Any] | None = None,
         protein_list: Sequence[str] | None = None,
+        n_samples: int = 1,
         batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+        silent: bool = True,
         given_counts: bool = True,
-        return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
         """Probability that each protein count of each cell comes from the foreground.
 
@@ -567,10 +570,17 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         ----------
         adata, indices, batch_size
             Cells (default: all training data).
-        n_samples
-            Posterior draws of ``z`` and ``beta`` averaged over.
+        transform_batch
+            Decode under this batch (a list averages over batches), as in :meth:`get_normalized_expression`.
         protein_list
             Proteins to return (default: all).
+        n_samples
+            Posterior draws of ``z`` and ``beta`` averaged over.
+        return_mean
+            Average over the draws; otherwise, with ``n_samples > 1``, an array ``(n_samples, n_cells,
+            n_proteins)``.
+        silent
+            Accepted for scvi-tools' signature (no progress bar is shown).
         given_counts
             Condition on the observed count (otherwise ``1 - pi``).
         return_numpy
@@ -598,7 +608,10 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             measured = torch.as_tensor(masked._mask, device=logits.device).expand_as(logits)
             return (torch.where(measured, torch.softmax(joint, -1)[..., 1], torch.sigmoid(-logits)),)
 
-        (probability,) = self._decode_draws(adata, indices, n_samples, batch_size, None, read)
+        (probability,) = self._decode_draws(adata, indices, n_samples, batch_size, transform_batch, read)
+        if not return_mean and n_samples > 1:
+            idx = self._protein_indices(protein_list)
+            return probability if idx is None else probability[..., idx]
         return self._protein_table(probability.mean(0), adata, indices, protein_list, return_numpy)
 
     def get_protein_background_mean(
