@@ -73,7 +73,7 @@ def test_scvi_logistic_normal_latent_is_on_the_simplex_and_separates_labels():
     draw = model.get_latent_representation(give_mean=False)
     assert np.allclose(draw.sum(1), 1.0, atol=1e-4) and not np.allclose(draw, z)
     acc = knn_accuracy(z, adata.obs["labels"].to_numpy())
-    assert acc > 0.85, acc  # chance is 1/3
+    assert acc > 0.85, acc  # measured 0.985; chance is 1/3
 
 
 def test_logistic_normal_needs_two_components():
@@ -123,7 +123,7 @@ def test_scvi_batch_embedding_corrects_batches_like_one_hot(tmp_path):
         _train(model, 60)
         z = model.get_latent_representation()
         mixing[rep], accuracy[rep] = same_batch_fraction(z, batches), knn_accuracy(z, labels)
-    # 0.5 is perfect mixing for two batches
+    # 0.5 is perfect mixing for two batches; measured 0.51 (embedding) and 0.52 (one-hot), accuracy 1.00 both
     assert mixing["embedding"] < 0.7 and mixing["embedding"] < mixing["one-hot"] + 0.1, mixing
     assert accuracy["embedding"] > 0.85 and accuracy["embedding"] > accuracy["one-hot"] - 0.1, accuracy
 
