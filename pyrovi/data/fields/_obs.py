@@ -123,8 +123,9 @@ class NumericalObsField(BaseField):
     ----------
     registry_key
         Key of the field in the registry and in minibatches, e.g. ``"size_factor"``.
-    obs_key
-        Column of ``adata.obs``. None leaves the field empty (state ``{}``, no array).
+    attr_key
+        Column of ``adata.obs`` (scvi-tools' name for it). None leaves the field empty (state ``{}``, no
+        array).
     positive
         Whether every value must be strictly positive, as size factors must.
     required
