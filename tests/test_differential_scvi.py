@@ -67,7 +67,7 @@ def model():
 @pytest.fixture(scope="module")
 def a_vs_b(model):
     pyrovi.settings.seed = 0
-    return model.differential_expression(groupby="group", group1="A", group2="B", delta=0.5, silent=True)
+    return model.differential_expression(groupby="group", group1="A", group2="B", mode="change", delta=0.5, silent=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_change_mode_recovers_the_known_de_genes_over_seeds():
     for seed in SEEDS:
         model = trained(seed)
         pyrovi.settings.seed = seed
-        de = model.differential_expression(groupby="group", group1="A", group2="B", delta=0.5, silent=True)
+        de = model.differential_expression(groupby="group", group1="A", group2="B", mode="change", delta=0.5, silent=True)
         var = model.adata.var.loc[de.index]
         truth = var["is_de"].to_numpy()
         aucs.append(roc_auc(de["proba_de"].to_numpy(), truth))
@@ -143,7 +143,7 @@ def test_sampling_is_reproducible_and_gene_list_restricts(model):
 
 def test_one_vs_rest_for_every_group(model):
     pyrovi.settings.seed = 0
-    de = model.differential_expression(groupby="group", delta=0.5, n_samples=2000, silent=True)
+    de = model.differential_expression(groupby="group", mode="change", delta=0.5, n_samples=2000, silent=True)
     assert list(de["comparison"].unique()) == ["A vs Rest", "B vs Rest", "C vs Rest"]
     assert (de["group2"] == "Rest").all() and len(de) == 3 * model.adata.n_vars
     c_vs_rest = de[de["group1"] == "C"]
@@ -159,7 +159,7 @@ def test_one_vs_rest_for_every_group(model):
 def test_explicit_indices_match_groupby(model, a_vs_b):
     group = model.adata.obs["group"].to_numpy()
     pyrovi.settings.seed = 0
-    de = model.differential_expression(idx1=group == "A", idx2=np.flatnonzero(group == "B"), delta=0.5,
+    de = model.differential_expression(idx1=group == "A", idx2=np.flatnonzero(group == "B"), mode="change", delta=0.5,
                                        silent=True)  # fmt: skip
     assert (de["comparison"] == "idx1 vs idx2").all()
     # independent draws of the same posterior: the same answer up to Monte Carlo noise
@@ -177,7 +177,7 @@ def test_explicit_indices_match_groupby(model, a_vs_b):
 
 def test_batch_correction(model, a_vs_b):
     pyrovi.settings.seed = 0
-    de = model.differential_expression(groupby="group", group1="A", group2="B", delta=0.5,
+    de = model.differential_expression(groupby="group", group1="A", group2="B", mode="change", delta=0.5,
                                        batch_correction=True, silent=True)  # fmt: skip
     assert list(de.columns) == list(a_vs_b.columns)
     # the simulation has no batch effect, so averaging over batches changes little
@@ -198,7 +198,7 @@ def test_batch_correction(model, a_vs_b):
         ({"idx1": [0, 1], "idx2": [1, 2]}, "share 1 cell"),
         ({"idx1": []}, "selects no cells"),
         ({"groupby": "group", "mode": "bayes"}, "'vanilla' or 'change'"),
-        ({"groupby": "group", "delta": 0.0}, "positive delta"),
+        ({"groupby": "group", "mode": "change", "delta": 0.0}, "positive delta"),
         ({"groupby": "group", "n_samples": 0}, "n_samples must be a positive integer"),
         ({"groupby": "group", "fdr_target": 1.5}, "strictly between"),
         ({"groupby": "group", "gene_list": ["gene_0", "XIST"]}, r"does not know: \['XIST'\]"),
