@@ -90,10 +90,13 @@ def _same_latent(adata_a: anndata.AnnData, adata_b: anndata.AnnData) -> None:
 # ------------------------------------------------------------------------------------------------
 # counts: errors at setup_anndata
 
-COUNT_ERRORS = [
+NON_FINITE = [
     pytest.param(_set(_counts(), np.nan), r"1 NaN or infinite value; the first is nan in cell 'c1', gene 'g2'",
                  id="nan"),
     pytest.param(_set(_counts(), np.inf), r"NaN or infinite value; the first is inf in cell 'c1'", id="inf"),
+]
+
+COUNT_ERRORS = [
     pytest.param(_set(_counts(), -3.0), r"1 negative value; the first is -3.0 in cell 'c1', gene 'g2'.*raw counts",
                  id="negative"),
     pytest.param(np.log1p(_counts()), r"non-integer values.*layer='counts'", id="log-normalised"),
@@ -104,20 +107,34 @@ COUNT_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("matrix", "match"), COUNT_ERRORS)
+@pytest.mark.parametrize(("matrix", "match"), NON_FINITE)
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
-def test_bad_counts_fail_at_setup_naming_the_first_entry(matrix, match, fmt):
+def test_non_finite_values_fail_at_setup_naming_the_first_entry(matrix, match, fmt):
     adata = _adata(matrix if fmt == "dense" else sparse.csr_matrix(matrix))
     with pytest.raises(ValueError, match=match):
         SCVI.setup_anndata(adata)
     assert "_pyrovi_registry" not in adata.uns
 
 
+@pytest.mark.parametrize(("matrix", "match"), COUNT_ERRORS)
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_bad_counts_warn_at_setup_and_fail_for_a_count_model_naming_the_first_entry(matrix, match, fmt):
+    """Setup warns, as scvi-tools does (such data suit gene_likelihood="normal"); a count model refuses them."""
+    adata = _adata(matrix if fmt == "dense" else sparse.csr_matrix(matrix))
+    with pytest.warns(UserWarning, match=match):
+        SCVI.setup_anndata(adata)
+    with pytest.raises(ValueError, match=r"gene_likelihood='zinb' models raw counts.*" + match):
+        SCVI(adata)
+
+
 def test_bad_counts_in_a_layer_name_the_layer():
     adata = _adata()
     adata.layers["counts"] = _set(_counts(), 0.5)
-    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] must hold raw counts.*0.5.*pass the layer"):
+    match = r"adata.layers\['counts'\] must hold raw counts.*0.5.*pass the layer"
+    with pytest.warns(UserWarning, match=match):
         SCVI.setup_anndata(adata, layer="counts")
+    with pytest.raises(ValueError, match=match):
+        SCVI(adata)
 
 
 @pytest.mark.parametrize(

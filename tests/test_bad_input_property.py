@@ -2,7 +2,8 @@
 
 Whatever the data, ``SCVI.setup_anndata`` + ``SCVI(adata)`` + one epoch of training either succeed with a
 finite loss or raise one of pyrovi's documented input errors from pyrovi's own code (never from deep inside
-torch or pyro); the user's AnnData is never changed, except for the registry written to ``adata.uns``.
+torch or pyro); the user's AnnData is never changed, except for the registry and identifier written to
+``adata.uns``.
 
 Documented input errors (README, "Errors you may see"): :class:`ValueError` for bad values, shapes and names,
 including its subclasses :class:`~pyrovi.data.MissingKeyError` (also a :class:`KeyError`) for absent keys and
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 from scipy import sparse
 
 import pyrovi
-from pyrovi._constants import UNS_REGISTRY_KEY
+from pyrovi._constants import UNS_REGISTRY_KEY, UNS_UUID_KEY
 from pyrovi.model import SCVI
 
 pytestmark = [
@@ -120,7 +121,7 @@ def cases(draw) -> Case:
 
 
 def _snapshot(adata: anndata.AnnData) -> dict:
-    uns = {k: v for k, v in adata.uns.items() if k != UNS_REGISTRY_KEY}
+    uns = {k: v for k, v in adata.uns.items() if k not in (UNS_REGISTRY_KEY, UNS_UUID_KEY)}
     return copy.deepcopy(
         {"X": adata.X, "obs": adata.obs, "var": adata.var, "layers": dict(adata.layers), "obsm": dict(adata.obsm),
          "uns": uns, "obs_names": list(adata.obs_names), "var_names": list(adata.var_names)}
