@@ -180,3 +180,36 @@ def test_totalvi_on_mudata_saves_its_mudata_and_loads_without_data(tmp_path):
     loaded = TOTALVI.load(tmp_path / "m")
     assert type(loaded.adata).__name__ == "MuData"
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["SCVI", "TOTALVI"])
+def test_a_registered_size_factor_is_the_observed_library(model_name):
+    """As in scvi-tools, size factors override use_observed_lib_size=False: no latent library is built."""
+    model_cls = getattr(pyrovi.model, model_name)
+    adata = synthetic_iid(batch_size=30, n_genes=20, n_proteins=5, n_regions=0, seed=11)
+    adata.obs["size_factor"] = np.linspace(1.0, 4.0, adata.n_obs)
+    extra = {"protein_expression_obsm_key": "protein_expression"} if model_name == "TOTALVI" else {}
+    model_cls.setup_anndata(adata, batch_key="batch", size_factor_key="size_factor", **extra)
+    model = model_cls(adata, n_latent=2, use_observed_lib_size=False)
+    assert model.module.use_size_factor_key and model.module.use_observed_lib_size
+    assert not hasattr(model.module, "library_log_means") and not hasattr(model.module, "library_log_vars")
+    model.train(max_epochs=1, batch_size=30, enable_progress_bar=False)
+    assert np.isfinite(model.get_elbo())
+    plain = synthetic_iid(batch_size=30, n_genes=20, n_proteins=5, n_regions=0, seed=11)
+    model_cls.setup_anndata(plain, batch_key="batch", **extra)
+    assert hasattr(model_cls(plain, n_latent=2, use_observed_lib_size=False).module, "library_log_means")
+
+
+def test_a_marker_table_naming_a_gene_twice_is_refused_as_scvi_tools_code_expects():
+    import pandas as pd
+
+    from pyrovi.external import CellAssign
+
+    adata = synthetic_iid(batch_size=20, n_genes=6, n_proteins=0, n_regions=0, seed=12)
+    adata.obs["size_factor"] = 1.0
+    markers = pd.DataFrame(np.eye(6, 2), index=adata.var_names, columns=["t0", "t1"])
+    markers = pd.concat([markers, markers.iloc[[1]]])
+    CellAssign.setup_anndata(adata, "size_factor")
+    for expected in (ValueError, AssertionError):
+        with pytest.raises(expected, match=r"names some genes more than once: \['gene_1'\]"):
+            CellAssign(adata, markers)

@@ -21,6 +21,11 @@ from .base import BaseModelClass
 OTHER = "other"
 
 
+class _RepeatedMarkerError(ValueError, AssertionError):
+    """A gene or type named twice in the marker table. A ``ValueError``; also an ``AssertionError``, which is
+    what scvi-tools raises there, so code that catches either works."""
+
+
 def _marker_table(cell_type_markers: pd.DataFrame | dict) -> pd.DataFrame:
     """Validate a genes x types 0/1 table (a DataFrame, or the dict a saved model stores)."""
     if isinstance(cell_type_markers, dict):
@@ -49,7 +54,7 @@ def _marker_table(cell_type_markers: pd.DataFrame | dict) -> pd.DataFrame:
     for axis, names in (("gene", cell_type_markers.index), ("type", cell_type_markers.columns)):
         if names.has_duplicates:
             repeated = sorted(map(str, names[names.duplicated()].unique()))
-            raise ValueError(
+            raise _RepeatedMarkerError(
                 f"cell_type_markers names some {axis}s more than once: {repeated}. Give each {axis} one "
                 f"{'row' if axis == 'gene' else 'column'}."
             )

@@ -106,8 +106,10 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         self._check_data(gene_likelihood, module_kwargs.get("log_variational", True))
         stats = self.summary_stats
         cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
+        # registered size factors are the observed library, whatever use_observed_lib_size says (scvi-tools)
+        use_size_factor_key = self.adata_manager.setup_args.get("size_factor_key") is not None
         library_log_means = library_log_vars = None
-        if not use_observed_lib_size:
+        if not (use_observed_lib_size or use_size_factor_key):
             library_log_means, library_log_vars = library_log_prior(self.adata_manager)
         self.module = self._module_cls(
             n_input=stats["n_vars"],
@@ -122,6 +124,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             dispersion=dispersion,
             gene_likelihood=gene_likelihood,
             use_observed_lib_size=use_observed_lib_size,
+            use_size_factor_key=use_size_factor_key,
             latent_distribution=latent_distribution,
             library_log_means=library_log_means,
             library_log_vars=library_log_vars,

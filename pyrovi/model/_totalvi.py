@@ -133,8 +133,10 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         background_mean = background_scale = None
         if empirical_protein_background_prior:
             background_mean, background_scale = protein_background_prior(proteins, batch, n_batch, mask)
+        # registered size factors are the observed library, whatever use_observed_lib_size says (scvi-tools)
+        use_size_factor_key = self.adata_manager.setup_args.get("size_factor_key") is not None
         library_log_means = library_log_vars = None
-        if not use_observed_lib_size:
+        if not (use_observed_lib_size or use_size_factor_key):
             library_log_means, library_log_vars = library_log_prior(self.adata_manager)
         cat_state = self.adata_manager.get_state(REGISTRY_KEYS.CAT_COVS_KEY)
         self.module = TOTALVAE(
@@ -155,6 +157,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             gene_likelihood=gene_likelihood,
             latent_distribution=latent_distribution,
             use_observed_lib_size=use_observed_lib_size,
+            use_size_factor_key=use_size_factor_key,
             library_log_means=library_log_means,
             library_log_vars=library_log_vars,
             protein_background_prior_mean=background_mean,

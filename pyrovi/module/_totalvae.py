@@ -108,6 +108,9 @@ class TOTALVAE(BaseModuleClass):
         of ``q(log beta | z, s)``.
     use_observed_lib_size
         Observed RNA library size (otherwise latent with a per-batch log-normal prior).
+    use_size_factor_key
+        Whether the library is a registered size factor (then it is observed, whatever
+        ``use_observed_lib_size`` says, as in scvi-tools).
     library_log_means, library_log_vars
         Per-batch prior of the latent log library.
     protein_background_prior_mean, protein_background_prior_scale
@@ -157,6 +160,7 @@ class TOTALVAE(BaseModuleClass):
         protein_background_prior_mean: np.ndarray | None = None,
         protein_background_prior_scale: np.ndarray | None = None,
         use_observed_lib_size: bool = True,
+        use_size_factor_key: bool = False,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
         use_batch_norm: Normalization = "both",
@@ -192,6 +196,8 @@ class TOTALVAE(BaseModuleClass):
         self.n_batch, self.n_labels, self.n_latent = n_batch, n_labels, n_latent
         self.gene_dispersion, self.protein_dispersion = gene_dispersion, protein_dispersion
         self.gene_likelihood, self.objective = gene_likelihood, objective
+        self.use_size_factor_key = use_size_factor_key
+        use_observed_lib_size = use_observed_lib_size or use_size_factor_key
         self.use_observed_lib_size = use_observed_lib_size
         self.n_continuous_cov = n_continuous_cov
         self.n_cats_per_cov = list(n_cats_per_cov or [])

@@ -136,6 +136,9 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         Normalisation in ``"both"``, ``"encoder"``, ``"decoder"`` or ``"none"``.
     use_observed_lib_size
         Use the observed library size (or the registered size factor) instead of a latent library.
+    use_size_factor_key
+        Whether the library is a registered size factor (then it is observed, whatever
+        ``use_observed_lib_size`` says, as in scvi-tools).
     library_log_means, library_log_vars
         Per-batch mean and variance of log library sizes: the prior of a latent library.
     var_activation
@@ -190,6 +193,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         use_batch_norm: Normalization = "both",
         use_layer_norm: Normalization = "none",
         use_observed_lib_size: bool = True,
+        use_size_factor_key: bool = False,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
         var_activation: VarActivation = None,
@@ -220,6 +224,8 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         self.dispersion = dispersion
         self.gene_likelihood = gene_likelihood
         self.latent_distribution = latent_distribution
+        self.use_size_factor_key = use_size_factor_key
+        use_observed_lib_size = use_observed_lib_size or use_size_factor_key
         self.use_observed_lib_size = use_observed_lib_size
         self.encode_covariates = encode_covariates
         self.n_continuous_cov = n_continuous_cov
