@@ -104,6 +104,8 @@ class VAEMixin:
             listed = list(transform_batch)
             if not listed:
                 raise ValueError("transform_batch is an empty list; name at least one batch, or pass None.")
+        if all(category is None for category in listed):
+            return [None] * len(listed)  # each cell's own batch; the model may have no batch field at all
         categories = [str(c) for c in manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]]
         codes: list[int | None] = []
         for category in listed:
