@@ -371,13 +371,22 @@ def test_overwrite_false_never_touches_an_existing_model(scvi, saved):
     assert sorted(p.name for p in saved.parent.iterdir()) == ["model"]
 
 
-def test_overwrite_refuses_a_directory_that_is_not_a_model(scvi, tmp_path):
+def test_overwrite_writes_beside_other_files_and_never_touches_them(scvi, tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=r"not a saved pyrovi model \(it holds notes\.txt\)"):
-        scvi[0].save(folder, overwrite=True)
-    assert sorted(os.listdir(folder)) == ["notes.txt"] and (folder / "notes.txt").read_text() == "keep me"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        scvi[0].save(folder)
+    assert sorted(os.listdir(folder)) == ["notes.txt"]
+    scvi[0].save(folder, overwrite=True, save_anndata=True)  # as scvi-tools: the model's files go beside
+    assert sorted(os.listdir(folder)) == ["adata.h5ad", "model.json", "model.safetensors", "notes.txt"]
+    assert (folder / "notes.txt").read_text() == "keep me"
+    # saving again without data leaves the old adata.h5ad alone, and model.json records that there is none
+    scvi[0].save(folder, overwrite=True)
+    assert sorted(os.listdir(folder)) == ["adata.h5ad", "model.json", "model.safetensors", "notes.txt"]
+    with pytest.raises(ModelFileError, match="saved without save_anndata=True"):
+        SCVI.load(folder, accelerator="cpu")
+    assert SCVI.load(folder, scvi[0].adata, accelerator="cpu").is_trained
     empty = tmp_path / "empty"
     empty.mkdir()
     scvi[0].save(empty)  # an empty directory is free to use

@@ -37,9 +37,11 @@ def test_prefixed_models_share_a_directory_and_leave_other_files_alone(trained, 
                      "b_model.safetensors", "notes.txt"]  # fmt: skip
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trained.save(tmp_path, prefix="a_")
-    # overwrite without save_anndata removes the stale data file, so it cannot be loaded with the new model
+    # overwrite without save_anndata leaves the old data file alone; model.json records that there is none
     trained.save(tmp_path, prefix="a_", overwrite=True)
-    assert not (tmp_path / "a_adata.h5ad").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "a_adata.h5ad").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ModelFileError, match="without save_anndata"):
+        SCVI.load(tmp_path, prefix="a_")
 
     loaded = SCVI.load(tmp_path, adata=trained.adata, prefix="b_", accelerator="cpu", device="auto")
     np.testing.assert_array_equal(loaded.get_latent_representation(), trained.get_latent_representation())
@@ -179,6 +181,7 @@ def test_totalvi_on_mudata_saves_its_mudata_and_loads_without_data(tmp_path):
     assert sorted(os.listdir(tmp_path / "m")) == ["mdata.h5mu", "model.json", "model.safetensors"]
     loaded = TOTALVI.load(tmp_path / "m")
     assert type(loaded.adata).__name__ == "MuData"
+    assert np.isfinite(loaded.get_elbo(mdata[:10]))  # a view of a MuData is read, never written to
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), rtol=1e-5)
 
 

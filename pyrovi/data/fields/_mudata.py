@@ -99,8 +99,11 @@ class _MuDataField(BaseField):
 
     # A modality, checked against the MuData's cells.
 
-    def _modality(self, mdata: Any, mod_key: str | None) -> tuple[Any, np.ndarray | None]:
-        """The data to read (a modality, or the MuData itself) and row positions into it (None: in order)."""
+    def _modality(self, mdata: Any, mod_key: str | None, allow_view: bool = True) -> tuple[Any, np.ndarray | None]:
+        """The data to read (a modality, or the MuData itself) and row positions into it (None: in order).
+
+        A view (e.g. of ``mdata[:10]``, given to a query) is read as it is; only setup refuses one.
+        """
         _require_mudata(mdata, self)
         if mod_key is None:
             return mdata, None
@@ -110,7 +113,7 @@ class _MuDataField(BaseField):
                 f"modalities are {_format_names(mdata.mod.keys())}. Pass the right modality name."
             )
         mod = mdata.mod[mod_key]
-        if mod.is_view:
+        if mod.is_view and not allow_view:
             raise ValueError(
                 f"The modality {mod_key!r} is a view; pyrovi does not copy data silently. Pass a MuData of copies, "
                 "e.g. mudata.MuData({name: mod.copy() for name, mod in mdata.mod.items()})."
@@ -144,7 +147,7 @@ class _MuDataField(BaseField):
         _require_mudata(mdata, self)
         if self.is_empty:
             return {}
-        mod, _ = self._modality(mdata, self._mod_key)
+        mod, _ = self._modality(mdata, self._mod_key, allow_view=False)
         return {**self._inner.register(mod), "mod_key": self._mod_key}
 
     def transfer(self, state: dict[str, Any], adata_target: Any, extend_categories: bool = False) -> dict[str, Any]:

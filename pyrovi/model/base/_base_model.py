@@ -648,8 +648,9 @@ class BaseModelClass(PosteriorSamplingMixin):
             a directory; with a prefix, other files in the directory are left alone.
         overwrite
             Replace an existing model directory (written next to it first, so a failure leaves it intact).
-            Without it an existing non-empty directory is an error and is left untouched; with it, a
-            directory holding other files than a model's is still refused.
+            Without it an existing non-empty directory is an error and is left untouched; with it, in a
+            directory that also holds other files the model's files are written beside them (each renamed
+            into place) and nothing else is touched.
         save_anndata
             Also write the AnnData as ``adata.h5ad``.
         save_kwargs, legacy_mudata_format

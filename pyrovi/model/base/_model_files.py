@@ -179,6 +179,9 @@ def read_meta(path: Path, known_models: Mapping[str, type], expected: type | Non
     for key in ("train_indices", "validation_indices", "test_indices"):
         _check_field(meta_path, meta, key, _is_index_list(meta.get(key)), "null or a list of cell positions")
     _check_field(meta_path, meta, "history", _is_history(meta.get("history")), "a JSON object of epochs and values")
+    if "data_file" in meta:  # absent from files saved before it was recorded
+        allowed = (None, prefix + ADATA_FILE, prefix + MDATA_FILE)
+        _check_field(meta_path, meta, "data_file", meta["data_file"] in allowed, f"one of {list(allowed)}")
     return meta
 
 
@@ -218,13 +221,17 @@ def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected:
         )
 
 
-def read_saved_adata(path: Path, prefix: str = "") -> AnnData:
+def read_saved_adata(path: Path, prefix: str = "", name: str | None = None) -> AnnData:
     """The data saved with ``save_anndata=True``: ``adata.h5ad``, or ``mdata.h5mu`` for a MuData model.
 
-    Both are HDF5 files, read as data and never executed.
+    ``name`` is the file ``model.json`` records (older files record none: whichever exists). Both are HDF5
+    files, read as data and never executed.
     """
     adata_path, mdata_path = path / (prefix + ADATA_FILE), path / (prefix + MDATA_FILE)
-    data_path = mdata_path if mdata_path.is_file() and not adata_path.is_file() else adata_path
+    if name is not None:
+        data_path = mdata_path if name == prefix + MDATA_FILE else adata_path
+    else:
+        data_path = mdata_path if mdata_path.is_file() and not adata_path.is_file() else adata_path
     if not data_path.is_file():
         raise _fail(
             path,

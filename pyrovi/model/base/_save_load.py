@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
 
-#: The files a saved model consists of: only a directory holding nothing else is replaced by overwrite=True.
+#: The files a saved model consists of: a directory holding nothing else is replaced whole by overwrite=True.
 _MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE, MDATA_FILE})
 
 
@@ -108,22 +108,21 @@ def _indices(values: np.ndarray | None) -> list[int] | None:
     return None if values is None else [int(i) for i in values]
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """``path`` may be written: new, empty, or (with ``overwrite``) a saved model and nothing else."""
+def _check_target(path: Path, overwrite: bool) -> bool:
+    """``path`` may be written: new, empty, or (with ``overwrite``) an existing directory.
+
+    Returns whether the directory holds files other than a model's: the model's files are then written beside
+    them, one by one, and nothing else in the directory is touched (as in scvi-tools, which saves into any
+    directory with ``overwrite=True``). A directory holding only a model is replaced whole, atomically.
+    """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
     contents = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if not contents:
-        return
+        return False
     if not overwrite:
         raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it.")
-    foreign = [name for name in contents if name not in _MODEL_FILES]
-    if foreign:
-        # overwrite replaces the whole directory: never delete files a user keeps there
-        raise FileExistsError(
-            f"{path} is not a saved pyrovi model (it holds {', '.join(foreign[:5])}); overwrite=True only "
-            "replaces a model directory. Choose another path or empty it first."
-        )
+    return any(name not in _MODEL_FILES for name in contents)
 
 
 def _fsync(path: Path) -> None:
@@ -161,10 +160,12 @@ def _swap_in(staging: Path, path: Path) -> None:
 
 
 def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: bool) -> None:
-    """Write a prefixed model's files into ``path`` beside whatever else it holds, one rename per file.
+    """Write a model's files (names starting with ``prefix``) into ``path`` beside whatever else it holds.
 
     Each file is written under a hidden temporary name first and renamed into place, so an interrupted save
-    never leaves a half-written file under a model's name; files without this prefix are never touched.
+    never leaves a half-written file under a model's name. Only the files named in ``files`` are written;
+    nothing else is touched or deleted (an older data file stays, and ``model.json`` records that this model
+    has none).
     """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
@@ -184,10 +185,6 @@ def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: b
             staged.append(tmp)
             write(tmp)
             _fsync(tmp)
-        for data_file in (ADATA_FILE, MDATA_FILE):
-            stale = path / (prefix + data_file)
-            if (prefix + data_file) not in files and stale.exists():
-                stale.unlink()  # an older save's data must not be loaded with this model
         for name in files:
             (path / f".{name}.tmp-{tag}").replace(path / name)
         _fsync(path)
@@ -204,8 +201,10 @@ def save_model(
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
     path = Path(dir_path)
     prefix = check_prefix(prefix)
-    if not prefix:
-        _check_target(path, overwrite)
+    beside_others = False if prefix else _check_target(path, overwrite)
+    data_file = None
+    if save_anndata:
+        data_file = prefix + (MDATA_FILE if _is_mudata(model.adata) else ADATA_FILE)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_name": type(model).__name__,
@@ -218,6 +217,7 @@ def save_model(
         "validation_indices": _indices(model.validation_indices),
         "test_indices": _indices(model.test_indices),
         "history": _history_to_json(model.history),
+        "data_file": data_file,
     }
     try:
         meta_text = json.dumps(meta, indent=1, allow_nan=False)
@@ -231,11 +231,11 @@ def save_model(
         prefix + WEIGHTS_FILE: lambda p: write_safetensors(state, p, metadata={"pyrovi_model": type(model).__name__}),
         prefix + META_FILE: lambda p: p.write_text(meta_text, encoding="utf-8"),
     }
-    if save_anndata and _is_mudata(model.adata):
-        files[prefix + MDATA_FILE] = lambda p: model.adata.write(p, **anndata_write_kwargs)
-    elif save_anndata:
-        files[prefix + ADATA_FILE] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
-    if prefix:
+    if data_file is not None and _is_mudata(model.adata):
+        files[data_file] = lambda p: model.adata.write(p, **anndata_write_kwargs)
+    elif data_file is not None:
+        files[data_file] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
+    if prefix or beside_others:
         _write_prefixed(files, path, prefix, overwrite)
         return
 
@@ -324,7 +324,12 @@ def load_model(
     check_model_dir(path, prefix)
     meta = read_meta(path, BaseModelClass.known_models(), cls, prefix)
     if adata is None:
-        adata = read_saved_adata(path, prefix)
+        if "data_file" in meta and meta["data_file"] is None:
+            raise ModelFileError(
+                f"{path}: the model {prefix}{META_FILE} was saved without save_anndata=True, so it holds no data "
+                "of its own. Pass the data: Model.load(path, adata)."
+            )
+        adata = read_saved_adata(path, prefix, meta.get("data_file"))
     _check_genes(meta["var_names"], adata)
 
     registry = meta["registry"]
