@@ -313,3 +313,16 @@ def test_get_arrays_detects_in_place_subsetting():
     adata._inplace_subset_obs(np.arange(5))
     with pytest.raises(ValueError, match="modified in place"):
         manager.get_arrays()
+
+
+def test_a_view_is_transferred_only_read_only():
+    adata = _make_adata()
+    manager = _register(adata)
+    view = adata[:6]
+    with pytest.raises(ValueError, match=r"view.*\.copy\(\)"):
+        manager.transfer_fields(view)  # as scvi-tools: a transfer would write to the view
+    query = manager.transfer_fields(view, read_only=True)
+    assert view.is_view and UNS_REGISTRY_KEY not in view.uns.keys() - adata.uns.keys()
+    assert query.summary_stats["n_cells"] == 6
+    with pytest.raises(ValueError, match="source_registry"):
+        AnnDataManager(manager.fields, manager.setup_args, manager.model_name).register_fields(adata, read_only=True)

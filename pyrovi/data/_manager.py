@@ -104,6 +104,7 @@ class AnnDataManager:
         adata: AnnData,
         source_registry: dict[str, Any] | None = None,
         extend_categories: bool = False,
+        read_only: bool = False,
         **transfer_kwargs: Any,
     ) -> AnnDataManager:
         """Validate ``adata``, build the registry and store it in ``adata.uns``.
@@ -111,13 +112,15 @@ class AnnDataManager:
         Parameters
         ----------
         adata
-            The data to set up. Must not be a view (pass ``adata[mask].copy()``), except when transferring
-            (``source_registry`` given): a view is then read and its ``uns`` left as it is.
+            The data to set up. Must not be a view (pass ``adata[mask].copy()``), except with ``read_only``.
         source_registry
             A registry to transfer from (query data, or data given when a saved model is loaded): each field
             then keeps the registered genes and category mappings. None registers the fields afresh.
         extend_categories
             With ``source_registry``, append categories unseen at registration instead of raising an error.
+        read_only
+            With ``source_registry``: validate and read ``adata`` without writing the registry to its ``uns``,
+            so that a view (query data such as ``adata[:10]``) can be read as it is. Models read views this way.
         **transfer_kwargs
             scvi-tools' other transfer options; none is needed by pyrovi's fields, so any given is an error.
 
@@ -133,7 +136,9 @@ class AnnDataManager:
         ...     adata_query, source_registry=registry)  # doctest: +SKIP
         """
         _check_transfer_kwargs(transfer_kwargs)
-        _check_adata(adata, self._fields, allow_view=source_registry is not None)
+        if read_only and source_registry is None:
+            raise ValueError("read_only=True needs a source_registry: a first setup must write its registry.")
+        _check_adata(adata, self._fields, allow_view=read_only)
         source_states = None if source_registry is None else _source_states(source_registry, self._fields)
         field_states = {}
         for field in self._fields:
@@ -150,14 +155,13 @@ class AnnDataManager:
             "field_states": field_states,
             "summary_stats": self._summary_stats(adata, field_states),
         }
-        # Written only once every field has validated, so a failed setup leaves the AnnData untouched. A view
-        # (query data such as adata[:10]) is read, never written: writing would turn it into a copy.
-        self._registry = json.loads(json.dumps(registry)) if adata.is_view else _write_registry(adata, registry)
+        # Written only once every field has validated, so a failed setup leaves the AnnData untouched.
+        self._registry = json.loads(json.dumps(registry)) if read_only else _write_registry(adata, registry)
         self._adata = adata
         return self
 
     def transfer_fields(
-        self, adata_target: AnnData, extend_categories: bool = False, **kwargs: Any
+        self, adata_target: AnnData, extend_categories: bool = False, read_only: bool = False, **kwargs: Any
     ) -> AnnDataManager:
         """A new manager with the same fields, registered on ``adata_target`` from this registry.
 
@@ -167,6 +171,9 @@ class AnnDataManager:
             Query data with the registered genes (any order, extra genes dropped) and obs columns.
         extend_categories
             Append categories unseen at registration instead of raising an error.
+        read_only
+            Read ``adata_target`` without writing the registry to its ``uns``; needed for a view, which is
+            otherwise refused (as in scvi-tools).
         **kwargs
             scvi-tools' other transfer options; none is needed by pyrovi's fields, so any given is an error.
 
@@ -180,7 +187,9 @@ class AnnDataManager:
         """
         _check_transfer_kwargs(kwargs)
         manager = AnnDataManager(self._fields, self._setup_args, self._model_name)
-        return manager.register_fields(adata_target, self.registry, extend_categories=extend_categories)
+        return manager.register_fields(
+            adata_target, self.registry, extend_categories=extend_categories, read_only=read_only
+        )
 
     def register_new_fields(self, fields: Sequence[BaseField]) -> None:
         """Register more fields on the AnnData this manager is registered on (their keys must be new).

@@ -392,7 +392,8 @@ class BaseModelClass(PosteriorSamplingMixin):
         if adata is None or adata is self.adata:
             return self.adata_manager
         try:
-            manager = self.adata_manager.transfer_fields(adata)
+            # a view (adata[:10]) is read as it is, never written to: writing would turn it into a copy
+            manager = self.adata_manager.transfer_fields(adata, read_only=bool(getattr(adata, "is_view", False)))
         except UnseenCategoryError as err:
             raise _unknown_to_model(err, type(self).__name__) from None
         self._note_seen(adata)
