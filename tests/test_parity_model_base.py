@@ -216,3 +216,26 @@ def test_a_marker_table_naming_a_gene_twice_is_refused_as_scvi_tools_code_expect
     for expected in (ValueError, AssertionError):
         with pytest.raises(expected, match=r"names some genes more than once: \['gene_1'\]"):
             CellAssign(adata, markers)
+
+
+def test_a_query_never_rewrites_the_setup_of_its_data():
+    """Querying data through a model reads it: the registry the user's setup wrote stays as it was."""
+    from pyrovi.data import read_registry
+
+    adata = _data(seed=13)
+    SCVI.setup_anndata(adata, batch_key="batch")
+    before = read_registry(adata)
+    other_data = adata.copy()
+    SCVI.setup_anndata(other_data)  # another model, set up without batches
+    other = SCVI(other_data, n_hidden=8, n_latent=2)
+    other.get_latent_representation(adata)
+    other.get_elbo(adata)
+    assert read_registry(adata) == before
+    assert SCVI(adata, n_hidden=8, n_latent=2).summary_stats["n_batch"] == 2
+
+
+@pytest.mark.parametrize("max_epochs", [-1, 0, 2.5, True])
+def test_max_epochs_must_be_a_positive_integer(trained, max_epochs):
+    """-1 would train forever (Lightning's 'no limit'), 0 would train nothing yet mark the model trained."""
+    with pytest.raises(ValueError, match="max_epochs must be a positive integer"):
+        trained.train(max_epochs=max_epochs)

@@ -392,8 +392,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         if adata is None or adata is self.adata:
             return self.adata_manager
         try:
-            # a view (adata[:10]) is read as it is, never written to: writing would turn it into a copy
-            manager = self.adata_manager.transfer_fields(adata, read_only=bool(getattr(adata, "is_view", False)))
+            # Read only: a query never writes this model's registry into the data, where it would replace the
+            # setup the user (or another model) made; and a view (adata[:10]) is read as it is.
+            manager = self.adata_manager.transfer_fields(adata, read_only=True)
         except UnseenCategoryError as err:
             raise _unknown_to_model(err, type(self).__name__) from None
         self._note_seen(adata)
@@ -509,6 +510,9 @@ class BaseModelClass(PosteriorSamplingMixin):
                 raise ValueError("max_epochs is needed when the datamodule does not say how many cells it has (n_obs).")
             n = getattr(datamodule, "n_obs", None) if datamodule is not None else None
             max_epochs = _max_epochs_heuristic(int(n) if n is not None else n_cells)
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
+            # Lightning reads -1 as "no limit" (training would never end) and 0 as "train nothing"
+            raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
         plan_kwargs = _merge_kwargs(plan_config, plan_kwargs, "plan")
         trainer_kwargs = {**_merge_kwargs(trainer_config, None, "trainer"), **trainer_kwargs}
         trainer_kwargs.setdefault("early_stopping", early_stopping)
