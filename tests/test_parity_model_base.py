@@ -239,3 +239,18 @@ def test_max_epochs_must_be_a_positive_integer(trained, max_epochs):
     """-1 would train forever (Lightning's 'no limit'), 0 would train nothing yet mark the model trained."""
     with pytest.raises(ValueError, match="max_epochs must be a positive integer"):
         trained.train(max_epochs=max_epochs)
+
+
+def test_arguments_that_would_fail_later_or_give_nonsense_are_refused_up_front(trained):
+    adata = trained.adata
+    for kwargs, match in [({"n_latent": 0}, "n_latent"), ({"n_hidden": 0}, "n_hidden"), ({"n_layers": 0}, "n_layers")]:
+        with pytest.raises(ValueError, match=rf"{match} must be a positive integer"):
+            SCVI(adata, **kwargs)
+    for library_size in (-1, 0, float("nan"), "counts"):
+        with pytest.raises(ValueError, match="library_size must be a positive number"):
+            trained.get_normalized_expression(library_size=library_size)
+    with pytest.raises(ValueError, match="selects no cell"):
+        trained.get_latent_representation(indices=np.zeros(adata.n_obs, dtype=bool))
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            trained.train(max_epochs=1, accelerator="gpu")

@@ -45,6 +45,8 @@ def _resolve_indices(indices: Sequence[int] | np.ndarray | None, n_cells: int) -
             raise ValueError(
                 f"a boolean indices mask must have one entry per cell ({n_cells}), got shape {indices.shape}."
             )
+        if not indices.any():
+            raise ValueError("the boolean indices mask selects no cell; a loader needs at least one cell.")
         return np.flatnonzero(indices).astype(np.int64)
     if indices.ndim != 1:
         raise ValueError(f"indices must be one-dimensional, got shape {indices.shape}.")

@@ -26,7 +26,14 @@ from ..module.base import GlobalGuide, trace_pair
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from .base import BaseModelClass, DEMixin, VAEMixin
-from .base._queries import _cells, _likelihood_mean, check_weights, latent_draw, latent_library_size
+from .base._queries import (
+    _cells,
+    _likelihood_mean,
+    check_library_size,
+    check_weights,
+    latent_draw,
+    latent_library_size,
+)
 
 
 class SCVI(DEMixin, VAEMixin, BaseModelClass):
@@ -342,6 +349,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         >>> draws = model.get_normalized_expression(indices=cells, n_samples_overall=1000, weights="importance")  # doctest: +SKIP
         """
         check_weights(weights, importance_weighting_kwargs)
+        check_library_size(library_size)
         gene_idx = self._gene_indices(gene_list)
         importance = weights == "importance" and n_samples_overall is not None
 

@@ -37,7 +37,7 @@ from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._differential import raw_count_statistics
 from .base._features import feature_positions
-from .base._queries import _cells, _likelihood_mean, latent_library_size
+from .base._queries import _cells, _likelihood_mean, check_library_size, latent_library_size
 
 #: Options of the shared differential expression that TOTALVI's takes through **kwargs, with their defaults.
 _DE_DEFAULTS = {
@@ -472,6 +472,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")  # doctest: +SKIP
         """
+        check_library_size(library_size)
         if n_samples_overall is not None:
             cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
             indices = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]

@@ -39,7 +39,7 @@ from pyro import poutine
 from torch import nn
 
 from .._constants import REGISTRY_KEYS
-from ._vae import Normalization, _check_choice, _check_extra_kwargs, logistic_normal_transform
+from ._vae import Normalization, _check_choice, _check_extra_kwargs, _check_sizes, logistic_normal_transform
 from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS, negative_binomial
 from .nn import Encoder, FCLayers
@@ -172,6 +172,8 @@ class TOTALVAE(BaseModuleClass):
         objective: Objective = "elbo",
     ):
         super().__init__()
+        _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder,
+                     n_layers_decoder=n_layers_decoder)  # fmt: skip
         _check_choice("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
         _check_choice("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
         _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb"))

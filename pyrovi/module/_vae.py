@@ -71,6 +71,13 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
 
 
+def _check_sizes(**sizes: Any) -> None:
+    """Layer and latent sizes are positive integers (0 builds empty layers that fail, or train on nothing)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def _check_extra_kwargs(name: str, kwargs: dict | None, target: Callable, reserved: Sequence[str]) -> dict:
     """``kwargs`` for ``target``, refusing names it does not take and names the module sets itself."""
     kwargs = dict(kwargs or {})
@@ -212,6 +219,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
                 "or a callable (mu, theta, zi_logits) -> distribution."
             )
         _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
+        _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
         _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
         _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
         _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))

@@ -7,6 +7,7 @@ import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -104,6 +105,11 @@ class Trainer(pl.Trainer):
         logging.getLogger("lightning.pytorch").setLevel(
             logging.INFO if settings.verbosity <= logging.DEBUG else logging.WARNING
         )
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"accelerator={accelerator!r} but this machine has no CUDA GPU that torch can use (a CPU-only torch "
+                "build, or no driver). Use accelerator='cpu', or 'auto' to take a GPU when there is one."
+            )
         if early_stopping_mode not in ("min", "max"):
             raise ValueError(f"early_stopping_mode={early_stopping_mode!r}: use 'min' or 'max'.")
         if check_val_every_n_epoch is not None and (

@@ -4,6 +4,7 @@ the importance weights of posterior draws (``weights="importance"``)."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -157,3 +158,16 @@ def importance_probabilities(
         cap = torch.logsumexp(log_w, 0) - math.log(n_draws) + 0.5 * math.log(n_draws)
         log_w = torch.minimum(log_w, cap)
     return torch.softmax(log_w, 0).numpy()
+
+
+def check_library_size(library_size: Any) -> None:
+    """``library_size`` is ``"latent"`` or a finite positive number (expression is ``library_size * rho``)."""
+    if isinstance(library_size, str) and library_size == "latent":
+        return
+    if isinstance(library_size, bool) or not isinstance(library_size, numbers.Real) or not (
+        np.isfinite(library_size) and library_size > 0
+    ):
+        raise ValueError(
+            f"library_size must be a positive number (e.g. 1e4 for counts per 10,000) or 'latent', got "
+            f"{library_size!r}."
+        )
