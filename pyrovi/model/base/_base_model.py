@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..._constants import REGISTRY_KEYS, UNS_UUID_KEY
+from ..._constants import UNS_UUID_KEY
 from ..._errors import ModelFileError
 from ..._settings import settings
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
@@ -745,10 +745,3 @@ class BaseModelClass(PosteriorSamplingMixin):
             f"  data: {stats.get('n_cells')} cells x {stats.get('n_vars')} genes, "
             f"{stats.get('n_batch', 1)} batch(es), {stats.get('n_labels', 1)} label(s)"
         )
-
-    @staticmethod
-    def _batch_code_of(manager: AnnDataManager, category: Any) -> int:
-        categories = manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]
-        if str(category) not in categories:
-            raise ValueError(f"transform_batch={category!r} is not a batch; batches are {categories}.")
-        return categories.index(str(category))

@@ -159,7 +159,7 @@ def _swap_in(staging: Path, path: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def _write_prefixed(files: dict[str, Any], path: Path, prefix: str, overwrite: bool) -> None:
+def _write_beside_others(files: dict[str, Any], path: Path, prefix: str, overwrite: bool) -> None:
     """Write a model's files (names starting with ``prefix``) into ``path`` beside whatever else it holds.
 
     Each file is written under a hidden temporary name first and renamed into place, so an interrupted save
@@ -236,7 +236,7 @@ def save_model(
     elif data_file is not None:
         files[data_file] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
     if prefix or beside_others:
-        _write_prefixed(files, path, prefix, overwrite)
+        _write_beside_others(files, path, prefix, overwrite)
         return
 
     # Write beside the target, then swap: an interrupted save never leaves a half-written model
