@@ -304,25 +304,29 @@ def test_weights_of_another_model(scvi, saved, tmp_path):
 # atomic saving
 
 
-def _fail_after_writing_half(tensors, path, *args, **kwargs):
-    Path(path).write_bytes(b"\x00" * 100)
-    raise OSError("disk full (simulated)")
-
-
 def test_interrupted_save_keeps_the_old_model(scvi, saved, monkeypatch):
     model = scvi[0]
     before = _digest(saved)
     other = SCVI(model.adata, n_hidden=8, n_latent=2)  # different weights
-    monkeypatch.setattr(_save_load, "write_safetensors", _fail_after_writing_half)
+
+    def fail_after_writing_half(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Path, "write_bytes", fail_after_writing_half)
     with pytest.raises(OSError, match="disk full"):
         other.save(saved, overwrite=True)
-    assert _digest(saved) == before
-    assert sorted(p.name for p in saved.parent.iterdir()) == ["model"]  # no staging or backup left
-    loaded = SCVI.load(saved, accelerator="cpu")
+    monkeypatch.undo()
+    assert _digest(saved) == before  # no staging, backup or half-written file left either
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["model"]
+    loaded = SCVI.load(saved, model.adata, accelerator="cpu")
     np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
 
 
-def test_failed_anndata_write_and_failed_swap_keep_the_old_model(scvi, saved, monkeypatch):
+def test_failed_anndata_write_and_failed_rename_keep_the_old_model(scvi, saved, monkeypatch):
+    from pyrovi.model.base import _model_dir_writer
+
     model = scvi[0]
     before = _digest(saved)
     other = SCVI(model.adata, n_hidden=8, n_latent=2)
@@ -336,19 +340,30 @@ def test_failed_anndata_write_and_failed_swap_keep_the_old_model(scvi, saved, mo
     monkeypatch.undo()
     assert _digest(saved) == before
 
-    real_rename = Path.rename
+    real_replace = os.replace
+    calls = []
 
-    def fail_second_rename(self, target):
-        if ".tmp-" in self.name:  # the new model moving in: the old one is already out of the way
+    def fail_second_rename(source, target):
+        calls.append(target)
+        if len(calls) == 2:  # the weights are already in place, model.json is not
             raise OSError("rename failed (simulated)")
-        return real_rename(self, target)
+        return real_replace(source, target)
 
-    monkeypatch.setattr(Path, "rename", fail_second_rename)
+    monkeypatch.setattr(_model_dir_writer.os, "replace", fail_second_rename)
     with pytest.raises(OSError, match="rename failed"):
         other.save(saved, overwrite=True)
     monkeypatch.undo()
-    assert _digest(saved) == before
+    assert _digest(saved) == before  # the replaced weights were put back
     assert sorted(p.name for p in saved.parent.iterdir()) == ["model"]
+
+
+def test_mixed_files_of_two_saves_are_detected(scvi, tmp_path):
+    model = scvi[0]
+    model.save(tmp_path / "a")
+    SCVI(model.adata, n_hidden=8, n_latent=2).save(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ModelFileError, match="SHA-256 differs"):
+        SCVI.load(tmp_path / "a", model.adata, accelerator="cpu")
 
 
 def test_successful_overwrite_replaces_the_model(scvi, saved):
@@ -381,9 +396,9 @@ def test_overwrite_writes_beside_other_files_and_never_touches_them(scvi, tmp_pa
     scvi[0].save(folder, overwrite=True, save_anndata=True)  # as scvi-tools: the model's files go beside
     assert sorted(os.listdir(folder)) == ["adata.h5ad", "model.json", "model.safetensors", "notes.txt"]
     assert (folder / "notes.txt").read_text() == "keep me"
-    # saving again without data leaves the old adata.h5ad alone, and model.json records that there is none
+    # saving again without data removes the data file the previous save wrote, and only that
     scvi[0].save(folder, overwrite=True)
-    assert sorted(os.listdir(folder)) == ["adata.h5ad", "model.json", "model.safetensors", "notes.txt"]
+    assert sorted(os.listdir(folder)) == ["model.json", "model.safetensors", "notes.txt"]
     with pytest.raises(ModelFileError, match="saved without save_anndata=True"):
         SCVI.load(folder, accelerator="cpu")
     assert SCVI.load(folder, scvi[0].adata, accelerator="cpu").is_trained

@@ -37,9 +37,10 @@ def test_prefixed_models_share_a_directory_and_leave_other_files_alone(trained, 
                      "b_model.safetensors", "notes.txt"]  # fmt: skip
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trained.save(tmp_path, prefix="a_")
-    # overwrite without save_anndata leaves the old data file alone; model.json records that there is none
+    # overwrite without save_anndata removes the data file the previous save wrote; nothing else is touched
     trained.save(tmp_path, prefix="a_", overwrite=True)
-    assert (tmp_path / "a_adata.h5ad").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "a_adata.h5ad").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "b_model.json").exists()
     with pytest.raises(ModelFileError, match="without save_anndata"):
         SCVI.load(tmp_path, prefix="a_")
 

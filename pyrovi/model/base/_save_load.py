@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from safetensors.torch import save as serialize_safetensors
 
 from ..._constants import REGISTRY_KEYS
 from ..._errors import ModelFileError
-from ..._files import write_safetensors
 from ...data import MissingKeyError, UnseenCategoryError
 from ...module.priors import (
     LatentPrior,
@@ -38,15 +36,13 @@ from ._model_files import (
     read_saved_adata,
     read_weights,
 )
+from ._model_dir_writer import write_model_files
 from ._query_errors import _unknown_to_model
 
 if TYPE_CHECKING:
     from ._base_model import BaseModelClass
 
 __all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
-
-#: The files a saved model consists of: a directory holding nothing else is replaced whole by overwrite=True.
-_MODEL_FILES = frozenset({WEIGHTS_FILE, META_FILE, ADATA_FILE, MDATA_FILE})
 
 
 def _history_to_json(history: dict[str, pd.DataFrame]) -> dict[str, dict[str, list]]:
@@ -108,103 +104,17 @@ def _indices(values: np.ndarray | None) -> list[int] | None:
     return None if values is None else [int(i) for i in values]
 
 
-def _check_target(path: Path, overwrite: bool) -> bool:
-    """``path`` may be written: new, empty, or (with ``overwrite``) an existing directory.
-
-    Returns whether the directory holds files other than a model's: the model's files are then written beside
-    them, one by one, and nothing else in the directory is touched (as in scvi-tools, which saves into any
-    directory with ``overwrite=True``). A directory holding only a model is replaced whole, atomically.
-    """
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
-    contents = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    if not contents:
-        return False
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists and is not empty; pass overwrite=True to replace it.")
-    return any(name not in _MODEL_FILES for name in contents)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk, so that a crash after the swap cannot leave an empty file."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return  # directories cannot be opened on some platforms (Windows); nothing to flush there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _swap_in(staging: Path, path: Path) -> None:
-    """Move the finished ``staging`` directory to ``path``; an old model there stays until the new one is in.
-
-    Both moves are renames within one directory (atomic on POSIX). Between them, the old model is kept under a
-    hidden sibling name and moved back if the second rename fails.
-    """
-    if not path.exists():
-        staging.rename(path)
-        return
-    backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    path.rename(backup)
-    try:
-        staging.rename(path)
-    except BaseException:
-        backup.rename(path)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _write_beside_others(files: dict[str, Any], path: Path, prefix: str, overwrite: bool) -> None:
-    """Write a model's files (names starting with ``prefix``) into ``path`` beside whatever else it holds.
-
-    Each file is written under a hidden temporary name first and renamed into place, so an interrupted save
-    never leaves a half-written file under a model's name. Only the files named in ``files`` are written;
-    nothing else is touched or deleted (an older data file stays, and ``model.json`` records that this model
-    has none).
-    """
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
-    names = [prefix + name for name in _MODEL_FILES]
-    existing = [name for name in names if (path / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{path} already holds a model saved with prefix {prefix!r} ({', '.join(existing)}); pass "
-            "overwrite=True to replace it."
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staged = []
-    try:
-        for name, write in files.items():
-            tmp = path / f".{name}.tmp-{tag}"
-            staged.append(tmp)
-            write(tmp)
-            _fsync(tmp)
-        for name in files:
-            (path / f".{name}.tmp-{tag}").replace(path / name)
-        _fsync(path)
-    finally:
-        for tmp in staged:
-            if tmp.exists():
-                tmp.unlink()
-
-
 def save_model(
     model: BaseModelClass, dir_path: str | Path, overwrite: bool, save_anndata: bool, prefix: str | None = None,
     **anndata_write_kwargs: Any,
 ) -> None:
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
-    path = Path(dir_path)
     prefix = check_prefix(prefix)
-    beside_others = False if prefix else _check_target(path, overwrite)
     data_file = None
     if save_anndata:
         data_file = prefix + (MDATA_FILE if _is_mudata(model.adata) else ADATA_FILE)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
+    weights = serialize_safetensors(state, metadata={"pyrovi_model": type(model).__name__})
     meta = {
         "format_version": FORMAT_VERSION,
         "model_name": type(model).__name__,
@@ -218,6 +128,7 @@ def save_model(
         "test_indices": _indices(model.test_indices),
         "history": _history_to_json(model.history),
         "data_file": data_file,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     try:
         meta_text = json.dumps(meta, indent=1, allow_nan=False)
@@ -226,35 +137,15 @@ def save_model(
             f"Cannot save {type(model).__name__}: an init parameter is not JSON-serialisable ({err}). "
             "Pass hyperparameters as plain numbers, strings, lists or dicts."
         ) from err
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
     files = {
-        prefix + WEIGHTS_FILE: lambda p: write_safetensors(state, p, metadata={"pyrovi_model": type(model).__name__}),
+        prefix + WEIGHTS_FILE: lambda p: Path(p).write_bytes(weights),
         prefix + META_FILE: lambda p: p.write_text(meta_text, encoding="utf-8"),
     }
     if data_file is not None and _is_mudata(model.adata):
         files[data_file] = lambda p: model.adata.write(p, **anndata_write_kwargs)
     elif data_file is not None:
         files[data_file] = lambda p: model.adata.write_h5ad(p, **anndata_write_kwargs)
-    if prefix or beside_others:
-        _write_beside_others(files, path, prefix, overwrite)
-        return
-
-    # Write beside the target, then swap: an interrupted save never leaves a half-written model
-    # in place of a good one, and a failed one leaves nothing behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for name, write in files.items():
-            write(staging / name)
-        for written in staging.iterdir():
-            _fsync(written)
-        _fsync(staging)
-        _swap_in(staging, path)
-        _fsync(path.parent)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    write_model_files(files, dir_path, prefix, overwrite)
 
 
 def _is_mudata(data: Any) -> bool:
@@ -288,6 +179,21 @@ def resolve_device(accelerator: str, device: int | str = "auto") -> torch.device
     if accelerator == "cpu":
         return torch.device("cpu")
     return torch.device(accelerator)
+
+
+def _check_weights_digest(weights_path: Path, expected: Any) -> None:
+    """The weights file is the one its model.json was saved with (files from two saves are never mixed)."""
+    if expected is None:
+        return  # saved before the checksum was recorded
+    digest = hashlib.sha256()
+    with weights_path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ModelFileError(
+            f"{weights_path}: its SHA-256 differs from the one recorded in {weights_path.parent / META_FILE} when "
+            "the model was saved: the weights were changed or come from another save. Save the model again."
+        )
 
 
 def _check_genes(saved: list[str], adata: AnnData) -> None:
@@ -360,6 +266,7 @@ def load_model(
 
     state = read_weights(path, prefix)
     check_state(path / (prefix + WEIGHTS_FILE), state, model.module.state_dict())
+    _check_weights_digest(path / (prefix + WEIGHTS_FILE), meta.get("weights_sha256"))
     model.module.load_state_dict(state, strict=True)
     model.module.to(target)
     model.module.eval()
