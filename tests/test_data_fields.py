@@ -332,11 +332,13 @@ def test_categorical_field_sorted_categories_and_codes():
     np.testing.assert_array_equal(decoded, adata.obs["batch"].to_numpy())
 
 
-def test_categorical_field_keeps_pandas_category_order_including_unused():
+def test_categorical_field_keeps_pandas_category_order_dropping_unused():
+    # issue 17: unused declared categories are dropped with a warning (n_labels counts the used ones)
     adata = _make_adata()
     field = CategoricalObsField("labels", "cell_type", "n_labels")
-    state = field.register(adata)
-    assert state["categories"] == ["T", "NK", "B"]
+    with pytest.warns(UserWarning, match=r"declares 1 category that no cell has \(\['NK'\]\)"):
+        state = field.register(adata)
+    assert state["categories"] == ["T", "B"]
     codes = field.get_array(adata, state)
     np.testing.assert_array_equal(np.array(state["categories"])[codes], adata.obs["cell_type"].astype(str))
 
@@ -379,12 +381,13 @@ def test_categorical_field_missing_obs_key_lists_available_columns():
 
 def test_categorical_transfer_uses_registered_mapping_whatever_the_query_order():
     field = CategoricalObsField("labels", "cell_type", "n_labels")
-    state = field.register(_make_adata())
+    with pytest.warns(UserWarning, match="no cell has"):
+        state = field.register(_make_adata())  # ["T", "B"]: the unused "NK" is dropped
     query = _make_adata()
     query.obs["cell_type"] = pd.Categorical(["B", "T"] * 6, categories=["B", "T"])
     new_state = field.transfer(state, query)
     assert new_state == state
-    np.testing.assert_array_equal(field.get_array(query, new_state), [2, 0] * 6)
+    np.testing.assert_array_equal(field.get_array(query, new_state), [1, 0] * 6)
 
 
 def test_categorical_transfer_unseen_category_error_and_extension():
@@ -448,18 +451,19 @@ def test_numerical_field_rejects_nan_and_strings():
 def test_categorical_joint_field_state_array_and_summary():
     adata = _make_adata()
     field = CategoricalJointObsField("extra_categorical_covs", ["donor", "cell_type"])
-    state = field.register(adata)
+    with pytest.warns(UserWarning, match="no cell has"):
+        state = field.register(adata)  # the unused declared "NK" is dropped (issue 17)
     assert state == {
         "obs_keys": ["donor", "cell_type"],
-        "categories": {"donor": ["0", "1"], "cell_type": ["T", "NK", "B"]},
-        "n_cats_per_key": [2, 3],
+        "categories": {"donor": ["0", "1"], "cell_type": ["T", "B"]},
+        "n_cats_per_key": [2, 2],
     }
     assert _json_roundtrip(state) == state
     assert field.summary(state) == {"n_extra_categorical_covs": 2}
     codes = field.get_array(adata, state)
     assert codes.dtype == np.int64 and codes.shape == (N_CELLS, 2)
     np.testing.assert_array_equal(codes[:, 0], adata.obs["donor"].to_numpy())
-    np.testing.assert_array_equal(codes[:4, 1], [0, 2, 0, 2])
+    np.testing.assert_array_equal(codes[:4, 1], [0, 1, 0, 1])
 
 
 def test_categorical_joint_field_transfer_unseen_and_extended():
@@ -471,7 +475,7 @@ def test_categorical_joint_field_transfer_unseen_and_extended():
         field.transfer(state, query)
     extended = field.transfer(state, query, extend_categories=True)
     assert extended["categories"]["donor"] == ["0", "1", "2"]
-    assert extended["n_cats_per_key"] == [3, 3]
+    assert extended["n_cats_per_key"] == [3, 2]
     np.testing.assert_array_equal(field.get_array(query, extended)[:, 0], np.arange(N_CELLS) % 3)
 
 

@@ -14,7 +14,14 @@ from ._backed import BackedRows
 from ._base import BaseField
 from ._lookup import _did_you_mean, _format_names
 from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
-from ._validation import _max_value, _nonzero_lines, _validate_values, _warn_count_dtype, _warn_empty
+from ._validation import (
+    _max_value,
+    _nonzero_lines,
+    _summed_duplicates,
+    _validate_values,
+    _warn_count_dtype,
+    _warn_empty,
+)
 
 
 class LayerField(BaseField):
@@ -218,6 +225,8 @@ class LayerField(BaseField):
         blocks = matrix.chunks() if isinstance(matrix, BackedRows) else [(0, matrix)]
         cells, genes, max_value = [], np.zeros(len(var_names), dtype=bool), 0.0
         for start, block in blocks:
+            # duplicate sparse entries are read as their sum, so they are checked (and counted) summed
+            block = _summed_duplicates(block)
             obs_names = adata.obs_names[start : start + block.shape[0]]
             _validate_values(block, obs_names, var_names, source, counts, hint)
             if counts:

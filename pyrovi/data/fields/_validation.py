@@ -19,6 +19,43 @@ _NONINTEGER = "non-integer"
 _BLOCK_ELEMENTS = 1 << 24
 
 
+def _summed_duplicates(matrix: Matrix) -> Matrix:
+    """``matrix`` with duplicate sparse entries summed: the values every reader of it sees.
+
+    A CSR/CSC/COO matrix may store one cell and gene more than once (e.g. built from ``(data, (row, col))``
+    triplets by hand); every read (``toarray``, row slicing then densifying, torch's sparse tensors) adds
+    such entries up, so they are checked as their sum: two halves that make a count are a count. A matrix
+    without duplicates is returned as it is; otherwise a summed copy is made and the user's matrix is left
+    untouched (scipy's ``sum_duplicates`` works in place).
+    """
+    if not sparse.issparse(matrix) or matrix.format not in ("csr", "csc", "coo"):
+        return matrix
+    if matrix.format == "coo":
+        if matrix.nnz == 0 or not _coo_has_duplicates(matrix):
+            return matrix
+    elif matrix.has_canonical_format or not _compressed_has_duplicates(matrix):
+        return matrix
+    summed = matrix.copy()
+    summed.sum_duplicates()
+    return summed
+
+
+def _compressed_has_duplicates(matrix: Matrix) -> bool:
+    """Whether a CSR/CSC matrix stores some (row, column) twice; unsorted indices alone are not duplicates."""
+    if matrix.nnz < 2:
+        return False
+    # position along the compressed axis of each stored entry, then (major, minor) keys
+    major = np.repeat(np.arange(len(matrix.indptr) - 1, dtype=np.int64), np.diff(matrix.indptr))
+    keys = major * np.int64(matrix.shape[1] if matrix.format == "csr" else matrix.shape[0]) + matrix.indices
+    keys = np.sort(keys, kind="stable")
+    return bool(np.any(keys[1:] == keys[:-1]))
+
+
+def _coo_has_duplicates(matrix: Matrix) -> bool:
+    keys = np.sort(matrix.row.astype(np.int64) * np.int64(matrix.shape[1]) + matrix.col)
+    return bool(np.any(keys[1:] == keys[:-1]))
+
+
 def _problem_kinds(dtype: np.dtype, is_count_data: bool) -> list[str]:
     """The kinds of bad values worth looking for in a matrix of ``dtype``, most serious first."""
     if dtype.kind in "bu":
@@ -106,6 +143,7 @@ def _validate_values(
     finite. The message names the kind of problem, how many entries have it, and the first one's cell,
     column and value.
     """
+    matrix = _summed_duplicates(matrix)
     dense = not sparse.issparse(matrix)
     for kind in _problem_kinds(matrix.dtype, is_count_data):
         found = _first_dense(matrix, kind) if dense else _first_sparse(matrix, kind)
