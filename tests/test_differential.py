@@ -147,7 +147,7 @@ def test_statistics_reject_bad_input():
     draws = np.full((4, 3), 0.3)
     with pytest.raises(ValueError, match="same shape"):
         de_statistics(draws, draws[:2])
-    with pytest.raises(ValueError, match="positive delta"):
+    with pytest.raises(ValueError, match="delta must be a positive number"):
         de_statistics(draws, draws, mode="change", delta=0)
     with pytest.raises(ValueError, match="'vanilla' or 'change'"):
         de_statistics(draws, draws, mode="t-test")

@@ -198,7 +198,7 @@ def test_batch_correction(model, a_vs_b):
         ({"idx1": [0, 1], "idx2": [1, 2]}, "share 1 cell"),
         ({"idx1": []}, "selects no cells"),
         ({"groupby": "group", "mode": "bayes"}, "'vanilla' or 'change'"),
-        ({"groupby": "group", "mode": "change", "delta": 0.0}, "positive delta"),
+        ({"groupby": "group", "mode": "change", "delta": 0.0}, "delta must be a positive number"),
         ({"groupby": "group", "n_samples": 0}, "n_samples must be a positive integer"),
         ({"groupby": "group", "fdr_target": 1.5}, "strictly between"),
         ({"groupby": "group", "gene_list": ["gene_0", "XIST"]}, r"does not know: \['XIST'\]"),

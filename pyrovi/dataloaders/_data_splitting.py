@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 
+from pyrovi._checks import check_bool, check_int
 from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
 
@@ -184,6 +186,14 @@ class DataSplitter(LightningDataModule):
                 "DataSplitter chooses shuffling itself (training shuffled, validation and test in order); "
                 "remove the 'shuffle' argument."
             )
+        for name, size in (("train_size", train_size), ("validation_size", validation_size)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, Real)):
+                raise TypeError(f"{name} must be a number (a share of the cells) or None, got {size!r:.80}.")
+        check_int("batch_size", batch_size, allow_none=True)
+        check_int("seed", seed, minimum=0, allow_none=True)
+        for name, flag in (("shuffle_set_split", shuffle_set_split), ("load_sparse_tensor", load_sparse_tensor),
+                           ("pin_memory", pin_memory)):
+            check_bool(name, flag)
         self.adata_manager = adata_manager
         self.train_size = 0.9 if train_size is None else float(train_size)
         self.load_sparse_tensor = bool(load_sparse_tensor)
@@ -192,8 +202,6 @@ class DataSplitter(LightningDataModule):
         self.validation_size = None if validation_size is None else float(validation_size)
         self.shuffle_set_split = shuffle_set_split
         self.batch_size = settings.batch_size if batch_size is None else int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.seed = settings.seed if seed is None else int(seed)
         self.loader_kwargs = loader_kwargs
         self.load_data_on_device = load_data_on_device

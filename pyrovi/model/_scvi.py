@@ -12,6 +12,7 @@ import pyro.distributions as dist
 import torch
 from anndata import AnnData
 
+from .._checks import check_int
 from .._constants import REGISTRY_KEYS
 from ..data import (
     CategoricalJointObsField,
@@ -362,6 +363,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             return (values, *latent_draw(model_trace)) if importance else (values,)
 
         if n_samples_overall is not None:
+            check_int("n_samples_overall", n_samples_overall)
             if dataloader is not None:
                 raise ValueError("n_samples_overall draws from cells of adata; it cannot be used with a dataloader.")
             if n_samples != 1:
@@ -472,8 +474,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
         >>> params["mean"].shape  # doctest: +SKIP
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        check_int("n_samples", n_samples)
         self.module.eval()
         chunks: dict[str, list[torch.Tensor]] = {}
         for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):

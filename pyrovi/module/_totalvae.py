@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
+from .._checks import check_number
 from .._constants import REGISTRY_KEYS
 from ._vae import Normalization, _check_choice, _check_extra_kwargs, _check_sizes, logistic_normal_transform
 from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
@@ -174,6 +175,8 @@ class TOTALVAE(BaseModuleClass):
         super().__init__()
         _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder,
                      n_layers_decoder=n_layers_decoder)  # fmt: skip
+        for name, rate in (("dropout_rate_encoder", dropout_rate_encoder), ("dropout_rate_decoder", dropout_rate_decoder)):
+            check_number(name, rate, 0.0, 1.0, high_open=True)
         _check_choice("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
         _check_choice("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
         _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb"))

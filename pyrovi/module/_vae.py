@@ -36,6 +36,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .._checks import check_number
 from .._constants import REGISTRY_KEYS
 from .base import CELL_PLATE, BaseModuleClass, EmbeddingModuleMixin, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS
@@ -220,6 +221,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
             )
         _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
         _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
+        check_number("dropout_rate", dropout_rate, 0.0, 1.0, high_open=True)
         _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
         _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
         _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))

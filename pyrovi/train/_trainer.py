@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from .._settings import settings
 from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _PackHistory
 from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
+from ._trainer_checks import check_trainer_arguments
 
 
 class Trainer(pl.Trainer):
@@ -104,6 +105,13 @@ class Trainer(pl.Trainer):
         # Lightning announces device choices and product tips at INFO: show them only in debug mode.
         logging.getLogger("lightning.pytorch").setLevel(
             logging.INFO if settings.verbosity <= logging.DEBUG else logging.WARNING
+        )
+        check_trainer_arguments(
+            accelerator, devices, early_stopping, early_stopping_monitor, early_stopping_min_delta,
+            early_stopping_patience, early_stopping_warmup_epochs,
+            {**kwargs, "enable_progress_bar": enable_progress_bar, "simple_progress_bar": simple_progress_bar,
+             "progress_bar_refresh_rate": progress_bar_refresh_rate, "log_every_n_steps": log_every_n_steps,
+             "learning_rate_monitor": learning_rate_monitor, "enable_checkpointing": enable_checkpointing},
         )
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ValueError(

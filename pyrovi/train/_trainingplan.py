@@ -14,6 +14,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
+from .._checks import check_bool, check_int, check_number
 from .._constants import REGISTRY_KEYS
 from .._errors import NumericalFaultError
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
@@ -65,26 +66,19 @@ def _validate_plan_settings(**values: Any) -> None:
             f"optimizer_creator is used only with optimizer='Custom', but optimizer={optimizer!r}; pass "
             "optimizer='Custom' too, or drop optimizer_creator."
         )
-    for name in ("lr", "weight_decay", "eps", "lr_threshold", "lr_min", "min_kl_weight", "max_kl_weight"):
-        value = values[name]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
-    for name in ("n_steps_kl_warmup", "n_epochs_kl_warmup"):
-        value = values[name]
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
-            raise ValueError(
-                f"{name} must be None or a non-negative whole number (0 or None: no KL warm-up), got {value!r}."
-            )
+    check_number("lr", values["lr"], 0.0, low_open=True)  # a learning rate of 0 would train nothing
+    for name in ("weight_decay", "eps", "lr_threshold", "lr_min", "min_kl_weight", "max_kl_weight"):
+        check_number(name, values[name], 0.0)
+    check_bool("reduce_lr_on_plateau", values["reduce_lr_on_plateau"])
+    for name in ("n_steps_kl_warmup", "n_epochs_kl_warmup"):  # 0 or None: no KL warm-up
+        check_int(name, values[name], minimum=0, allow_none=True)
     if values["min_kl_weight"] > values["max_kl_weight"]:
         raise ValueError(
             f"min_kl_weight={values['min_kl_weight']} is larger than max_kl_weight={values['max_kl_weight']}; the "
             "warm-up rises from min_kl_weight to max_kl_weight."
         )
-    if not 0.0 < values["lr_factor"] < 1.0:
-        raise ValueError(f"lr_factor must lie in (0, 1) (the learning rate is multiplied by it), got {values['lr_factor']!r}.")
-    patience = values["lr_patience"]
-    if isinstance(patience, bool) or int(patience) != patience or patience < 0:
-        raise ValueError(f"lr_patience must be a non-negative whole number of epochs, got {patience!r}.")
+    check_number("lr_factor", values["lr_factor"], 0.0, 1.0, low_open=True, high_open=True)  # multiplies the lr
+    check_int("lr_patience", values["lr_patience"], minimum=0)
 
 
 def _check_loss_kwargs(module: BaseModuleClass, loss_kwargs: dict[str, Any]) -> None:
@@ -293,6 +287,7 @@ class TrainingPlan(pl.LightningModule):
             n_steps_kl_warmup=n_steps_kl_warmup, n_epochs_kl_warmup=n_epochs_kl_warmup,
             min_kl_weight=min_kl_weight, max_kl_weight=max_kl_weight, lr_factor=lr_factor,
             lr_patience=lr_patience, lr_threshold=lr_threshold, lr_min=lr_min,
+            reduce_lr_on_plateau=reduce_lr_on_plateau,
         )
         _check_loss_kwargs(module, loss_kwargs)
         self.module = module

@@ -617,7 +617,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         sparse_keys = getattr(self.module, "sparse_guide_inputs", ()) if guide_only else ()
         default = settings.encode_batch_size if guide_only else settings.batch_size
         return AnnDataLoader(
-            manager, indices=indices, batch_size=batch_size or default, shuffle=shuffle,
+            manager, indices=indices, batch_size=default if batch_size is None else batch_size, shuffle=shuffle,
             sparse_keys=sparse_keys,
         )
 

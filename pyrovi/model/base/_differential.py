@@ -20,8 +20,10 @@ expected false discovery rate (:func:`posterior_expected_fdr_mask`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Literal
 
 import numpy as np
@@ -370,14 +372,17 @@ def estimate_pseudocounts(
 def _check_mode(mode: str, delta: float | None) -> None:
     if mode not in ("vanilla", "change"):
         raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}.")
-    if mode == "change" and delta is not None and not delta > 0:
+    if delta is not None and not (
+        isinstance(delta, Real) and not isinstance(delta, bool) and math.isfinite(delta) and delta > 0
+    ):
         raise ValueError(
-            f"mode='change' needs a positive delta (smallest |log2 fold change|), or None to estimate it; got {delta!r}."
+            f"delta must be a positive number (the smallest |log2 fold change| that counts, used with "
+            f"mode='change'), or None to estimate it; got {delta!r:.80}."
         )
 
 
 def _check_fdr_target(fdr_target: float) -> None:
-    if not 0 < fdr_target < 1:
+    if isinstance(fdr_target, bool) or not isinstance(fdr_target, Real) or not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must lie strictly between 0 and 1, got {fdr_target!r}.")
 
 

@@ -17,6 +17,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.distributions import TransformedDistribution
 
+from ..._checks import check_int
 from ..._constants import REGISTRY_KEYS
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
@@ -167,8 +168,7 @@ class VAEMixin:
         >>> adata.obsm["X_pyrovi"] = z  # doctest: +SKIP
         >>> qz_mean, qz_var = model.get_latent_representation(return_dist=True)  # doctest: +SKIP
         """
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {mc_samples}.")
+        check_int("mc_samples", mc_samples)
         self.module.eval()
         softmax_latent = getattr(self.module, "latent_distribution", "normal") == "ln"
         means, variances, out = [], [], []
@@ -331,10 +331,8 @@ class VAEMixin:
         >>> model.get_marginal_ll(n_mc_samples=200)  # doctest: +SKIP
         """
         _no_module_kwargs(kwargs, "get_marginal_ll")
-        if n_mc_samples < 1:
-            raise ValueError(f"n_mc_samples must be at least 1, got {n_mc_samples}.")
-        if n_mc_samples_per_pass < 1:
-            raise ValueError(f"n_mc_samples_per_pass must be at least 1, got {n_mc_samples_per_pass}.")
+        check_int("n_mc_samples", n_mc_samples)
+        check_int("n_mc_samples_per_pass", n_mc_samples_per_pass)
 
         per_pass = min(n_mc_samples_per_pass, n_mc_samples)
         self.module.eval()
@@ -445,8 +443,7 @@ class VAEMixin:
         modalities of a cell stay jointly distributed. Returns one array ``(n_cells, n_features[,
         n_samples])`` per site, in the order of ``sites``.
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        check_int("n_samples", n_samples)
         names = list(sites)
 
         def read(trace: poutine.Trace) -> tuple[torch.Tensor, ...]:
@@ -496,8 +493,7 @@ class VAEMixin:
         returns. ``guide_draws``, when a list, receives each draw's guide trace (per minibatch, a list
         of ``n_samples`` traces).
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        check_int("n_samples", n_samples)
         manager = self._validate_anndata(adata) if dataloader is None else self.adata_manager
         codes = self._batch_codes(manager, transform_batch)
         model = self.module.model if model is None else model
