@@ -59,7 +59,7 @@ def check_number(
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open or low == -math.inf else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
         interval = interval.replace("-inf", "-∞").replace("inf", "∞")
         raise ValueError(
             f"{name} must be a finite number in {interval}{' or None' if allow_none else ''}, {_got(value)}."
