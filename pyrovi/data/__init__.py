@@ -20,7 +20,7 @@ Examples
 """
 
 from ._anntorchdataset import AnnTorchDataset
-from ._errors import MissingKeyError, UnseenCategoryError
+from ._errors import MissingKeyError, RegisteredDataChangedError, UnseenCategoryError
 from ._manager import AnnDataManager
 from ._registry import read_registry
 from ._synthetic import synthetic_iid
@@ -71,5 +71,6 @@ __all__ = [
     "MuDataProteinLayerField",
     "MissingKeyError",
     "UnseenCategoryError",
+    "RegisteredDataChangedError",
     "CONSTANT_CATEGORY",
 ]

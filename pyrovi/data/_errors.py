@@ -52,3 +52,19 @@ class UnseenCategoryError(ValueError):
         self.source = source
         self.unseen = list(unseen)
         self.categories = list(categories)
+
+
+class RegisteredDataChangedError(ValueError):
+    """The data a model was set up with changed after setup and no longer passes its validation.
+
+    Raised when training (or a query on the model's own data) starts and the registered arrays were
+    replaced or modified in place (e.g. ``adata.X`` log-normalised after ``SCVI(adata)``) in a way the
+    registered setup does not accept. A change that still validates (the same counts in a copy) is accepted.
+    It is a :class:`ValueError`; ``__cause__`` holds the validation error.
+
+    Examples
+    --------
+    >>> err = RegisteredDataChangedError("adata.X changed after setup")
+    >>> isinstance(err, ValueError)
+    True
+    """

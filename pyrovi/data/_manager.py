@@ -21,6 +21,8 @@ from ._constants import (
     _STATE_REGISTRY_KEY,
     _SUMMARY_STATS_KEY,
 )
+from ._errors import RegisteredDataChangedError
+from ._fingerprint import data_fingerprint
 from ._registry import _write_registry, read_registry
 from ._view import _format_registry
 from .fields import BaseField
@@ -96,6 +98,8 @@ class AnnDataManager:
         self._model_name = str(model_name)
         self._adata: AnnData | None = None
         self._registry: dict[str, Any] | None = None
+        #: what the registered data looked like when it was last validated (see check_unchanged)
+        self._fingerprint: dict[str, tuple] | None = None
 
     # Registration.
 
@@ -158,6 +162,7 @@ class AnnDataManager:
         # Written only once every field has validated, so a failed setup leaves the AnnData untouched.
         self._registry = json.loads(json.dumps(registry)) if read_only else _write_registry(adata, registry)
         self._adata = adata
+        self._fingerprint = data_fingerprint(adata, self._fields, field_states)
         return self
 
     def transfer_fields(
@@ -220,6 +225,7 @@ class AnnDataManager:
         self._fields = self._fields + fields
         new = {**registry, "field_states": states, "summary_stats": self._summary_stats(self._adata, states)}
         self._registry = _write_registry(self._adata, new)
+        self._fingerprint = data_fingerprint(self._adata, self._fields, states)
 
     def validate(self) -> None:
         """Check that the registered AnnData still holds what was registered (cells, genes, categories).
@@ -233,6 +239,61 @@ class AnnDataManager:
         states = self._current_states()
         for field in self._fields:
             field.transfer(states[field.registry_key], self._adata)
+
+    def check_unchanged(self) -> bool:
+        """Check, cheaply, that the registered data was not changed since it was validated; validate it if so.
+
+        A fingerprint of what the fields read (each array's identity, shape and dtype, and a checksum of a
+        fixed sample of its values: about a millisecond for any number of cells; shape and dtype only for
+        backed data) was taken when the data was registered. When it differs now, e.g. ``adata.X`` was
+        replaced or log-normalised in place, or ``adata.obs['batch']`` was rewritten, every field is
+        validated again against the registry, as :meth:`validate` does. Models call this when training
+        starts and loaders when they read the data, so changed data never trains silently.
+
+        Returns
+        -------
+        True when nothing changed; False when the data changed but still validates (e.g. the same counts
+        in a copy), whose fingerprint is then kept.
+
+        Raises
+        ------
+        RegisteredDataChangedError
+            The data changed and no longer validates (e.g. counts replaced by normalised values, genes
+            removed, new categories); the message names the changed data, the validation error and the fix.
+
+        Examples
+        --------
+        >>> manager.check_unchanged()  # doctest: +SKIP
+        True
+        >>> adata.X = np.log1p(adata.X)  # doctest: +SKIP
+        >>> manager.check_unchanged()  # doctest: +SKIP
+        Traceback (most recent call last):
+        RegisteredDataChangedError: The data registered for SCVI changed after it was set up (adata.X) ...
+        """
+        registry = self._require_registry()
+        current = data_fingerprint(self._adata, self._fields, registry["field_states"])
+        if current == self._fingerprint:
+            return True
+        try:
+            self.validate()
+        except (ValueError, TypeError, KeyError) as err:
+            previous = self._fingerprint or {}
+            changed = [
+                _field_source(field, registry["field_states"][field.registry_key])
+                for field in self._fields
+                if not field.is_empty and current.get(field.registry_key) != previous.get(field.registry_key)
+            ]
+            if current.get("_shape") != previous.get("_shape"):
+                changed.insert(0, f"shape {previous.get('_shape')} -> {current.get('_shape')}")
+            what = ", ".join(changed) or "the registered fields"
+            raise RegisteredDataChangedError(
+                f"The data registered for {self._model_name} changed after it was set up ({what}) and no longer "
+                f"passes the setup's checks: {_message(err)} Restore the data the model was set up with (e.g. "
+                "put the raw counts back, adata.X = adata.layers['counts']), or set the changed data up again "
+                f"({self._model_name}.setup_anndata(adata, ...)) and create a new model."
+            ) from err
+        self._fingerprint = current
+        return False
 
     def update_setup_method_args(self, setup_method_args: dict[str, Any]) -> None:
         """Add or replace setup arguments recorded in the registry (JSON values).
@@ -398,6 +459,7 @@ class AnnDataManager:
         >>> arrays["batch"].dtype  # doctest: +SKIP
         dtype('int64')
         """
+        self.check_unchanged()
         states = self._current_states()
         return {
             field.registry_key: field.get_array(self._adata, states[field.registry_key])
@@ -571,6 +633,24 @@ def _source_states(source_registry: dict[str, Any], fields: list[BaseField]) -> 
             f"{missing}; it was made for a model with other fields."
         )
     return states
+
+
+def _field_source(field: BaseField, state: dict[str, Any]) -> str:
+    """Where a field reads, as a user writes it: ``adata.X``, ``adata.layers['counts']``, ``adata.obs['batch']``."""
+    where = field.data_registry(state)
+    prefix = "adata" if where.get("mod_key") is None else f"mdata.mod[{where['mod_key']!r}]"
+    name, key = where.get("attr_name"), where.get("attr_key")
+    if name == "X" or key is None:
+        return f"{prefix}.{name}"
+    if isinstance(key, list):
+        return ", ".join(f"{prefix}.{name}[{k!r}]" for k in key)
+    return f"{prefix}.{name}[{key!r}]"
+
+
+def _message(err: BaseException) -> str:
+    """An exception's message as printed (a KeyError's without the quotes its repr adds)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return text if text.endswith(".") else text + "."
 
 
 def _check_json(value: Any, what: str) -> None:
