@@ -504,6 +504,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         >>> model.train(max_epochs=100, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt")  # doctest: +SKIP
         >>> model.train(plan_kwargs={"on_nonfinite": "skip"})  # doctest: +SKIP
         """
+        check_data = getattr(getattr(self, "adata_manager", None), "check_unchanged", None)
+        if check_data is not None:
+            check_data()  # data changed in place since setup (e.g. log-normalised) fails here, before any work
         n_cells = self.summary_stats["n_cells"]
         if max_epochs is None:
             if datamodule is not None and getattr(datamodule, "n_obs", None) is None and self.adata is None:
