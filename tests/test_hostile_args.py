@@ -193,3 +193,9 @@ def test_checkers_accept_valid_values():
     check_number("x", 1, 0.0, 1.0)
     check_bool("flag", np.bool_(True))
     check_choice("mode", "a", ["a", "b"])
+
+
+@pytest.mark.parametrize("method", ["get_normalized_expression", "posterior_predictive_sample"])
+def test_a_single_gene_name_as_gene_list_is_refused_clearly(trained, method):
+    with pytest.raises(TypeError, match=r"gene_list must be a list of names, got the string 'gene_0'; pass \['gene_0'\]"):
+        getattr(trained, method)(gene_list="gene_0")

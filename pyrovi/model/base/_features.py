@@ -19,6 +19,10 @@ def feature_positions(names: Sequence[str], wanted: Sequence[str] | None, argume
     """
     if wanted is None:
         return None
+    if isinstance(wanted, str):
+        raise TypeError(
+            f"{argument} must be a list of names, got the string {wanted!r:.80}; pass [{wanted!r:.80}] for one feature."
+        )
     lookup = {name: i for i, name in enumerate(names)}
     missing = [name for name in wanted if name not in lookup]
     if missing:
