@@ -341,7 +341,7 @@ def read_meta(path: Path, known_models: Mapping[str, type], expected: type | Non
         raise _fail(meta_path, f"the saved AnnData setup (registry) is malformed: {problem}.")
     _check_field(meta_path, meta, "is_trained", isinstance(meta.get("is_trained"), bool), "true or false")
     for key in ("train_indices", "validation_indices", "test_indices"):
-        _check_field(meta_path, meta, key, _is_index_list(meta.get(key)), "null or a list of cell positions")
+        _check_field(meta_path, meta, key, key in meta and _is_index_list(meta[key]), "null or a list of cell positions")
         values = meta[key]
         if values is not None and len(set(values)) != len(values):
             raise _fail(meta_path, f"field {key!r} lists a cell twice.")
