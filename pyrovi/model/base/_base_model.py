@@ -21,6 +21,7 @@ from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
+from ...train._checkpoint import _expect_checkpoint_of
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
@@ -543,6 +544,8 @@ class BaseModelClass(PosteriorSamplingMixin):
             checkpoint_dir=checkpoint_dir,
             **trainer_kwargs,
         )
+        # checkpoints record whose they are; one read back must be of this model and architecture
+        _expect_checkpoint_of(trainer, type(self).__name__, plan)
         # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
         self.module.train()
         try:

@@ -30,6 +30,8 @@ from ._model_files import (
     META_FILE,
     WEIGHTS_FILE,
     check_model_dir,
+    check_indices,
+    check_init_params,
     check_prefix,
     check_state,
     read_meta,
@@ -55,7 +57,8 @@ def _history_to_json(history: dict[str, pd.DataFrame]) -> dict[str, dict[str, li
 def _history_from_json(data: dict[str, dict[str, list]]) -> dict[str, pd.DataFrame]:
     out = {}
     for key, cols in data.items():
-        frame = pd.DataFrame({key: cols["value"]}, index=pd.Index(cols["epoch"], name="epoch"))
+        values = np.asarray([np.nan if v is None else v for v in cols["value"]], dtype=np.float64)
+        frame = pd.DataFrame({key: values}, index=pd.Index(cols["epoch"], name="epoch"))
         out[key] = frame
     return out
 
@@ -96,7 +99,7 @@ def _param_from_json(name: str, value: Any, overrides: dict[str, Any], meta_path
     rebuild = prior_from_config if marker == "__prior__" else distribution_from_config
     try:
         return rebuild(config)
-    except ValueError as err:
+    except Exception as err:  # noqa: BLE001 - a forged configuration can fail in any way
         raise ModelFileError(f"{meta_path}: init parameter {name!r}: {err} Save the model again.") from err
 
 
@@ -236,35 +239,62 @@ def load_model(
                 "of its own. Pass the data: Model.load(path, adata)."
             )
         adata = read_saved_adata(path, prefix, meta.get("data_file"))
-    _check_genes(meta["var_names"], adata)
+        own_data = True  # the directory's own data: whatever does not fit in it is the directory's problem
+    else:
+        own_data = False
+    try:
+        _check_genes(meta["var_names"], adata)
+    except ValueError as err:
+        if own_data:
+            raise ModelFileError(f"{meta_path}: does not fit the data saved beside it: {err}") from err
+        raise
+    check_indices(meta_path, meta, adata.n_obs)
 
     registry = meta["registry"]
     try:
-        cls._manager(registry["setup_args"]).register_fields(adata, source_registry=registry)
-    except UnseenCategoryError as err:
-        raise _unknown_to_model(err, cls.__name__) from None
-    except MissingKeyError:
-        raise  # the data lacks a column the model was set up with: the data's problem, not the file's
-    except (TypeError, KeyError, AttributeError) as err:
+        manager = cls._manager(registry["setup_args"])
+    except Exception as err:  # noqa: BLE001 - whatever forged setup arguments provoke is the file's problem
         raise ModelFileError(
-            f"{meta_path}: the saved AnnData setup (registry) is malformed ({type(err).__name__}: {err}). "
-            "Save the model again."
+            f"{meta_path}: the saved AnnData setup (registry) is malformed: its setup_args do not set up a "
+            f"{cls.__name__} ({type(err).__name__}: {err}). Save the model again."
+        ) from err
+    try:
+        manager.register_fields(adata, source_registry=registry)
+    except (UnseenCategoryError, MissingKeyError) as err:
+        if own_data:
+            raise ModelFileError(
+                f"{meta_path}: its saved AnnData setup (registry) does not fit the data saved beside it ({err}). "
+                "The directory was altered; save the model again."
+            ) from err
+        if isinstance(err, MissingKeyError):
+            raise  # the data lacks a column the model was set up with: the data's problem, not the file's
+        raise _unknown_to_model(err, cls.__name__) from None
+    except ModelFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a forged registry provokes is the file's problem
+        raise ModelFileError(
+            f"{meta_path}: the saved AnnData setup (registry) is malformed or does not fit the data "
+            f"({type(err).__name__}: {err}). If this names a problem of the data, fix the data; otherwise save "
+            "the model again."
         ) from err
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(meta["init_params"])
     if unknown:
         raise TypeError(f"load got arguments that are not init parameters of the saved model: {sorted(unknown)}.")
+    check_init_params(meta_path, cls, {k: v for k, v in meta["init_params"].items() if k not in overrides})
     init_params = {k: _param_from_json(k, v, overrides, meta_path) for k, v in meta["init_params"].items()}
     try:
         model = cls(adata, **init_params)
-    except (TypeError, KeyError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a forged parameter can fail anywhere in the constructors
         given = f" with the overrides {sorted(overrides)}" if overrides else ""
+        named = [k for k in init_params if k in str(err)]
+        which = f" (parameter {', '.join(map(repr, named))})" if named else ""
         raise ModelFileError(
-            f"{meta_path}: its init_params{given} do not build a {cls.__name__} ({type(err).__name__}: {err}). "
-            "Save the model again, or check the arguments passed to load."
+            f"{meta_path}: its init_params{given} do not build a {cls.__name__}{which} "
+            f"({type(err).__name__}: {err}). Save the model again, or check the arguments passed to load."
         ) from err
 
-    state = read_weights(path, prefix)
+    state = read_weights(path, prefix, model.module.state_dict())
     check_state(path / (prefix + WEIGHTS_FILE), state, model.module.state_dict())
     _check_weights_digest(path / (prefix + WEIGHTS_FILE), meta.get("weights_sha256"))
     model.module.load_state_dict(state, strict=True)
