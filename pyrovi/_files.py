@@ -65,9 +65,10 @@ def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str
 # ---------------------------------------------------------------------------------------------------
 # untrusted files: what a reader may open, how deep their JSON may nest, what their HDF5 may reference
 
-#: Deepest nesting of JSON objects and arrays in ``model.json`` and in a checkpoint's header. pyrovi's own files
-#: nest at most 8 levels (a prior's arguments inside ``init_params``; Lightning's loop states in a checkpoint);
-#: a deeper file is forged, and a very deep one would exhaust Python's recursion limit when parsed.
+#: Deepest nesting of JSON objects and arrays in ``model.json`` and in a checkpoint's header. pyrovi's own
+#: ``model.json`` nests 5 to 8 levels (a prior's arguments inside ``init_params``), a checkpoint's header about 21
+#: (each dict of Lightning's state takes three levels in its tagged encoding); a deeper file is forged, and a
+#: very deep one would exhaust Python's recursion limit when parsed.
 MAX_JSON_DEPTH = 64
 
 _FILE_KINDS = (
@@ -260,7 +261,7 @@ def _check_dataset(dataset: object, name: str, refuse) -> None:
     if plist.get_layout() == h5py.h5d.VIRTUAL:
         raise refuse(name, "is a virtual dataset (its values are mapped from other datasets or files)")
     if plist.get_external_count() > 0:
-        files = [plist.get_external(i)[0] for i in range(min(plist.get_external_count(), 3))]
+        files = [plist.get_external(i)[0].decode("utf-8", "backslashreplace") for i in range(min(plist.get_external_count(), 3))]
         raise refuse(name, f"stores its values in external file(s) {files}")
     for i in range(plist.get_nfilters()):
         code = plist.get_filter(i)[0]
