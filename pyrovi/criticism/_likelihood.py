@@ -18,6 +18,7 @@ import torch
 from anndata import AnnData
 from torch.distributions import Distribution, Independent
 
+from .._pyro_lock import _refuse_if_training_elsewhere, pyro_lock
 from ..module.base import trace_pair
 
 
@@ -61,18 +62,22 @@ def _iter_draws(
     """
     site = site or getattr(model, "_observed_sites", ("x",))[0]
     module = model.module
-    module.eval()
+    with pyro_lock():
+        _refuse_if_training_elsewhere(model)
+        module.eval()
     for batch in model._make_data_loader(adata, indices, batch_size):
         args, kwargs = model._fn_args(batch)
         log_liks, replicates, observed = [], [], None
-        for _ in range(n_samples):
-            model_trace, _ = trace_pair(module.model, module.guide, args, kwargs)
-            node = model_trace.nodes[site]
-            fn, observed = _pointwise(node["fn"]), node["value"]
-            log_lik = fn.log_prob(observed)
-            log_liks.append(log_lik if pointwise else log_lik.sum(-1))
-            if replicate:
-                replicates.append(fn.sample())
+        with pyro_lock():  # Pyro runs, one thread at a time (never held across the yield below)
+            _refuse_if_training_elsewhere(model)
+            for _ in range(n_samples):
+                model_trace, _ = trace_pair(module.model, module.guide, args, kwargs)
+                node = model_trace.nodes[site]
+                fn, observed = _pointwise(node["fn"]), node["value"]
+                log_lik = fn.log_prob(observed)
+                log_liks.append(log_lik if pointwise else log_lik.sum(-1))
+                if replicate:
+                    replicates.append(fn.sample())
         yield _Draws(observed, torch.stack(log_liks), torch.stack(replicates) if replicate else None)
 
 

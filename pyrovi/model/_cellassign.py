@@ -12,6 +12,7 @@ from anndata import AnnData
 from pyro.infer import TraceEnum_ELBO
 
 from .._constants import REGISTRY_KEYS
+from .._pyro_lock import serialised_query
 from ..data import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField, NumericalObsField
 from ..data.fields._lookup import _did_you_mean
 from ..module import CellAssignModule
@@ -291,6 +292,7 @@ class CellAssign(BaseModelClass):
             **kwargs,
         )
 
+    @serialised_query
     @torch.inference_mode()
     def predict(
         self,
@@ -324,6 +326,7 @@ class CellAssign(BaseModelClass):
         table = pd.DataFrame(probabilities, index=cells, columns=self.cell_type_markers.columns)
         return table if soft else table.idxmax(axis=1).rename("cell_type")
 
+    @serialised_query
     @torch.inference_mode()
     def get_normalized_expression(
         self,
@@ -405,6 +408,7 @@ class CellAssign(BaseModelClass):
         columns = markers if positions is None else [markers[i] for i in positions]
         return pd.DataFrame(values, index=cells, columns=columns)
 
+    @serialised_query
     @torch.inference_mode()
     def sample_posterior(
         self,

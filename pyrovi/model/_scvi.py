@@ -14,6 +14,7 @@ from anndata import AnnData
 
 from .._checks import check_int
 from .._constants import REGISTRY_KEYS
+from .._pyro_lock import serialised_query
 from ..data import (
     CategoricalJointObsField,
     CategoricalObsField,
@@ -173,6 +174,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             "gene_likelihood='normal'."
         )
 
+    @serialised_query
     @torch.inference_mode()
     def get_batch_representation(
         self,
@@ -276,6 +278,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     # ----------------------------------------------------------------------------------------------
     # queries specific to scVI's generative model
 
+    @serialised_query
     @torch.inference_mode()
     def get_normalized_expression(
         self,
@@ -403,6 +406,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         obs_names = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
         return pd.DataFrame(values, index=obs_names, columns=columns)
 
+    @serialised_query
     @torch.inference_mode()
     def get_latent_library_size(
         self,
@@ -438,6 +442,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         """
         return latent_library_size(self, adata, indices, give_mean, batch_size, dataloader, data_loader_kwargs)
 
+    @serialised_query
     @torch.inference_mode()
     def get_likelihood_parameters(
         self,

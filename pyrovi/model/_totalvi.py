@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from .._constants import REGISTRY_KEYS
+from .._pyro_lock import serialised_query
 from ..data import (
     AnnDataManager,
     CategoricalJointObsField,
@@ -404,6 +405,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     def _protein_indices(self, protein_list: Sequence[str] | None) -> np.ndarray | None:
         return feature_positions(self.protein_names, protein_list, "protein_list")
 
+    @serialised_query
     @torch.inference_mode()
     def get_normalized_expression(
         self,
@@ -518,6 +520,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             pd.DataFrame(protein, index=cells, columns=proteins if protein_idx is None else proteins[protein_idx]),
         )
 
+    @serialised_query
     @torch.inference_mode()
     def get_latent_library_size(
         self,
@@ -543,6 +546,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         """
         return latent_library_size(self, adata, indices, give_mean, batch_size, None, None)
 
+    @serialised_query
     def get_protein_foreground_probability(
         self,
         adata: AnnData | None = None,
@@ -618,6 +622,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             return probability if idx is None else probability[..., idx]
         return self._protein_table(probability.mean(0), adata, indices, protein_list, return_numpy)
 
+    @serialised_query
     def get_protein_background_mean(
         self,
         adata: AnnData | None = None,
@@ -649,6 +654,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         names = np.asarray(self.protein_names)
         return pd.DataFrame(values, index=cells, columns=names if idx is None else names[idx])
 
+    @serialised_query
     @torch.inference_mode()
     def posterior_predictive_sample(
         self,
@@ -686,6 +692,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         )
         return {"rna": rna, "protein": protein}
 
+    @serialised_query
     def differential_expression(
         self,
         adata: AnnData | None = None,

@@ -95,6 +95,21 @@ class HistoryLogger(Logger):
             if by_step:
                 self._step_keys.add(name)
 
+    def _lengths(self) -> dict[str, int]:
+        """How many values each metric holds now (for :meth:`_truncate`)."""
+        return {key: len(values) for key, values in self._metrics.items()}
+
+    def _truncate(self, lengths: dict[str, int]) -> None:
+        """Forget the values logged since ``lengths`` was taken (metrics keep their insertion order)."""
+        for key in list(self._metrics):
+            keep = lengths.get(key, 0)
+            values = self._metrics[key]
+            if len(values) > keep:
+                self._metrics[key] = dict(list(values.items())[:keep])
+            if not self._metrics[key]:
+                del self._metrics[key]
+                self._step_keys.discard(key)
+
     def history(self) -> dict[str, pd.DataFrame]:
         """One DataFrame per metric, indexed by epoch (or by step for step-level metrics)."""
         out = {}
@@ -147,6 +162,70 @@ class EpochProgressBar(pl.Callback):
                 self._advance(trainer)
             self._bar.close()
             self._bar = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # training stopped by an error or an interrupt: close the bar rather than leave it open in the notebook
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _LastEpochState(pl.Callback):
+    """A copy of the module's parameters and buffers when each epoch starts, put back if training stops inside one.
+
+    The weights do not change between the last optimiser step of an epoch and the first of the next, and by the
+    time the next epoch starts Lightning has handed the finished epoch's metrics to the loggers: the copy taken
+    there is the state of the last finished epoch, and :meth:`restore` makes the module and the history agree
+    with it again after a Ctrl-C, a SIGTERM or an error in the middle of an epoch. A first copy is taken in
+    ``setup``, before anything (a checkpoint given to ``ckpt_path`` included) changes the weights.
+
+    The copy lives on the module's device and is refreshed in place (one copy of the parameters per epoch, with
+    no host synchronisation on an accelerator).
+    """
+
+    def __init__(self, history_logger: HistoryLogger):
+        self.history_logger = history_logger
+        self._saved: dict[str, torch.Tensor] = {}
+        self._module: pl.LightningModule | None = None
+        self._history_lengths: dict[str, int] = {}
+        #: epochs finished and optimiser steps taken (Lightning's counters) when the copy was taken
+        self.epoch: int | None = None
+        self.global_step = 0
+
+    @staticmethod
+    def _state(module: torch.nn.Module) -> Any:
+        yield from module.named_parameters()
+        yield from module.named_buffers()
+
+    def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._module = pl_module
+        with torch.no_grad():
+            for name, tensor in self._state(pl_module):
+                saved = self._saved.get(name)
+                if saved is None or saved.shape != tensor.shape or saved.dtype != tensor.dtype or saved.device != tensor.device:
+                    self._saved[name] = tensor.detach().clone()
+                else:
+                    saved.copy_(tensor)
+        self.epoch, self.global_step = trainer.current_epoch, trainer.global_step
+        self._history_lengths = self.history_logger._lengths()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._take(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take(trainer, pl_module)
+
+    def restore(self) -> bool:
+        """Put the module's weights and the history back to the copy; ``False`` when there is none."""
+        if self._module is None:
+            return False
+        with torch.no_grad():
+            for name, tensor in self._state(self._module):
+                saved = self._saved.get(name)
+                if saved is not None and saved.shape == tensor.shape:
+                    tensor.copy_(saved)
+        self.history_logger._truncate(self._history_lengths)
+        return True
 
 
 class _PackHistory(pl.Callback):

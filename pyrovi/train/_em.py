@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 
 from .._constants import REGISTRY_KEYS
+from .._pyro_lock import pyro_lock
 from ..dataloaders import AnnDataLoader
 from ..module.base import cell_plate_dim
 
@@ -204,7 +205,7 @@ class ExpectationStep(pl.Callback):
                 kwargs[REGISTRY_KEYS.INDICES_KEY] = batch[REGISTRY_KEYS.INDICES_KEY]
                 yield args, {**kwargs, "n_obs": n_obs or args[0].shape[0]}
 
-        with pyro.validation_enabled(validate):
+        with pyro_lock(), pyro.validation_enabled(validate):  # Pyro runs: one thread at a time (pyrovi._pyro_lock)
             log_likelihood = loss.expectation_step(batches())
         loss.last_e_step = trainer.global_step
         # every process computes the same value (each holds all training cells): averaging them changes

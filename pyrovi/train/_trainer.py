@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -11,9 +15,12 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .._settings import settings
-from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _PackHistory
+from .._errors import NumericalFaultError
+from .._pyro_lock import _pyro_global_state, _restore_pyro_global_state
+from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _LastEpochState, _PackHistory
 from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
 from ._trainer_checks import check_trainer_arguments
 
@@ -148,6 +155,10 @@ class Trainer(pl.Trainer):
             callbacks.append(LearningRateMonitor())
         callbacks.append(_PackHistory(self.history_logger))
         callbacks.append(_RandomState())
+        self._last_epoch = _LastEpochState(self.history_logger)
+        callbacks.append(self._last_epoch)
+        #: the exception or interrupt that stopped the last ``fit`` (``None`` when it ran to its end)
+        self.stopped_by: BaseException | None = None
         show = progress_bar if progress_bar is not None else enable_progress_bar
         show = settings.progress_bar if show is None else bool(show)
         lightning_bar = False
@@ -183,23 +194,170 @@ class Trainer(pl.Trainer):
         )
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
-        """Lightning's ``fit``, without two warnings that do not apply to pyrovi's loaders."""
-        with warnings.catch_warnings():
-            # Minibatches are indexed whole in the main process, so worker processes would not help.
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            # Raised inside Lightning for newer torch releases; nothing a user can act on.
-            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-            # The plan moves its flat minibatch dicts itself (TrainingPlan.transfer_batch_to_device).
-            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
-            # Step-level logging is opt-in (plan_kwargs={"on_step": True}); short epochs are no mistake.
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            if kwargs.get("ckpt_path") is not None:
-                # Resuming into the checkpoint's own directory, or without writing further checkpoints, is
-                # what resume_from is for, not a mistake.
-                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-                warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be.*")
-            super().fit(*args, **kwargs)
+        """Lightning's ``fit``, without warnings that do not apply to pyrovi's loaders, and stopped cleanly.
+
+        When training stops inside an epoch (Ctrl-C, SIGTERM, an error), the module's parameters and buffers and
+        the history are put back to the end of the last finished epoch (a :class:`pyrovi.NumericalFaultError`
+        keeps the last finite state instead, see ``TrainingPlan``), and the exception is ``stopped_by``:
+
+        - Ctrl-C raises ``KeyboardInterrupt`` (Lightning itself would exit with ``SystemExit(1)`` and leave
+          SIGINT ignored); the SIGINT handler is the one in place before ``fit``.
+        - SIGTERM (a scheduler ending the job) raises Lightning's ``SIGTERMException`` with exit status 143
+          (128 + SIGTERM), so that the process ends with a failure status; with ``checkpoint_dir`` the last
+          checkpoint, written at the end of the last finished epoch, is where to resume.
+        """
+        main = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main else None
+        pyro_state = _pyro_global_state()
+        self.stopped_by = None
+        try:
+            with _lightning_warnings_ignored(resuming=kwargs.get("ckpt_path") is not None):
+                super().fit(*args, **kwargs)
+        except _Interrupted as err:
+            interrupt = err.interrupt
+            self._stopped(interrupt, pyro_state)
+            raise interrupt from None
+        except SIGTERMException as err:
+            self._stopped(err, pyro_state)
+            _logger.warning(self._sigterm_message())
+            raise SIGTERMException(_SIGTERM_EXIT_STATUS) from None
+        except SystemExit as err:
+            # Lightning's own answer to a KeyboardInterrupt outside the fit proper (sys.exit(1), SIGINT ignored)
+            interrupt = err.__context__
+            self._stopped(interrupt if isinstance(interrupt, KeyboardInterrupt) else err, pyro_state)
+            if isinstance(interrupt, KeyboardInterrupt):
+                raise interrupt from None
+            raise
+        except BaseException as err:
+            self._stopped(err, pyro_state)
+            raise
+        finally:
+            if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+                signal.signal(signal.SIGINT, sigint)
         self.history_logger.unpack_from(self.callback_metrics)
+
+    def _fit_impl(self, *args: Any, **kwargs: Any) -> Any:
+        # Lightning answers a KeyboardInterrupt by ignoring SIGINT from then on and calling sys.exit(1) (from a
+        # thread other than the main one it fails with a ValueError instead): carry it past that handler, which
+        # treats any other exception by tearing the run down and re-raising it.
+        try:
+            return super()._fit_impl(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            raise _Interrupted(err) from err
+
+    def _stopped(self, err: BaseException, pyro_state: tuple[int, list]) -> None:
+        """Make the model consistent after a fit that did not run to its end."""
+        self.stopped_by = err
+        _restore_pyro_global_state(pyro_state)
+        module = self._last_epoch._module
+        if getattr(module, "compiled", False):  # Lightning skips the teardown hooks of a failed run
+            with contextlib.suppress(Exception):
+                module.teardown("fit")
+        if not isinstance(err, NumericalFaultError):  # that one keeps the last finite state, for diagnosis
+            self._last_epoch.restore()
+
+    @property
+    def finished_epochs(self) -> int:
+        """Epochs finished by the last ``fit`` (counted from the start of a resumed run)."""
+        if self.stopped_by is None or isinstance(self.stopped_by, NumericalFaultError):
+            return int(self.current_epoch)
+        return int(self._last_epoch.epoch or 0)
+
+    @property
+    def finished_steps(self) -> int:
+        """Optimiser steps of the epochs that :attr:`finished_epochs` counts (all steps taken after a numerical fault)."""
+        if self.stopped_by is None or isinstance(self.stopped_by, NumericalFaultError):
+            return int(self.global_step)
+        return int(self._last_epoch.global_step)
+
+    def _sigterm_message(self) -> str:
+        checkpoint = ""
+        for callback in self.checkpoint_callbacks:
+            path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+            if path:
+                checkpoint = (
+                    f" The last checkpoint, {path}, holds that epoch: continue with "
+                    f"model.train(resume_from={str(path)!r}, max_epochs=...)."
+                )
+                break
+        return (
+            f"Training stopped by SIGTERM (e.g. a scheduler ending the job) during epoch {self.current_epoch}; "
+            f"the model holds the weights and history of the last finished epoch ({self.finished_epochs} "
+            f"finished).{checkpoint} Exiting with status {_SIGTERM_EXIT_STATUS}."
+        )
+
+
+_logger = logging.getLogger("pyrovi")
+#: exit status of a run stopped by SIGTERM: 128 + the signal's number, as a shell reports a process it ended
+_SIGTERM_EXIT_STATUS = 128 + int(signal.SIGTERM)
+
+
+class _Interrupted(Exception):
+    """A ``KeyboardInterrupt`` on its way through Lightning's error handling (see ``Trainer._fit_impl``)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__("training interrupted (KeyboardInterrupt)")
+        self.interrupt = interrupt
+
+
+# Warning filters of a fit. warnings.catch_warnings saves and restores the whole filter list, which is not safe when
+# two threads train at once (one thread's exit would drop the other's filters, or leave its own in place for good):
+# each filter is added once, counted, and removed by itself when the last fit using it ends.
+_IGNORED_WARNINGS = (
+    # Minibatches are indexed whole in the main process, so worker processes would not help.
+    ".*does not have many workers.*",
+    # Raised inside Lightning for newer torch releases; nothing a user can act on.
+    ".*isinstance.treespec, LeafSpec.*",
+    # The plan moves its flat minibatch dicts itself (TrainingPlan.transfer_batch_to_device).
+    ".*overridden `transfer_batch_to_device`.*",
+    # Step-level logging is opt-in (plan_kwargs={"on_step": True}); short epochs are no mistake.
+    ".*smaller than the logging interval.*",
+)
+_IGNORED_WHEN_RESUMING = (
+    # Resuming into the checkpoint's own directory, or without writing further checkpoints, is what resume_from
+    # is for, not a mistake.
+    ".*Checkpoint directory .* exists and is not empty.*",
+    ".*callbacks used to create the checkpoint need to be.*",
+)
+_FILTERS_LOCK = threading.Lock()
+_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it, whether pyrovi added it (not there before)]
+
+
+def _ignore_filter(message: str) -> tuple:
+    return next(
+        (entry for entry in warnings.filters
+         if entry[0] == "ignore" and getattr(entry[1], "pattern", None) == message and entry[2] is Warning
+         and entry[3] is None and entry[4] == 0),
+        None,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _lightning_warnings_ignored(resuming: bool) -> Iterator[None]:
+    messages = _IGNORED_WARNINGS + (_IGNORED_WHEN_RESUMING if resuming else ())
+    with _FILTERS_LOCK:
+        for message in messages:
+            users = _FILTER_USERS.setdefault(message, [0, False])
+            if users[0] == 0:
+                users[1] = _ignore_filter(message) is None  # the same filter set by the user is left to the user
+                if users[1]:
+                    warnings.filterwarnings("ignore", message=message)
+            users[0] += 1
+    try:
+        yield
+    finally:
+        with _FILTERS_LOCK:
+            for message in messages:
+                users = _FILTER_USERS[message]
+                users[0] -= 1
+                if users[0] or not users[1]:
+                    continue
+                entry = _ignore_filter(message)
+                if entry is not None:
+                    warnings.filters.remove(entry)
+            mutated = getattr(warnings, "_filters_mutated", None) or getattr(warnings, "_filters_mutated_lock_held", None)
+            if mutated is not None:
+                mutated()
 
 
 def _as_list(value: Any) -> list:

@@ -17,6 +17,7 @@ from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from .._checks import check_bool, check_int, check_number
 from .._constants import REGISTRY_KEYS
 from .._errors import NumericalFaultError
+from .._pyro_lock import pyro_lock
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
 from ._elbo import SplitTraceMeanField_ELBO
 
@@ -364,7 +365,7 @@ class TrainingPlan(pl.LightningModule):
         training = self.module.training
         self.module.eval()
         try:
-            with pyro.validation_enabled(self.validate_distributions):
+            with pyro_lock(), pyro.validation_enabled(self.validate_distributions):
                 with torch.no_grad():  # the draws carry no gradient back to the guide's parameters
                     guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
                 with torch.enable_grad():
@@ -393,7 +394,7 @@ class TrainingPlan(pl.LightningModule):
         training = self.module.training
         self.module.eval()
         try:
-            with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
+            with torch.no_grad(), pyro_lock(), pyro.validation_enabled(self.validate_distributions):
                 poutine.trace(self.module.guide).get_trace(*args, **kwargs)
         finally:
             self.module.train(training)
@@ -405,7 +406,9 @@ class TrainingPlan(pl.LightningModule):
             kwargs.update(self.loss_kwargs)
         # TraceEnum_ELBO refuses to run without autograd (as in validation): let it, then detach
         grad = torch.enable_grad() if isinstance(self.loss, TraceEnum_ELBO) else contextlib.nullcontext()
-        with pyro.validation_enabled(self.validate_distributions), grad:
+        # one Pyro run: Pyro's handler stack is process-wide, so runs in other threads wait (see pyrovi._pyro_lock);
+        # the backward pass and the optimiser step run no handler and need not hold the lock
+        with pyro_lock(), pyro.validation_enabled(self.validate_distributions), grad:
             loss = self._elbo(*args, n_obs=n_obs, kl_weight=kl_weight, **kwargs) / n_obs
         return loss if torch.is_grad_enabled() else loss.detach()
 
@@ -465,7 +468,7 @@ class TrainingPlan(pl.LightningModule):
 
     def _log_terms(self, batch: dict[str, torch.Tensor], suffix: str) -> None:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
-        with torch.no_grad(), pyro.validation_enabled(self.validate_distributions):
+        with torch.no_grad(), pyro_lock(), pyro.validation_enabled(self.validate_distributions):
             terms = per_cell_elbo_terms(*trace_pair(self.module.model, self.module.guide, args, kwargs))
         n = args[0].shape[0]
         options = {"on_epoch": True, "on_step": False, "batch_size": n, "sync_dist": True}

@@ -15,7 +15,8 @@ import torch
 from anndata import AnnData
 
 from ..._constants import UNS_UUID_KEY
-from ..._errors import ModelFileError
+from ..._errors import ModelFileError, NumericalFaultError
+from ..._pyro_lock import _claim_training, _refuse_if_training_elsewhere, _release_training, pyro_lock
 from ..._settings import settings
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
@@ -546,22 +547,27 @@ class BaseModelClass(PosteriorSamplingMixin):
         )
         # checkpoints record whose they are; one read back must be of this model and architecture
         _expect_checkpoint_of(trainer, type(self).__name__, plan)
-        # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
-        self.module.train()
+        with pyro_lock():  # no query of this model is running (queries hold the lock), and none starts until the end
+            _claim_training(self)  # refuses a model that another thread (or this one, re-entered) is training
+            # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
+            self.module.train()
         try:
             trainer.fit(plan, datamodule=datamodule, ckpt_path=None if resume_from is None else str(resume_from))
         finally:
-            # a fit stopped by an error (e.g. a numerical fault) leaves the module as it was, in eval mode, and
-            # keeps the history of the epochs it completed
+            # A fit stopped by Ctrl-C, SIGTERM or an error inside an epoch has put the weights back to the end of the
+            # last finished epoch (a numerical fault keeps the last finite state): the history, the step count and
+            # is_trained follow the finished epochs.
             self.module.eval()
+            _release_training(self)
             self._update_history(trainer.history_logger.history(), replace=resume_from is not None)
-            self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + int(trainer.global_step)
+            self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + trainer.finished_steps
             self.trainer = trainer
-        self.train_indices = getattr(datamodule, "train_idx", None)
-        self.validation_indices = getattr(datamodule, "val_idx", None)
-        self.test_indices = getattr(datamodule, "test_idx", None)
-        self.is_trained_ = True
-        self.module.eval()
+            stopped = trainer.stopped_by
+            if stopped is None or (not isinstance(stopped, NumericalFaultError) and trainer.finished_epochs > 0):
+                self.train_indices = getattr(datamodule, "train_idx", None)
+                self.validation_indices = getattr(datamodule, "val_idx", None)
+                self.test_indices = getattr(datamodule, "test_idx", None)
+                self.is_trained_ = True
 
     def _update_history(self, new: dict[str, pd.DataFrame], replace: bool = False) -> None:
         """Append a run's history after the model's, continuing the epoch and step indices."""
@@ -608,7 +614,11 @@ class BaseModelClass(PosteriorSamplingMixin):
         """
         if isinstance(device, int):
             device = f"cuda:{device}"
-        self.module.to(torch.device(device))
+        with pyro_lock():
+            _refuse_if_training_elsewhere(
+                self, "moving it to another device", "training holds its parameters and optimiser state where they are"
+            )
+            self.module.to(torch.device(device))
 
     def _make_data_loader(
         self,
@@ -676,6 +686,10 @@ class BaseModelClass(PosteriorSamplingMixin):
         >>> model.save("my_model/", overwrite=True)  # doctest: +SKIP
         >>> model.save("models/", prefix="pbmc_", overwrite=True)  # doctest: +SKIP
         """
+        with pyro_lock():
+            _refuse_if_training_elsewhere(
+                self, "saving it", "its weights between two optimiser steps would match no epoch of its history"
+            )
         if save_kwargs:
             raise TypeError(
                 f"save_kwargs={save_kwargs!r}: these are options of torch.save (a pickle), which pyrovi does not "

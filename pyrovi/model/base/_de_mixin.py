@@ -17,6 +17,7 @@ import torch
 from anndata import AnnData
 
 from ..._constants import REGISTRY_KEYS
+from ..._pyro_lock import serialised_query
 from ._differential import (
     Comparison,
     check_test_arguments,
@@ -44,6 +45,7 @@ class DEMixin:
     and ``self.adata_manager``/``self._validate_anndata`` from :class:`BaseModelClass`.
     """
 
+    @serialised_query
     def differential_expression(
         self,
         adata: AnnData | None = None,
@@ -289,6 +291,7 @@ class DEMixin:
             return cells
         return cells[keep]
 
+    @serialised_query
     def get_feature_correlation_matrix(
         self,
         adata: AnnData | None = None,

@@ -26,6 +26,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from ..._pyro_lock import serialised_query
 from ...module.base import cell_plate_dim, trace_pair
 
 #: Name of the plate that vectorises posterior draws.
@@ -315,6 +316,7 @@ class PosteriorSamplingMixin:
     draws be vectorised by a particle plate.
     """
 
+    @serialised_query
     @torch.inference_mode()
     def sample_posterior(
         self,

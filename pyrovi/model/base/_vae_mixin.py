@@ -19,6 +19,7 @@ from pyro.distributions import TransformedDistribution
 
 from ..._checks import check_int
 from ..._constants import REGISTRY_KEYS
+from ..._pyro_lock import serialised_query
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
 
@@ -121,6 +122,7 @@ class VAEMixin:
     # ----------------------------------------------------------------------------------------------
     # the latent space
 
+    @serialised_query
     @torch.inference_mode()
     def get_latent_representation(
         self,
@@ -195,6 +197,7 @@ class VAEMixin:
     # ----------------------------------------------------------------------------------------------
     # fit of the data
 
+    @serialised_query
     @torch.inference_mode()
     def get_elbo(
         self,
@@ -240,6 +243,7 @@ class VAEMixin:
         values = self._per_cell(batches, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
         return _as_scalar(values) if return_mean else values
 
+    @serialised_query
     @torch.inference_mode()
     def get_reconstruction_error(
         self,
@@ -293,6 +297,7 @@ class VAEMixin:
         values = -self._per_cell(batches, log_likelihoods)
         return {key: _as_scalar(values[:, i]) if return_mean else values[:, i] for i, key in enumerate(keys)}
 
+    @serialised_query
     @torch.inference_mode()
     def get_marginal_ll(
         self,
@@ -357,6 +362,7 @@ class VAEMixin:
     # ----------------------------------------------------------------------------------------------
     # replicated data
 
+    @serialised_query
     @torch.inference_mode()
     def posterior_predictive_sample(
         self,

@@ -9,6 +9,8 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
+from ..._pyro_lock import pyro_lock
+
 GlobalGuide = Union[Literal["normal", "delta"], Callable[[Callable], Callable]]
 
 
@@ -46,5 +48,5 @@ def materialise_guide(guide: Callable | None) -> None:
     attribute of its module: a ``PyroModule`` must not run before it joins its parent.
     """
     if guide is not None:
-        with torch.no_grad(), poutine.block():
+        with torch.no_grad(), pyro_lock(), poutine.block():  # a Pyro run: one at a time (pyrovi._pyro_lock)
             guide()

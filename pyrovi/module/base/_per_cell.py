@@ -16,6 +16,8 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
+from ..._pyro_lock import pyro_lock
+
 CELL_PLATE = "cells"
 
 
@@ -45,8 +47,9 @@ def trace_pair(
     >>> model_trace.nodes["z"]["value"] is guide_trace.nodes["z"]["value"]  # doctest: +SKIP
     True
     """
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    with pyro_lock():  # one Pyro run at a time in the process (pyrovi._pyro_lock)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
 
 

@@ -10,6 +10,8 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch.distributions import constraints
 
+from ..._pyro_lock import pyro_lock
+
 
 class LatentPrior(PyroModule):
     """Base class of priors over the per-cell latent site ``z`` (event shape ``(n_latent,)``).
@@ -91,7 +93,7 @@ def check_latent_prior(prior: LatentPrior, n_latent: int, example_kwargs: dict[s
     The guide of ``z`` is a diagonal Normal: real-valued with event shape ``(n_latent,)``. A prior with
     another support or shape would make the ELBO meaningless, so it is rejected here, at construction.
     """
-    with torch.no_grad():
+    with torch.no_grad(), pyro_lock():  # a Pyro run: one at a time (pyrovi._pyro_lock)
         trace = poutine.trace(prior).get_trace(2, **example_kwargs)
     p_z = trace.nodes["_RETURN"]["value"]
     name = type(prior).__name__
