@@ -2,15 +2,84 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, Union
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from ._base import LatentPrior
+
+#: A number, or one number per latent dimension (a list, tuple, numpy array or 1-D tensor).
+PerDimension = Union[float, Sequence[float], np.ndarray, torch.Tensor]
+
+
+def _param(prior: str, name: str, value: object, positive: bool, per_dimension: bool = True) -> float | list[float]:
+    """A prior's argument as a float or (``per_dimension``) a list of floats, checked: real, finite, positive.
+
+    Lists are what the prior's JSON configuration stores, so a model using the prior saves and loads. The
+    length of a list is checked against the latent dimension when the model builds the prior
+    (:meth:`LatentPrior.setup`).
+    """
+    what = "a positive number" if positive else "a number"
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{prior}({name}=...) must be {what}, got {value!r}.")
+    if isinstance(value, numbers.Real):
+        values, scalar = [float(value)], True
+    else:
+        try:
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        except Exception:  # noqa: BLE001 - anything that is not an array of numbers is refused below
+            array = np.asarray([object()])
+        if array.dtype.kind not in "iuf" or array.ndim > 1:
+            raise TypeError(
+                f"{prior}({name}=...) must be {what}"
+                + (" or one number per latent dimension (a 1-D list, array or tensor)" if per_dimension else "")
+                + f", got {type(value).__name__}"
+                + (f" of shape {array.shape} and dtype {array.dtype}." if array.dtype.kind != "O" else ".")
+            )
+        if array.ndim == 1 and not per_dimension:
+            raise TypeError(f"{prior}({name}=...) must be a single number, got {array.size} values.")
+        if array.ndim == 1 and array.size == 0:
+            raise ValueError(f"{prior}({name}=...) is empty; give a number or one number per latent dimension.")
+        values, scalar = [float(v) for v in array.reshape(-1)], array.ndim == 0
+    bad = [v for v in values if not math.isfinite(v) or (positive and v <= 0)]
+    if bad:
+        raise ValueError(
+            f"{prior}({name}=...) must be {'positive and ' if positive else ''}finite, got {bad[0]!r}"
+            + (f" among its {len(values)} values." if len(values) > 1 else ".")
+        )
+    return values[0] if scalar else values
+
+
+def _check_length(prior: str, arguments: dict[str, float | list[float]], n_latent: int) -> None:
+    """Per-dimension arguments must have one value per latent dimension."""
+    for name, value in arguments.items():
+        if isinstance(value, list) and len(value) != n_latent:
+            raise ValueError(
+                f"{prior}({name}=...) has {len(value)} values but the model's latent prior has {n_latent} "
+                f"dimensions (n_latent; n_latent - 1 with latent_distribution='ln'): give {n_latent} values, one "
+                "per dimension, or a single number for all."
+            )
+
+
+def _count(prior: str, name: str, value: object) -> int:
+    """A positive whole number (an int, or a float or array scalar that is whole)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value).is_integer():
+        raise TypeError(f"{prior}({name}=...) must be a positive integer, got {value!r}.")
+    if int(value) < 1:
+        raise ValueError(f"{prior}({name}=...) must be at least 1, got {value!r}.")
+    return int(value)
+
+
+def _as_tensor(value: float | list[float]) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
 
 
 class StandardNormal(LatentPrior):
@@ -33,30 +102,42 @@ class StandardNormal(LatentPrior):
 
 
 class Normal(LatentPrior):
-    """``z ~ N(0, scale^2 I)``: a wider or narrower isotropic Normal (analytic KL).
+    """``z_d ~ N(loc_d, scale_d^2)``, independent over dimensions: a shifted, wider or narrower Normal (analytic KL).
 
     Parameters
     ----------
     scale
-        Standard deviation of every latent dimension.
+        Standard deviation: one positive number for every latent dimension, or one per dimension (a list,
+        numpy array or 1-D tensor of length ``n_latent``, checked when the model is built).
+    loc
+        Mean, likewise a number or one per dimension (default 0).
 
     Examples
     --------
     >>> model = SCVI(adata, prior=Normal(scale=2.0))  # doctest: +SKIP
+    >>> model = SCVI(adata, n_latent=3, prior=Normal(scale=[1.0, 1.0, 3.0]))  # doctest: +SKIP
     """
 
     analytic_kl = True
 
-    def __init__(self, scale: float = 1.0) -> None:
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}.")
-        super().__init__(scale=float(scale))
-        self.scale = float(scale)
+    def __init__(self, scale: PerDimension = 1.0, loc: PerDimension = 0.0) -> None:
+        scale = _param("Normal", "scale", scale, positive=True)
+        loc = _param("Normal", "loc", loc, positive=False)
+        kwargs = {"scale": scale} if loc == 0.0 else {"scale": scale, "loc": loc}
+        super().__init__(**kwargs)
+        self._arguments = {"scale": scale, "loc": loc}
         self._register_anchor()
+
+    def setup(self, n_latent: int, module: torch.nn.Module) -> None:
+        super().setup(n_latent, module)
+        _check_length("Normal", self._arguments, n_latent)
+        # buffers follow the module to its device; they are rebuilt from the configuration, never saved
+        self.register_buffer("scale", _as_tensor(self._arguments["scale"]), persistent=False)
+        self.register_buffer("loc", _as_tensor(self._arguments["loc"]), persistent=False)
 
     def forward(self, n_cells: int, **covariates) -> dist.TorchDistribution:
         zero = self._anchor()
-        return dist.Normal(zero.expand(n_cells, self.n_latent), self.scale).to_event(1)
+        return dist.Normal(zero.expand(n_cells, self.n_latent) + self.loc, self.scale).to_event(1)
 
 
 class StudentT(LatentPrior):
@@ -65,25 +146,34 @@ class StudentT(LatentPrior):
     Parameters
     ----------
     df
-        Degrees of freedom (small: heavy tails; large: close to a Normal).
+        Degrees of freedom (small: heavy tails; large: close to a Normal): a positive number, or one per
+        latent dimension.
     scale
-        Scale of every dimension.
+        Scale: a positive number for every dimension, or one per dimension (length ``n_latent``).
 
     Examples
     --------
     >>> model = SCVI(adata, prior=StudentT(df=3.0))  # doctest: +SKIP
+    >>> model = SCVI(adata, n_latent=2, prior=StudentT(df=3.0, scale=[1.0, 2.0]))  # doctest: +SKIP
     """
 
-    def __init__(self, df: float = 3.0, scale: float = 1.0) -> None:
-        if not (df > 0 and scale > 0):
-            raise ValueError(f"df and scale must be positive, got df={df}, scale={scale}.")
-        super().__init__(df=float(df), scale=float(scale))
-        self.df, self.scale = float(df), float(scale)
+    def __init__(self, df: PerDimension = 3.0, scale: PerDimension = 1.0) -> None:
+        df = _param("StudentT", "df", df, positive=True)
+        scale = _param("StudentT", "scale", scale, positive=True)
+        super().__init__(df=df, scale=scale)
+        self._arguments = {"df": df, "scale": scale}
         self._register_anchor()
+
+    def setup(self, n_latent: int, module: torch.nn.Module) -> None:
+        super().setup(n_latent, module)
+        _check_length("StudentT", self._arguments, n_latent)
+        self.register_buffer("df", _as_tensor(self._arguments["df"]), persistent=False)
+        self.register_buffer("scale", _as_tensor(self._arguments["scale"]), persistent=False)
 
     def forward(self, n_cells: int, **covariates) -> dist.TorchDistribution:
         zero = self._anchor()
-        return dist.StudentT(self.df, zero.expand(n_cells, self.n_latent), self.scale).to_event(1)
+        loc = zero.expand(n_cells, self.n_latent)
+        return dist.StudentT(self.df.expand_as(loc), loc, self.scale).to_event(1)
 
 
 class MixtureOfGaussians(LatentPrior):
@@ -110,10 +200,12 @@ class MixtureOfGaussians(LatentPrior):
     """
 
     def __init__(self, n_components: int = 10, learnable: bool = True, init_scale: float = 1.0) -> None:
-        if int(n_components) < 1:
-            raise ValueError(f"n_components must be at least 1, got {n_components}.")
-        super().__init__(n_components=int(n_components), learnable=bool(learnable), init_scale=float(init_scale))
-        self.n_components, self.learnable, self.init_scale = int(n_components), bool(learnable), float(init_scale)
+        n_components = _count("MixtureOfGaussians", "n_components", n_components)
+        init_scale = _param("MixtureOfGaussians", "init_scale", init_scale, positive=False, per_dimension=False)
+        if init_scale < 0:
+            raise ValueError(f"MixtureOfGaussians(init_scale=...) must not be negative, got {init_scale!r}.")
+        super().__init__(n_components=n_components, learnable=bool(learnable), init_scale=init_scale)
+        self.n_components, self.learnable, self.init_scale = n_components, bool(learnable), init_scale
 
     def setup(self, n_latent: int, module: torch.nn.Module) -> None:
         super().setup(n_latent, module)
@@ -159,10 +251,9 @@ class VampPrior(LatentPrior):
     """
 
     def __init__(self, n_pseudo_inputs: int = 50) -> None:
-        if int(n_pseudo_inputs) < 1:
-            raise ValueError(f"n_pseudo_inputs must be at least 1, got {n_pseudo_inputs}.")
-        super().__init__(n_pseudo_inputs=int(n_pseudo_inputs))
-        self.n_pseudo_inputs = int(n_pseudo_inputs)
+        n_pseudo_inputs = _count("VampPrior", "n_pseudo_inputs", n_pseudo_inputs)
+        super().__init__(n_pseudo_inputs=n_pseudo_inputs)
+        self.n_pseudo_inputs = n_pseudo_inputs
 
     def setup(self, n_latent: int, module: torch.nn.Module) -> None:
         super().setup(n_latent, module)
@@ -215,7 +306,7 @@ class HierarchicalNormal(LatentPrior):
     hyperprior
         ``"half_cauchy"`` (scale ``hyper_scale``) or ``"log_normal"`` (``LogNormal(0, hyper_scale)``).
     hyper_scale
-        Scale of the hyperprior.
+        Scale of the hyperprior: a positive number, or one per latent dimension (length ``n_latent``).
 
     Examples
     --------
@@ -227,13 +318,20 @@ class HierarchicalNormal(LatentPrior):
     analytic_kl = True
 
     def __init__(
-        self, hyperprior: Literal["half_cauchy", "log_normal"] = "half_cauchy", hyper_scale: float = 1.0
+        self, hyperprior: Literal["half_cauchy", "log_normal"] = "half_cauchy", hyper_scale: PerDimension = 1.0
     ) -> None:
-        if hyperprior not in ("half_cauchy", "log_normal"):
+        if not isinstance(hyperprior, str) or hyperprior not in ("half_cauchy", "log_normal"):
             raise ValueError(f"hyperprior={hyperprior!r}: use 'half_cauchy' or 'log_normal'.")
-        super().__init__(hyperprior=hyperprior, hyper_scale=float(hyper_scale))
-        self.hyperprior, self.hyper_scale = hyperprior, float(hyper_scale)
+        hyper_scale = _param("HierarchicalNormal", "hyper_scale", hyper_scale, positive=True)
+        super().__init__(hyperprior=hyperprior, hyper_scale=hyper_scale)
+        self.hyperprior = hyperprior
+        self._arguments = {"hyper_scale": hyper_scale}
         self._register_anchor()
+
+    def setup(self, n_latent: int, module: torch.nn.Module) -> None:
+        super().setup(n_latent, module)
+        _check_length("HierarchicalNormal", self._arguments, n_latent)
+        self.register_buffer("hyper_scale", _as_tensor(self._arguments["hyper_scale"]), persistent=False)
 
     def forward(self, n_cells: int, **covariates) -> dist.TorchDistribution:
         zero = self._anchor().expand(self.n_latent)
