@@ -212,3 +212,15 @@ def test_tampered_weights_are_detected(model, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="SHA-256 differs"):
         SCVI.load(tmp_path / "m", model.adata, accelerator="cpu")
+
+
+def test_a_history_with_missing_values_saves_and_loads(model, tmp_path):
+    import pandas as pd
+
+    model.history_["with_gaps"] = pd.DataFrame({"with_gaps": [1.0, np.nan, 3.0]}, index=pd.Index([0, 1, 2], name="epoch"))
+    try:
+        model.save(tmp_path / "m")
+    finally:
+        del model.history_["with_gaps"]
+    loaded = SCVI.load(tmp_path / "m", model.adata, accelerator="cpu")
+    np.testing.assert_array_equal(loaded.history["with_gaps"]["with_gaps"].to_numpy(), [1.0, np.nan, 3.0])

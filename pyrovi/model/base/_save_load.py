@@ -49,7 +49,8 @@ __all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", 
 
 def _history_to_json(history: dict[str, pd.DataFrame]) -> dict[str, dict[str, list]]:
     return {
-        key: {"epoch": [int(i) for i in frame.index], "value": [float(v) for v in frame.iloc[:, 0]]}
+        # JSON has no NaN: a missing value (e.g. an epoch whose metric was not computed) is written as null
+        key: {"epoch": [int(i) for i in frame.index], "value": [float(v) if np.isfinite(v) else None for v in frame.iloc[:, 0]]}
         for key, frame in history.items()
     }
 
