@@ -598,6 +598,7 @@ def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: b
                 f"Got a MuData, but the field(s) {anndata_fields} read an AnnData. Set a MuData up with the "
                 "model's setup_mudata (MuData fields), or pass one of its modalities, e.g. mdata.mod['rna']."
             )
+        _check_mudata_names(adata, fields)
     if adata.is_view and not allow_view:
         raise ValueError(
             f"The {type(adata).__name__} is a view (e.g. adata[mask]); pyrovi does not copy data silently. Pass a "
@@ -619,6 +620,37 @@ def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: b
             UserWarning,
             stacklevel=4,
         )
+
+
+def _check_mudata_names(mdata: Any, fields: Sequence[BaseField]) -> None:
+    """Cell names must be unique in a MuData and its modalities, and gene names in each modality read.
+
+    A MuData pairs the cells of its modalities by name: a name given twice pairs the wrong rows (or makes
+    the MuData and its modalities disagree in length), so it is an error, not a warning as for an AnnData.
+    """
+    fix = (
+        "Make the names unique in every modality, e.g. `for mod in mdata.mod.values(): mod.obs_names_make_unique()`"
+        ", then mdata.update() (the repeats become name-1, name-2...: check that the modalities' cells still pair)."
+    )
+    where = [("The MuData", mdata.obs_names)]
+    where += [(f"mdata.mod[{name!r}]", mod.obs_names) for name, mod in mdata.mod.items()]
+    for source, names in where:
+        if not names.is_unique:
+            duplicated = names[names.duplicated()].unique()
+            raise ValueError(
+                f"{source} holds {len(duplicated)} cell name(s) more than once ({_format_names(duplicated, 5)}); "
+                f"a MuData pairs the cells of its modalities by name, so duplicated names pair the wrong cells. {fix}"
+            )
+    read = {f.mod_key for f in fields if not f.is_empty and isinstance(f, _MuDataField) and f.mod_key is not None}
+    for name in sorted(read):
+        mod = mdata.mod[name] if name in mdata.mod else None
+        if mod is not None and not mod.var_names.is_unique:
+            duplicated = mod.var_names[mod.var_names.duplicated()].unique()
+            raise ValueError(
+                f"mdata.mod[{name!r}].var_names holds {len(duplicated)} name(s) more than once "
+                f"({_format_names(duplicated, 5)}); genes and proteins are matched by name, so each must be "
+                f"unique. Make them unique, e.g. mdata.mod[{name!r}].var_names_make_unique(), then mdata.update()."
+            )
 
 
 def _source_states(source_registry: dict[str, Any], fields: list[BaseField]) -> dict[str, dict[str, Any]]:
