@@ -22,10 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ._model_files import ADATA_FILE, MDATA_FILE, META_FILE, WEIGHTS_FILE
-
-#: model.json files larger than this are not read to find which files a previous save wrote.
-_MAX_META_BYTES = 64 * 2**20
+from ._model_files import ADATA_FILE, MAX_META_BYTES, MDATA_FILE, META_FILE, WEIGHTS_FILE
 
 
 def model_file_names(prefix: str) -> tuple[str, ...]:
@@ -62,7 +59,7 @@ def _owned_files(path: Path, prefix: str) -> frozenset[str]:
     that pyrovi writes. Files saved before ``data_file`` was recorded own both data file names.
     """
     meta_path = path / (prefix + META_FILE)
-    if not _is_regular(meta_path) or meta_path.stat().st_size > _MAX_META_BYTES:
+    if not _is_regular(meta_path) or meta_path.stat().st_size > MAX_META_BYTES:
         return frozenset()
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
