@@ -86,7 +86,12 @@ def serialised_query(method: _F) -> _F:
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
         with pyro_lock():
             _refuse_if_training_elsewhere(self)
-            return method(self, *args, **kwargs)
+            saved = _pyro_global_state()
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException:  # e.g. a Ctrl-C inside a handler's __enter__: leave no handler behind
+                _restore_pyro_global_state(saved)
+                raise
 
     locked._pyrovi_serialised = True  # type: ignore[attr-defined]
     return locked  # type: ignore[return-value]

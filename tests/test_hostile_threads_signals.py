@@ -224,6 +224,90 @@ def test_cellassign_em_steps_and_predict_hold_the_lock():
     assert np.allclose(probabilities.sum(1), 1.0)
 
 
+def test_cellassign_and_totalvi_queries_in_threads_while_scvi_trains():
+    pyrovi.settings.seed = 0
+    cells = pyrovi.datasets.synthetic_cellassign(n_cells=60, n_types=3, n_markers_per_type=2, seed=0)
+    CellAssign.setup_anndata(cells, size_factor_key="size_factor")
+    cellassign = CellAssign(cells, cells.varm["cell_type_markers"])
+    cellassign.train(max_epochs=2, early_stopping=False, accelerator="cpu", progress_bar=False)
+    proteins = pyrovi.data.synthetic_iid(batch_size=30, n_genes=20, n_proteins=3, n_regions=2, seed=0)
+    pyrovi.model.TOTALVI.setup_anndata(proteins, protein_expression_obsm_key="protein_expression", batch_key="batch")
+    totalvi = pyrovi.model.TOTALVI(proteins, n_hidden=16, n_latent=2)
+    totalvi.train(max_epochs=1, **TRAIN)
+    done = threading.Event()
+    counts, errors = {"cellassign": 0, "totalvi": 0}, []
+
+    def keep(name, query):
+        while not done.is_set() or not counts[name]:
+            try:
+                assert _finite(query())
+                counts[name] += 1
+            except BaseException as err:  # noqa: BLE001
+                errors.append(err)
+                return
+
+    threads = [
+        threading.Thread(target=keep, args=("cellassign", cellassign.predict), daemon=True),
+        threading.Thread(target=keep, args=("totalvi", lambda: totalvi.get_normalized_expression(n_samples=2)[1]),
+                         daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _model(seed=19).train(max_epochs=2, **TRAIN)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(WAIT)
+    assert not errors, errors[0]
+    assert all(counts.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_process_forked_while_another_thread_holds_the_lock_can_take_it():
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with pyro_lock():
+            held.set()
+            release.wait(WAIT)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(WAIT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: fine for this child
+            pid = os.fork()
+        if pid == 0:  # the child: the holding thread does not exist here
+            os._exit(0 if pyro_lock().acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        thread.join(WAIT)
+
+
+def test_ctrl_c_inside_a_query_leaves_the_lock_and_pyro_free(trained):
+    guide = trained.module.guide
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    object.__setattr__(trained.module, "guide", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trained.get_latent_representation()
+    finally:
+        object.__setattr__(trained.module, "guide", guide)
+    assert calls and runtime._PYRO_STACK == [] and runtime._DIM_ALLOCATOR._stack == []
+    thread, outcome = _run_in_thread(trained.get_latent_representation)
+    thread.join(WAIT)
+    assert outcome["result"].shape == (N_CELLS, 2)
+
+
 class _Hold(pl.Callback):
     """Signal that training is under way, then hold it inside an epoch until released."""
 
@@ -418,6 +502,28 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert _epochs(model) == [0, 1] and _same(_state(model), stop.epoch_end_state[1])
     model.train(max_epochs=4, resume_from=str(tmp_path / "last.ckpt"), **TRAIN)
     assert _epochs(model) == [0, 1, 2, 3] and model.is_trained
+
+
+def test_ctrl_c_at_a_cellassign_epoch_start_keeps_the_last_finished_epoch():
+    pyrovi.settings.seed = 0
+    adata = pyrovi.datasets.synthetic_cellassign(n_cells=60, n_types=3, n_markers_per_type=2, seed=1)
+    CellAssign.setup_anndata(adata, size_factor_key="size_factor")
+    model = CellAssign(adata, adata.varm["cell_type_markers"], objective="em")
+    ends = {}
+
+    class _StopAtStart(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            ends[trainer.current_epoch] = {k: v.detach().clone() for k, v in pl_module.module.state_dict().items()}
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.train(max_epochs=4, steps_per_m_step=1, early_stopping=False, batch_size=16, callbacks=[_StopAtStart()],
+                    accelerator="cpu", progress_bar=False)
+    assert _same(_state(model), ends[1]) and model.is_trained and _epochs(model) == [0, 1]
+    assert np.allclose(model.predict().sum(1), 1.0)
 
 
 def test_a_numerical_fault_still_keeps_the_last_finite_state():

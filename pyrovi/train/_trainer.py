@@ -155,8 +155,9 @@ class Trainer(pl.Trainer):
             callbacks.append(LearningRateMonitor())
         callbacks.append(_PackHistory(self.history_logger))
         callbacks.append(_RandomState())
+        # first, so that its copy at an epoch's start comes before any callback's work there (CellAssign's E-step)
         self._last_epoch = _LastEpochState(self.history_logger)
-        callbacks.append(self._last_epoch)
+        callbacks.insert(0, self._last_epoch)
         #: the exception or interrupt that stopped the last ``fit`` (``None`` when it ran to its end)
         self.stopped_by: BaseException | None = None
         show = progress_bar if progress_bar is not None else enable_progress_bar
