@@ -288,8 +288,9 @@ class AnnDataManager:
             what = ", ".join(changed) or "the registered fields"
             raise RegisteredDataChangedError(
                 f"The data registered for {self._model_name} changed after it was set up ({what}) and no longer "
-                f"passes the setup's checks: {_message(err)} Restore the data the model was set up with (e.g. "
-                "put the raw counts back, adata.X = adata.layers['counts']), or set the changed data up again "
+                f"passes the setup's checks: {_message(err)} Restore the data the model was set up with (e.g. the "
+                "raw counts from a copy kept in a layer: adata.X = adata.layers['counts'].copy()), or set the data "
+                "up again as it is now "
                 f"({self._model_name}.setup_anndata(adata, ...)) and create a new model."
             ) from err
         self._fingerprint = current
