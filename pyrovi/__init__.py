@@ -25,6 +25,7 @@ import importlib as _importlib  # noqa: E402
 
 from ._constants import REGISTRY_KEYS  # noqa: E402
 from ._errors import ModelFileError, NumericalFaultError  # noqa: E402
+from ._pyro_lock import pyro_lock  # noqa: E402
 from ._settings import settings  # noqa: E402
 
 #: Subpackages are imported on first use (PEP 562): ``import pyrovi`` stays cheap, and Lightning, which
@@ -46,4 +47,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_SUBPACKAGES])
 
 
-__all__ = ["REGISTRY_KEYS", "ModelFileError", "NumericalFaultError", "settings", *_SUBPACKAGES]
+__all__ = ["REGISTRY_KEYS", "ModelFileError", "NumericalFaultError", "pyro_lock", "settings", *_SUBPACKAGES]

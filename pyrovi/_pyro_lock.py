@@ -40,8 +40,8 @@ def pyro_lock() -> threading.RLock:
 
     Examples
     --------
-    >>> from pyrovi._pyro_lock import pyro_lock
-    >>> with pyro_lock():
+    >>> import pyrovi
+    >>> with pyrovi.pyro_lock():
     ...     pass  # e.g. poutine.trace(model.module.guide).get_trace(*args, **kwargs)
     """
     return _LOCK

@@ -491,12 +491,24 @@ class BaseModelClass(PosteriorSamplingMixin):
         ``model.history`` grows with every call: a further ``train()`` appends its epochs after the earlier
         ones (epoch and step indices continue). ``model.trainer`` is the last run's Trainer.
 
+        A run stopped inside an epoch (Ctrl-C, SIGTERM, an exception) leaves the model at its last finished
+        epoch: weights, ``history`` and ``is_trained`` agree with it, and ``train()`` or ``resume_from`` go on
+        from there. Ctrl-C raises ``KeyboardInterrupt``; SIGTERM (a scheduler ending the job) raises
+        ``SystemExit`` with status 143. Models may be trained and queried from several threads at once (each
+        Pyro run holds :func:`pyrovi.pyro_lock`); one model trains one run at a time.
+
         Raises
         ------
         ValueError
             Early stopping or a plateau scheduler that watches a validation metric without a validation set.
         pyrovi.NumericalFaultError
             A NaN or infinite loss or gradient (with the default ``on_nonfinite="raise"``).
+        RuntimeError
+            The model is already being trained (by another thread, or by this one from inside training).
+        KeyboardInterrupt
+            Ctrl-C during training (the model is left at its last finished epoch).
+        SystemExit
+            SIGTERM during training: Lightning's ``SIGTERMException`` with exit status 143.
 
         Examples
         --------
