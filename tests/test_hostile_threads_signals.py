@@ -438,6 +438,23 @@ def test_ctrl_c_in_a_second_train_call_keeps_the_first_one():
     assert history.keys() == model.history.keys() and all(history[k].equals(model.history[k]) for k in history)
 
 
+def test_ctrl_c_after_the_last_epoch_keeps_every_epoch():
+    model = _model(seed=21)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = _Stop(epoch=-1)
+
+    class _StopAtEnd(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.train(max_epochs=2, callbacks=[stop, _StopAtEnd()], **TRAIN)
+    assert _same(_state(model), stop.epoch_end_state[1]) and _epochs(model) == [0, 1] and model.is_trained
+    model.train(max_epochs=1, **TRAIN)
+    assert _epochs(model) == [0, 1, 2]
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
 def test_step_level_history_is_cut_back_to_the_last_finished_epoch():
     model = _model(seed=12)
     with pytest.raises(KeyboardInterrupt):

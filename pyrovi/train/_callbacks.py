@@ -215,6 +215,10 @@ class _LastEpochState(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take(trainer, pl_module)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # every epoch has finished: an interrupt in a later hook keeps them all
+        self._take(trainer, pl_module)
+
     def restore(self) -> bool:
         """Put the module's weights and the history back to the copy; ``False`` when there is none."""
         if self._module is None:
