@@ -479,3 +479,15 @@ def test_anndata_duplicated_gene_names_are_an_error_and_cell_names_a_warning():
     adata.obs_names = ["c"] * 40
     with pytest.warns(UserWarning, match="obs_names_make_unique"):
         _manager(adata)
+
+
+def test_protein_table_with_a_repeated_column_name_is_a_clear_error():
+    from pyrovi.data import synthetic_iid
+    from pyrovi.model import TOTALVI
+
+    data = synthetic_iid(batch_size=30, n_genes=20, n_proteins=5, seed=1)
+    data.obsm["protein_expression"] = pd.DataFrame(
+        data.obsm["protein_expression"], index=data.obs_names, columns=["A", "A", "C", "D", "E"]
+    )
+    with pytest.raises(ValueError, match=r"column names of adata.obsm\['protein_expression'\] are not unique"):
+        TOTALVI.setup_anndata(data, protein_expression_obsm_key="protein_expression")

@@ -132,10 +132,11 @@ class ObsmField(BaseField):
         source = _obsm_source(obsm_key)
         value = _get_obsm(adata, obsm_key)
         if isinstance(value, pd.DataFrame):
-            non_numeric = [c for c in value.columns if not pd.api.types.is_numeric_dtype(value[c].dtype)]
+            # names first: with a repeated name, value[name] is a DataFrame, not a column
+            names = _unique_names(value.columns, f"The column names of {source}", fix="rename them.")
+            non_numeric = [c for c, dtype in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
             if non_numeric:
                 raise TypeError(f"{source} must hold numbers, but columns {_format_names(non_numeric)} do not.")
-            names = _unique_names(value.columns, f"The column names of {source}", fix="rename them.")
             # float64 holds any numeric column exactly enough, and turns nullable missing values into NaN.
             dense = value.to_numpy(dtype=np.float64, na_value=np.nan)
             return _check_matrix(dense, source), names, True
