@@ -199,3 +199,17 @@ def test_checkers_accept_valid_values():
 def test_a_single_gene_name_as_gene_list_is_refused_clearly(trained, method):
     with pytest.raises(TypeError, match=r"gene_list must be a list of names, got the string 'gene_0'; pass \['gene_0'\]"):
         getattr(trained, method)(gene_list="gene_0")
+
+
+@pytest.mark.parametrize("name", ["use_observed_lib_size", "log_variational", "encode_covariates", "deeply_inject_covariates"])
+def test_scvi_flags_must_be_booleans(adata, name):
+    with pytest.raises(TypeError, match=f"{name} must be True or False, got 'False'"):
+        SCVI(adata, **{name: "False"})  # a non-empty string is true: it would silently mean the opposite
+
+
+@pytest.mark.parametrize("name", ["empirical_protein_background_prior", "override_missing_proteins", "log_variational"])
+def test_totalvi_flags_must_be_booleans(name):
+    data = synthetic_iid(batch_size=30, n_genes=20, n_proteins=5, seed=1)
+    TOTALVI.setup_anndata(data, protein_expression_obsm_key="protein_expression")
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        TOTALVI(data, **{name: "no"})

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from .._checks import check_bool
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import (
@@ -122,6 +123,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
     ):
         super().__init__(adata)
         self._record_init_params(locals())
+        check_bool("override_missing_proteins", override_missing_proteins)
+        if empirical_protein_background_prior is not None:
+            check_bool("empirical_protein_background_prior", empirical_protein_background_prior)
         stats = self.summary_stats
         arrays = self.adata_manager.get_arrays()
         proteins, batch = arrays[REGISTRY_KEYS.PROTEIN_EXP_KEY], arrays[REGISTRY_KEYS.BATCH_KEY]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from .._checks import check_number
+from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
 from ._vae import Normalization, _check_choice, _check_extra_kwargs, _check_sizes, logistic_normal_transform
 from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
@@ -177,6 +177,9 @@ class TOTALVAE(BaseModuleClass):
                      n_layers_decoder=n_layers_decoder)  # fmt: skip
         for name, rate in (("dropout_rate_encoder", dropout_rate_encoder), ("dropout_rate_decoder", dropout_rate_decoder)):
             check_number(name, rate, 0.0, 1.0, high_open=True)
+        for name, flag in (("log_variational", log_variational), ("encode_covariates", encode_covariates),
+                           ("use_observed_lib_size", use_observed_lib_size), ("use_size_factor_key", use_size_factor_key)):
+            check_bool(name, flag)
         _check_choice("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
         _check_choice("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
         _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb"))

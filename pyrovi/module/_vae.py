@@ -36,7 +36,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .._checks import check_number
+from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
 from .base import CELL_PLATE, BaseModuleClass, EmbeddingModuleMixin, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS
@@ -222,6 +222,10 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
         _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
         check_number("dropout_rate", dropout_rate, 0.0, 1.0, high_open=True)
+        for name, flag in (("log_variational", log_variational), ("encode_covariates", encode_covariates),
+                           ("deeply_inject_covariates", deeply_inject_covariates),
+                           ("use_observed_lib_size", use_observed_lib_size), ("use_size_factor_key", use_size_factor_key)):
+            check_bool(name, flag)
         _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
         _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
         _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
