@@ -766,3 +766,22 @@ def test_random_mutations_of_a_checkpoint_header_load_or_raise_model_file_error(
         pass
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_weights_only_file_round_trips_but_is_never_a_run_to_resume(trained, tmp_path):
+    """DDP-spawn workers hand their weights back in a bare state dict: readable, but not resumable."""
+    model = trained[0]
+    weights = {f"module.{k}": v for k, v in model.module.state_dict().items()}
+    path = tmp_path / "weights.ckpt"
+    SafeCheckpointIO().save_checkpoint(weights, path)
+    back = SafeCheckpointIO().load_checkpoint(path)
+    assert set(back) == set(weights) and all(torch.equal(back[k], v) for k, v in weights.items())
+    resumed, before, resume = _resume(path)
+    with pytest.raises(ModelFileError, match="holds only weights, not a resumable training run"):
+        resume()
+    assert not resumed.is_trained
+    assert all(torch.equal(before[k], v) for k, v in resumed.module.state_dict().items())
+    tensors, metadata = _read_ckpt(path)
+    _write_raw(path, {**tensors, "t0": torch.full_like(tensors["t0"], float("nan"))}, metadata)
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        SafeCheckpointIO().load_checkpoint(path)

@@ -203,6 +203,43 @@ def _check_structure(checkpoint: Any, path: Path) -> None:
             )
 
 
+#: ``content`` of a checkpoint that holds a bare state dict (no loops, optimisers...), not a resumable run
+_WEIGHTS_ONLY = "weights"
+
+
+def _is_weights_only(checkpoint: Any) -> bool:
+    return (
+        isinstance(checkpoint, dict)
+        and "state_dict" not in checkpoint
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items())
+    )
+
+
+def _check_weights_only(checkpoint: Any, path: Path, plan: Any, resume_from: Path | None) -> None:
+    """A bare state dict: names and tensors, finite, and (with a plan) this plan's names and shapes.
+
+    Lightning's DDP-spawn launcher hands a worker's weights back to the main process in such a file; it is
+    never a run to resume.
+    """
+    if resume_from is not None and Path(path) == resume_from:
+        raise ModelFileError(
+            f"{path}: holds only weights, not a resumable training run (no epoch, optimiser or loop state). Resume "
+            "from the last.ckpt that train(checkpoint_dir=...) writes."
+        )
+    if not _is_weights_only(checkpoint):
+        raise _corrupt(path, "its header says it holds weights only, but it holds other entries")
+    for key, tensor in checkpoint.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{path}: holds NaN or infinite values in {key!r}; the file was altered.")
+    if plan is not None:
+        expected = plan.state_dict()
+        wrong = [k for k in checkpoint if k not in expected or tuple(expected[k].shape) != tuple(checkpoint[k].shape)]
+        if wrong or len(checkpoint) != len(expected):
+            raise ModelFileError(
+                f"{path}: holds weights of another architecture than this model's (e.g. {(wrong or ['a missing one'])[0]!r})."
+            )
+
+
 def _trained_tensors(checkpoint: dict[str, Any]):
     """``(where, tensor)`` for the module's weights and the optimisers' state (Adam's moments...)."""
     for key, tensor in checkpoint["state_dict"].items():
@@ -446,7 +483,9 @@ def _read_checkpoint_file(path: Path) -> None:
     check_regular_file(path, follow=True)
 
 
-def _expect_checkpoint_of(trainer: pl.Trainer, model_name: str | None, plan: Any) -> None:
+def _expect_checkpoint_of(
+    trainer: pl.Trainer, model_name: str | None, plan: Any, resume_from: str | os.PathLike | None = None
+) -> None:
     """Tell the trainer's :class:`SafeCheckpointIO` which model it reads and writes checkpoints for.
 
     Checkpoints it writes then record the model class, and one it reads must be of that class and match the
@@ -460,6 +499,7 @@ def _expect_checkpoint_of(trainer: pl.Trainer, model_name: str | None, plan: Any
     if isinstance(io, SafeCheckpointIO):
         io._model_name = model_name
         io._plan = plan
+        io._resume_from = None if resume_from is None else Path(resume_from)
 
 
 class SafeCheckpointIO(CheckpointIO):
@@ -483,6 +523,7 @@ class SafeCheckpointIO(CheckpointIO):
 
     _model_name: str | None = None
     _plan: Any = None
+    _resume_from: Path | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -490,6 +531,8 @@ class SafeCheckpointIO(CheckpointIO):
         tensors: dict[str, torch.Tensor] = {}
         structure = _encode(checkpoint, tensors, "checkpoint")
         metadata = {"format": _FORMAT, "format_version": str(_FORMAT_VERSION), "state": json.dumps(structure)}
+        if _is_weights_only(checkpoint):  # e.g. the weights a DDP-spawn worker hands back to the main process
+            metadata["content"] = _WEIGHTS_ONLY
         if self._model_name is not None:  # whose checkpoint this is, for a clear error if resumed elsewhere
             metadata["pyrovi_model"] = self._model_name
         module = getattr(self._plan, "module", None)
@@ -537,6 +580,9 @@ class SafeCheckpointIO(CheckpointIO):
             raise
         except Exception as err:  # noqa: BLE001 - SafetensorError, and whatever else a forged file provokes
             raise ModelFileError(f"{path} is not a readable pyrovi checkpoint (truncated or corrupt: {err}).") from err
+        if metadata.get("content") == _WEIGHTS_ONLY:
+            _check_weights_only(checkpoint, path, self._plan, self._resume_from)
+            return checkpoint
         _check_structure(checkpoint, path)
         if self._plan is not None:
             _check_against_model(checkpoint, metadata, path, self._model_name, self._plan)

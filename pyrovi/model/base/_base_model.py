@@ -558,7 +558,7 @@ class BaseModelClass(PosteriorSamplingMixin):
             **trainer_kwargs,
         )
         # checkpoints record whose they are; one read back must be of this model and architecture
-        _expect_checkpoint_of(trainer, type(self).__name__, plan)
+        _expect_checkpoint_of(trainer, type(self).__name__, plan, resume_from)
         with pyro_lock():  # no query of this model is running (queries hold the lock), and none starts until the end
             _claim_training(self)  # refuses a model that another thread (or this one, re-entered) is training
             # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
