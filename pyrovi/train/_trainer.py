@@ -321,7 +321,7 @@ _IGNORED_WHEN_RESUMING = (
     ".*callbacks used to create the checkpoint need to be.*",
 )
 _FILTERS_LOCK = threading.Lock()
-_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it, whether pyrovi added it (not there before)]
+_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it]
 
 
 def _ignore_filter(message: str) -> tuple:
@@ -338,11 +338,11 @@ def _lightning_warnings_ignored(resuming: bool) -> Iterator[None]:
     messages = _IGNORED_WARNINGS + (_IGNORED_WHEN_RESUMING if resuming else ())
     with _FILTERS_LOCK:
         for message in messages:
-            users = _FILTER_USERS.setdefault(message, [0, False])
+            users = _FILTER_USERS.setdefault(message, [0])
             if users[0] == 0:
-                users[1] = _ignore_filter(message) is None  # the same filter set by the user is left to the user
-                if users[1]:
-                    warnings.filterwarnings("ignore", message=message)
+                # always in front: a filter added later (e.g. "error" in a test) would otherwise take precedence
+                # over an identical one the user set earlier
+                warnings.filterwarnings("ignore", message=message)
             users[0] += 1
     try:
         yield
@@ -351,11 +351,11 @@ def _lightning_warnings_ignored(resuming: bool) -> Iterator[None]:
             for message in messages:
                 users = _FILTER_USERS[message]
                 users[0] -= 1
-                if users[0] or not users[1]:
+                if users[0]:
                     continue
                 entry = _ignore_filter(message)
                 if entry is not None:
-                    warnings.filters.remove(entry)
+                    warnings.filters.remove(entry)  # one of identical entries: the user's copy, if any, stays
             mutated = getattr(warnings, "_filters_mutated", None) or getattr(warnings, "_filters_mutated_lock_held", None)
             if mutated is not None:
                 mutated()
