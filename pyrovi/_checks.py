@@ -92,3 +92,26 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """
     if not isinstance(value, (str, int, float, type(None))) or value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, {_got(value)}.")
+
+
+def check_path(name: str, value: Any) -> str:
+    """``value`` is a file-system path (a ``str`` or an ``os.PathLike`` giving a ``str``); returns it as text.
+
+    ``None``, numbers and ``bytes`` are refused: ``bytes`` paths would be written under a name that other tools
+    show differently, and ``None`` or a number is a forgotten or misplaced argument, never a path.
+
+    Examples
+    --------
+    >>> check_path("dir_path", None)
+    Traceback (most recent call last):
+    ...
+    TypeError: dir_path must be a path (str or os.PathLike), got None (NoneType).
+    """
+    import os
+
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {value!r:.80} ({type(value).__name__}).")
+    if "\x00" in text:
+        raise ValueError(f"{name} must not contain a NUL character, got {value!r:.80}.")
+    return text

@@ -22,7 +22,7 @@ from .._errors import NumericalFaultError
 from .._pyro_lock import _pyro_global_state, _restore_pyro_global_state
 from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _LastEpochState, _PackHistory
 from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
-from ._trainer_checks import check_trainer_arguments
+from ._trainer_checks import check_trainer_arguments, no_cuda_error
 
 
 class Trainer(pl.Trainer):
@@ -121,10 +121,7 @@ class Trainer(pl.Trainer):
              "learning_rate_monitor": learning_rate_monitor, "enable_checkpointing": enable_checkpointing},
         )
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ValueError(
-                f"accelerator={accelerator!r} but this machine has no CUDA GPU that torch can use (a CPU-only torch "
-                "build, or no driver). Use accelerator='cpu', or 'auto' to take a GPU when there is one."
-            )
+            raise no_cuda_error(f"accelerator={accelerator!r}")
         if early_stopping_mode not in ("min", "max"):
             raise ValueError(f"early_stopping_mode={early_stopping_mode!r}: use 'min' or 'max'.")
         if check_val_every_n_epoch is not None and (

@@ -8,9 +8,13 @@ early-stopping monitor fails only at the end of the first validation epoch). pyr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from numbers import Integral
 from typing import Any
+
+import numpy as np
+import torch
 
 from .._checks import check_bool, check_choice, check_int, check_number
 
@@ -80,3 +84,62 @@ def check_trainer_arguments(
     for name in ("log_every_n_steps", "progress_bar_refresh_rate", "accumulate_grad_batches"):
         if name in extra:
             check_int(name, extra[name], minimum=1)
+
+
+def no_cuda_error(what: str) -> ValueError:
+    """The error for a CUDA request on a machine where torch sees no CUDA GPU (``what``: the request, as given).
+
+    Examples
+    --------
+    >>> str(no_cuda_error("accelerator='gpu'"))[:40]
+    "accelerator='gpu' but this machine has n"
+    """
+    return ValueError(
+        f"{what} but this machine has no CUDA GPU that torch can use (a CPU-only torch build, or no driver). "
+        "Use accelerator='cpu', or 'auto' to take a GPU when there is one."
+    )
+
+
+_DEVICE_NAME = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
+
+
+def check_device(name: str, device: Any, allow_auto: bool = True) -> torch.device | int | str:
+    """``device`` names one device: ``"auto"``, an index (of a CUDA GPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"`` or a :class:`torch.device`; a CUDA device must exist. Returns it (an index as ``int``).
+
+    Examples
+    --------
+    >>> check_device("device", "banana")
+    Traceback (most recent call last):
+    ...
+    ValueError: device='banana' is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N', a GPU index such as 0, or a torch.device.
+    """
+    if isinstance(device, np.integer):
+        device = int(device)
+    if isinstance(device, str) and device == "auto" and allow_auto:
+        return device
+    if isinstance(device, int) and not isinstance(device, bool):
+        if device < 0:
+            raise ValueError(f"{name}={device} is not a device index: use 0, 1, ... (a GPU's index).")
+        return device
+    if isinstance(device, str) and _DEVICE_NAME.match(device.strip()):
+        device = torch.device(device.strip())
+    if not isinstance(device, torch.device):
+        auto = "'auto', " if allow_auto else ""
+        raise ValueError(
+            f"{name}={device!r:.80} is not a device: use {auto}'cpu', 'cuda', 'cuda:N', a GPU index such as 0, or a "
+            "torch.device."
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise no_cuda_error(f"{name}={str(device)!r}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(indices 0 to {torch.cuda.device_count() - 1})."
+            )
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{name}={str(device)!r} but torch has no MPS device here. Use 'cpu'.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}={str(device)!r}: pyrovi models run on 'cpu', 'cuda' or 'mps' devices.")
+    return device

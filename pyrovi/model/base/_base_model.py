@@ -23,6 +23,7 @@ from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
 from ...train._checkpoint import _expect_checkpoint_of
+from ...train._trainer_checks import check_device
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
@@ -624,13 +625,14 @@ class BaseModelClass(PosteriorSamplingMixin):
         --------
         >>> model.to_device("cpu")  # doctest: +SKIP
         """
+        device = check_device("device", device, allow_auto=False)  # a CUDA device without CUDA: a clear error
         if isinstance(device, int):
-            device = f"cuda:{device}"
+            device = check_device("device", f"cuda:{device}", allow_auto=False)
         with pyro_lock():
             _refuse_if_training_elsewhere(
                 self, "moving it to another device", "training holds its parameters and optimiser state where they are"
             )
-            self.module.to(torch.device(device))
+            self.module.to(device)
 
     def _make_data_loader(
         self,

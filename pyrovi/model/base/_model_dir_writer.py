@@ -15,9 +15,11 @@ that a pair of files from two different saves is detected when loading.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +30,57 @@ from ._model_files import ADATA_FILE, MAX_META_BYTES, MDATA_FILE, META_FILE, WEI
 def model_file_names(prefix: str) -> tuple[str, ...]:
     """The names a save with ``prefix`` may write, ``model.json`` last."""
     return tuple(prefix + name for name in (WEIGHTS_FILE, ADATA_FILE, MDATA_FILE, META_FILE))
+
+
+def _check_ancestors(path: Path) -> None:
+    """Refuse a path below a file (``file.txt/sub``): name the file, instead of mkdir's bare FileExistsError."""
+    for ancestor in path.parents:
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():  # follows links: a link to a directory is a directory here
+                raise NotADirectoryError(
+                    errno.ENOTDIR,
+                    f"cannot save to {path}: {ancestor} is a file, not a directory. Choose a path below a directory.",
+                )
+            return
+
+
+def _failed(err: OSError, path: Path, step: str) -> OSError:
+    """``err`` (an OSError of a staging, writing or renaming step) as the same OSError subclass naming ``path``."""
+    cause = err.strerror or str(err)
+    name = str(err.filename or "")
+    # the user's path, not pyrovi's hidden staging names (".model.json.tmp-1a2b3c4d")
+    where = f" ({name})" if name and name != str(path) and ".tmp-" not in name and ".bak-" not in name else ""
+    new = OSError(
+        err.errno if err.errno is not None else 0,
+        f"could not save the model to {path}: {step} failed: {cause}{where}. Check that the location exists and "
+        "is writable, or choose another path.",
+    )
+    return new if isinstance(new, type(err)) else type(err)(*new.args)
+
+
+def _lost_race(path: Path) -> FileExistsError:
+    return FileExistsError(
+        errno.EEXIST,
+        f"another save into {path} happened at the same time; nothing of this save was kept. Save again (with "
+        "overwrite=True to replace the model saved there).",
+    )
+
+
+_SAVE_LOCKS_GUARD = threading.Lock()
+_SAVE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _save_lock(path: Path) -> threading.Lock:
+    """One lock per resolved target path: saves of this process into one directory run one after the other."""
+    key = os.path.normcase(os.path.realpath(path))
+    with _SAVE_LOCKS_GUARD:
+        lock = _SAVE_LOCKS.get(key)
+        if lock is None:
+            if len(_SAVE_LOCKS) > 1024:  # forget locks nobody holds
+                for name in [k for k, v in _SAVE_LOCKS.items() if not v.locked()]:
+                    del _SAVE_LOCKS[name]
+            lock = _SAVE_LOCKS[key] = threading.Lock()
+        return lock
 
 
 def _resolve_target(path: Path) -> Path:
@@ -42,6 +95,7 @@ def _resolve_target(path: Path) -> Path:
         path = target
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another path.")
+    _check_ancestors(path)
     return path
 
 
@@ -120,15 +174,30 @@ def _fsync(path: Path) -> None:
 
 def _write_new_directory(files: Mapping[str, Callable[[Path], None]], path: Path) -> None:
     """Assemble the files in a hidden sibling directory, then rename it to ``path`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _failed(err, path, f"creating {path.parent}") from err
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as err:
+        raise _failed(err, path, f"creating a temporary directory in {path.parent}") from err
     try:
         for name, write in files.items():
-            write(staging / name)
+            try:
+                write(staging / name)
+            except OSError as err:
+                raise _failed(err, path, f"writing {name}") from err
             _fsync(staging / name)
         _fsync(staging)
-        staging.rename(path)
+        try:
+            staging.rename(path)
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.lexists(path):
+                # another process created the directory meanwhile (this process's saves hold _save_lock)
+                raise _lost_race(path) from err
+            raise _failed(err, path, "moving the new directory into place") from err
         _fsync(path.parent)
     finally:
         if staging.exists():
@@ -146,7 +215,10 @@ def _write_in_place(files: Mapping[str, Callable[[Path], None]], path: Path, sta
     backups: dict[str, Path] = {}
     try:
         for name, write in files.items():
-            write(temporary[name])
+            try:
+                write(temporary[name])
+            except OSError as err:
+                raise _failed(err, path, f"writing {name}") from err
             _fsync(temporary[name])
         for name in files:
             if os.path.lexists(path / name):
@@ -161,12 +233,14 @@ def _write_in_place(files: Mapping[str, Callable[[Path], None]], path: Path, sta
             for name in files:  # model.json comes last (see model_file_names)
                 os.replace(temporary[name], path / name)
                 done.append(name)
-        except BaseException:
+        except BaseException as err:
             for name in done:
                 if name in backups:
                     os.replace(backups.pop(name), path / name)
                 else:
                     os.unlink(path / name)
+            if isinstance(err, OSError):
+                raise _failed(err, path, f"renaming {name} into place") from err
             raise
         for name in stale:
             os.unlink(path / name)
@@ -193,9 +267,10 @@ def write_model_files(
         raise ValueError(f"not model file names for prefix {prefix!r}: {sorted(unknown)}")
     files = {name: files[name] for name in order if name in files}
     path = _resolve_target(Path(dir_path))
-    if not path.exists():
-        _write_new_directory(files, path)
-        return
-    owned = _check_replaceable(path, list(files), prefix, overwrite)
-    stale = [name for name in owned if name not in files]
-    _write_in_place(files, path, stale)
+    with _save_lock(path):  # two threads saving into one directory: one after the other
+        if not path.exists():
+            _write_new_directory(files, path)
+            return
+        owned = _check_replaceable(path, list(files), prefix, overwrite)
+        stale = [name for name in owned if name not in files]
+        _write_in_place(files, path, stale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +14,11 @@ import torch
 from anndata import AnnData
 from safetensors.torch import save as serialize_safetensors
 
+from ..._checks import check_bool, check_choice, check_path
 from ..._constants import REGISTRY_KEYS
 from ..._errors import ModelFileError
 from ...data import MissingKeyError, UnseenCategoryError
+from ...train._trainer_checks import ACCELERATORS, check_device, no_cuda_error
 from ...module.priors import (
     LatentPrior,
     distribution_from_config,
@@ -113,6 +116,9 @@ def save_model(
     **anndata_write_kwargs: Any,
 ) -> None:
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
+    dir_path = check_path("dir_path", dir_path)
+    check_bool("overwrite", overwrite)
+    check_bool("save_anndata", save_anndata)
     prefix = check_prefix(prefix)
     data_file = None
     if save_anndata:
@@ -162,27 +168,33 @@ def _version() -> str:
     return __version__
 
 
-def resolve_device(accelerator: str, device: int | str = "auto") -> torch.device:
+def resolve_device(accelerator: str, device: int | str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available; ``"gpu"``/``"cuda"`` require it; ``"cpu"`` is the CPU.
 
     ``device`` picks one device of the accelerator as in Lightning and scvi-tools: ``"auto"`` (the first),
-    an index (``1``) or a name (``"cuda:1"``).
+    an index (``1``), a name (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or a :class:`torch.device`; anything else, or a
+    CUDA device on a machine without one, is a clear ValueError.
     """
-    if isinstance(device, str) and device not in ("auto", "cpu") and ":" in device:
-        return resolve_device(accelerator, int(device.split(":", 1)[1])) if device.startswith("cuda") else torch.device(device)
+    if not (isinstance(accelerator, str) and accelerator in ACCELERATORS):
+        check_choice("accelerator", accelerator, ACCELERATORS)
+    device = check_device("device", device)
+    if isinstance(device, torch.device):
+        if accelerator in ("gpu", "cuda") and device.type != "cuda":
+            raise ValueError(f"accelerator={accelerator!r} with device={str(device)!r}: pick one of them.")
+        return torch.device("cuda", 0 if device.index is None else device.index) if device.type == "cuda" else device
     if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu"
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if accelerator in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"accelerator={accelerator!r} but no CUDA device is available; use 'cpu'.")
-        if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
-            if not 0 <= device < torch.cuda.device_count():
+            raise no_cuda_error(f"accelerator={accelerator!r}")
+        if isinstance(device, int):
+            if device >= torch.cuda.device_count():
                 raise ValueError(f"device={device} but there are {torch.cuda.device_count()} CUDA devices.")
-            return torch.device("cuda", int(device))
+            return torch.device("cuda", device)
         return torch.device("cuda")
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    return torch.device(accelerator)
+    if accelerator == "mps":
+        return check_device("accelerator", "mps")
+    return torch.device("cpu")
 
 
 def _check_weights_digest(weights_path: Path, expected: Any) -> None:
@@ -227,7 +239,7 @@ def load_model(
     """
     from ._base_model import BaseModelClass
 
-    path = Path(dir_path)
+    path = Path(check_path("dir_path", dir_path))
     prefix = check_prefix(prefix)
     meta_path = path / (prefix + META_FILE)
     target = resolve_device(accelerator, device)  # a device that cannot be had fails before any file is read
@@ -249,7 +261,10 @@ def load_model(
         if own_data:
             raise ModelFileError(f"{meta_path}: does not fit the data saved beside it: {err}") from err
         raise
-    check_indices(meta_path, meta, adata.n_obs)
+    if own_data:
+        check_indices(meta_path, meta, adata.n_obs)  # the directory's own data: its split must fit it
+    else:
+        meta = _drop_split_beyond(meta, adata.n_obs, meta_path)
 
     registry = meta["registry"]
     try:
@@ -309,11 +324,28 @@ def load_model(
     return model
 
 
+def _drop_split_beyond(meta: dict[str, Any], n_obs: int, meta_path: Path) -> dict[str, Any]:
+    """Loaded onto the user's own data: a saved split naming cells beyond it belongs to the training data, not to
+    this data. The model loads without a split (``train_indices`` etc. are None), with one warning."""
+    keys = ("train_indices", "validation_indices", "test_indices")
+    beyond = [k for k in keys if meta.get(k) and max(meta[k]) >= n_obs]
+    if not beyond:
+        return meta
+    warnings.warn(
+        f"The saved training split ({', '.join(beyond)} in {meta_path.name}) names cells beyond the {n_obs} cells of "
+        "the AnnData given to load, so it does not apply to this data: the model is loaded with "
+        "train_indices, validation_indices and test_indices set to None.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return {**meta, **{k: None for k in keys}}
+
+
 def load_saved_registry(dir_path: str | Path, prefix: str | None = None) -> dict[str, Any]:
     """The AnnData setup (registry) of a saved model, read and validated without building the model."""
     from ._base_model import BaseModelClass
 
-    path = Path(dir_path)
+    path = Path(check_path("dir_path", dir_path))
     prefix = check_prefix(prefix)
     check_model_dir(path, prefix)
     return read_meta(path, BaseModelClass.known_models(), None, prefix)["registry"]
