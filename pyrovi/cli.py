@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,10 +43,32 @@ def _plot_latent(z, labels, path: Path) -> bool:
     return True
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` is a directory, or a path where one can be made: checked before minutes of training."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory; pass a directory (it is created if needed).")
+    for ancestor in out.absolute().parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise FileExistsError(f"--out {out} lies below {ancestor}, which is a file, not a directory.")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise PermissionError(f"--out {out}: cannot create it, {ancestor} is not writable.")
+            break
+    for name in ("scvi_pbmc", "latent_pbmc.png"):
+        target = out / name
+        if os.path.lexists(target) and (name == "scvi_pbmc") != target.is_dir():
+            kind = "a directory" if target.is_dir() else "a file"
+            raise FileExistsError(f"--out {out} already holds {target.name} as {kind}; the quickstart writes there. "
+                                  "Move it away or pass another --out.")  # fmt: skip
+
+
 def quickstart(out: Path, max_epochs: int, seed: int) -> dict:
     """Train SCVI on the bundled 700-cell PBMC data, save it, and plot its latent space."""
     import pyrovi
 
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"--max-epochs must be a positive integer, got {max_epochs!r}.")
+    _check_out(out)
     pyrovi.settings.seed = seed
     adata = pyrovi.datasets.pbmc68k_reduced()
     print(f"Data: {adata.n_obs} PBMCs x {adata.n_vars} genes (bundled, raw counts).")
@@ -82,8 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--max-epochs", type=int, default=400, help="training epochs (default 400)")
     qs.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
-    if args.command == "quickstart":
-        quickstart(args.out, args.max_epochs, args.seed)
+    from ._errors import ModelFileError
+
+    try:
+        if args.command == "quickstart":
+            quickstart(args.out, args.max_epochs, args.seed)
+    except (ValueError, TypeError, OSError, ModelFileError) as err:
+        # a user's mistake (an argument, a path): one line, no traceback; other exceptions are bugs and keep theirs
+        print(f"pyrovi {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyrovi {args.command}: interrupted.", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -367,6 +367,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         >>> model.train()  # doctest: +SKIP
         >>> model.train(max_epochs=200, lr=1e-3, early_stopping=False, enable_progress_bar=False)  # doctest: +SKIP
         """
+        if adversarial_classifier is not None:
+            check_bool("adversarial_classifier", adversarial_classifier)  # 'no' would read as True
         if adversarial_classifier:
             warnings.warn(
                 "adversarial_classifier=True: pyrovi's TOTALVI has no adversarial batch classifier, so training "

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import re
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors import safe_open
 
 from .._errors import ModelFileError
-from .._files import MAX_JSON_DEPTH, check_regular_file, loads_json, sniff_pickle, write_safetensors
+from .._files import MAX_JSON_DEPTH, check_regular_file, file_kind, loads_json, sniff_pickle, write_safetensors
 
 #: marks a pyrovi checkpoint in the safetensors header metadata
 _FORMAT = "pyrovi-checkpoint"
@@ -597,6 +598,52 @@ class SafeCheckpointIO(CheckpointIO):
 LAST_CHECKPOINT = "last.ckpt"
 
 
+#: the most header bytes read to recognise a pyrovi checkpoint before replacing it (pyrovi's headers stay far below)
+_MAX_CHECKPOINT_HEADER = 256 * 2**20
+
+
+def _is_pyrovi_checkpoint(path: Path) -> bool:
+    """Whether the regular file ``path`` is laid out as a pyrovi checkpoint (safetensors with its format marker).
+
+    Reads the 8-byte header length and the header's JSON only; nothing else in the file is trusted or used.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) != 8:
+                return False
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= min(_MAX_CHECKPOINT_HEADER, os.fstat(handle.fileno()).st_size - 8):
+                return False
+            header = loads_json(handle.read(length), str(path))
+    except (OSError, ValueError, ModelFileError):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and metadata.get("format") == _FORMAT
+
+
+def _check_replaceable_checkpoint(dirpath: str | os.PathLike) -> None:
+    """Refuse a ``checkpoint_dir`` whose ``last.ckpt`` pyrovi did not write: the first epoch would replace it.
+
+    A pyrovi checkpoint there (an earlier run's, the one being resumed) is replaced, as checkpoint_dir promises.
+    """
+    path = Path(dirpath) / LAST_CHECKPOINT
+    if not os.path.lexists(path):
+        return
+    kind = file_kind(os.lstat(path).st_mode)
+    if kind is not None:
+        raise FileExistsError(
+            f"{path} exists and is {kind}, not a pyrovi checkpoint; training with checkpoint_dir={str(dirpath)!r} "
+            f"would replace it with its checkpoint after the first epoch. Move it away or choose another checkpoint_dir."
+        )
+    if not _is_pyrovi_checkpoint(path):
+        raise FileExistsError(
+            f"{path} exists and is not a pyrovi checkpoint (a file of your own?); training with "
+            f"checkpoint_dir={str(dirpath)!r} would replace it with its checkpoint after the first epoch, and pyrovi "
+            "never replaces files it did not write. Move it away or choose another checkpoint_dir."
+        )
+
+
 def _last_checkpoint(dirpath: str | os.PathLike) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint writing ``dirpath/last.ckpt`` at the end of every training epoch.
 
@@ -606,6 +653,7 @@ def _last_checkpoint(dirpath: str | os.PathLike) -> ModelCheckpoint:
     rate scheduler step (which the plan takes there, see ``TrainingPlan.lr_scheduler_step``) and the random
     state with which the next epoch starts.
     """
+    _check_replaceable_checkpoint(dirpath)
     return ModelCheckpoint(
         dirpath=dirpath,
         filename=LAST_CHECKPOINT[: -len(".ckpt")],

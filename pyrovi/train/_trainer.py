@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -22,7 +23,7 @@ from .._errors import NumericalFaultError
 from .._pyro_lock import _pyro_global_state, _restore_pyro_global_state
 from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _LastEpochState, _PackHistory
 from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
-from ._trainer_checks import check_trainer_arguments, no_cuda_error
+from ._trainer_checks import check_checkpoint_dir, check_trainer_arguments, no_cuda_error, normalise_trainer_kwargs
 
 
 class Trainer(pl.Trainer):
@@ -113,6 +114,21 @@ class Trainer(pl.Trainer):
         logging.getLogger("lightning.pytorch").setLevel(
             logging.INFO if settings.verbosity <= logging.DEBUG else logging.WARNING
         )
+        kwargs = normalise_trainer_kwargs(kwargs)
+        named = normalise_trainer_kwargs({
+            "max_epochs": max_epochs, "check_val_every_n_epoch": check_val_every_n_epoch,
+            "early_stopping_patience": early_stopping_patience,
+            "early_stopping_warmup_epochs": early_stopping_warmup_epochs,
+            "progress_bar_refresh_rate": progress_bar_refresh_rate, "log_every_n_steps": log_every_n_steps,
+            "progress_bar": progress_bar,
+        })  # fmt: skip
+        max_epochs, check_val_every_n_epoch = named["max_epochs"], named["check_val_every_n_epoch"]
+        early_stopping_patience = named["early_stopping_patience"]
+        early_stopping_warmup_epochs = named["early_stopping_warmup_epochs"]
+        progress_bar_refresh_rate, log_every_n_steps = named["progress_bar_refresh_rate"], named["log_every_n_steps"]
+        if isinstance(early_stopping_min_delta, np.floating):
+            early_stopping_min_delta = float(early_stopping_min_delta)
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
         check_trainer_arguments(
             accelerator, devices, early_stopping, early_stopping_monitor, early_stopping_min_delta,
             early_stopping_patience, early_stopping_warmup_epochs,
@@ -124,13 +140,6 @@ class Trainer(pl.Trainer):
             raise no_cuda_error(f"accelerator={accelerator!r}")
         if early_stopping_mode not in ("min", "max"):
             raise ValueError(f"early_stopping_mode={early_stopping_mode!r}: use 'min' or 'max'.")
-        if check_val_every_n_epoch is not None and (
-            isinstance(check_val_every_n_epoch, bool) or int(check_val_every_n_epoch) < 1
-        ):
-            raise ValueError(
-                f"check_val_every_n_epoch must be a positive whole number (or None: every epoch), got "
-                f"{check_val_every_n_epoch!r}."
-            )
         self.history_logger = HistoryLogger()
         callbacks = list(kwargs.pop("callbacks", []) or [])
         if early_stopping:

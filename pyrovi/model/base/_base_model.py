@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from ..._checks import check_bool, check_path
 from ..._constants import UNS_UUID_KEY
 from ..._errors import ModelFileError, NumericalFaultError
 from ..._pyro_lock import _claim_training, _refuse_if_training_elsewhere, _release_training, pyro_lock
@@ -23,7 +24,7 @@ from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
 from ...train._checkpoint import _expect_checkpoint_of
-from ...train._trainer_checks import check_device
+from ...train._trainer_checks import check_checkpoint_dir, check_device
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
@@ -102,6 +103,19 @@ def _check_validation_needs(datamodule: Any, plan: Any, trainer_kwargs: dict[str
             raise ValueError(f"{what} watches {monitor!r}, but there is no test set; set validation_size so that some cells are left.")
 
 
+def _check_train_arguments(
+    shuffle_set_split: Any, load_sparse_tensor: Any, load_data_on_device: Any, early_stopping: Any, batch_size: Any
+) -> None:
+    """train()'s own switches are True or False ('no' is a true string) and batch_size a positive integer."""
+    check_bool("shuffle_set_split", shuffle_set_split)
+    check_bool("load_sparse_tensor", load_sparse_tensor)
+    check_bool("early_stopping", early_stopping)
+    if load_data_on_device is not None:
+        check_bool("load_data_on_device", load_data_on_device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r:.80}.")
+
+
 class BaseModelClass(PosteriorSamplingMixin):
     """Base of every pyrovi model: wraps a Pyro module with AnnData setup, training and persistence.
 
@@ -154,8 +168,13 @@ class BaseModelClass(PosteriorSamplingMixin):
         return dict(BaseModelClass._model_classes)
 
     def __init__(self, adata: AnnData):
-        registry = read_registry(adata)
         name = type(self).__name__
+        if not isinstance(adata, AnnData) and type(adata).__name__ != "MuData":
+            raise TypeError(
+                f"adata must be an AnnData (or MuData) set up with {name}.setup_anndata, got "
+                f"{type(adata).__name__}; e.g. adata = anndata.AnnData(counts), then {name}.setup_anndata(adata)."
+            )
+        registry = read_registry(adata)
         if registry is None:
             raise ValueError(
                 f"This AnnData has not been set up for {name}: call "
@@ -210,6 +229,12 @@ class BaseModelClass(PosteriorSamplingMixin):
     @classmethod
     def _register(cls, adata: AnnData, setup_args: dict[str, Any]) -> None:
         """Validate ``adata`` against this model's fields and store the registry in ``adata.uns``."""
+        for name, value in setup_args.items():  # one column or layer each: a list here is a slip for *_keys
+            if (name.endswith("_key") or name.endswith("_layer") or name == "layer") and not (
+                value is None or isinstance(value, str)
+            ):
+                what = "a layer name" if "layer" in name else "a single name (a string)"
+                raise TypeError(f"{name} must be {what} or None, got {value!r:.80}.")
         cls._manager(setup_args).register_fields(adata)
         _assign_uuid(adata, overwrite=True)
 
@@ -531,6 +556,11 @@ class BaseModelClass(PosteriorSamplingMixin):
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
             # Lightning reads -1 as "no limit" (training would never end) and 0 as "train nothing"
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+        max_epochs = int(max_epochs)  # Lightning asserts a plain int (np.int64 failed deep inside)
+        _check_train_arguments(shuffle_set_split, load_sparse_tensor, load_data_on_device, early_stopping, batch_size)
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
+        if resume_from is not None:
+            resume_from = check_path("resume_from", resume_from)
         plan_kwargs = _merge_kwargs(plan_config, plan_kwargs, "plan")
         trainer_kwargs = {**_merge_kwargs(trainer_config, None, "trainer"), **trainer_kwargs}
         trainer_kwargs.setdefault("early_stopping", early_stopping)
@@ -576,7 +606,13 @@ class BaseModelClass(PosteriorSamplingMixin):
             self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + trainer.finished_steps
             self.trainer = trainer
             stopped = trainer.stopped_by
-            if stopped is None or (not isinstance(stopped, NumericalFaultError) and trainer.finished_epochs > 0):
+            if stopped is None and int(trainer.global_step) == 0:
+                # e.g. max_time shorter than the first step: nothing trained, so is_trained is left as it was
+                logger.warning(
+                    "Training ended before its first optimiser step (max_time, a callback or a limit stopped it): the "
+                    "model's weights are unchanged and is_trained is left %s.", self.is_trained_,
+                )
+            elif stopped is None or (not isinstance(stopped, NumericalFaultError) and trainer.finished_epochs > 0):
                 self.train_indices = getattr(datamodule, "train_idx", None)
                 self.validation_indices = getattr(datamodule, "val_idx", None)
                 self.test_indices = getattr(datamodule, "test_idx", None)
