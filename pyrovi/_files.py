@@ -179,6 +179,11 @@ def loads_json(text: str | bytes, where: str, limit: int = MAX_JSON_DEPTH) -> ob
 _BUILTIN_HDF5_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
 #: A bound on the objects visited, so that a file with millions of tiny groups cannot stall the check.
 _MAX_HDF5_OBJECTS = 1_000_000
+#: A dataset may declare more than this many bytes only when it stores at least 1/_MAX_HDF5_INFLATION of them: a
+#: huge dataset whose chunks were never written (or that compresses a million to one) is tiny on disk but would
+#: fill the memory when read. Counts compress some tens to one; nothing anndata writes comes near.
+_MAX_HDF5_DECLARED_BYTES = 2**30
+_MAX_HDF5_INFLATION = 1000
 
 
 def check_hdf5_self_contained(path: str | os.PathLike) -> None:
@@ -202,9 +207,9 @@ def check_hdf5_self_contained(path: str | os.PathLike) -> None:
 
     check_regular_file(path)
 
-    def refuse(name: str, why: str) -> ModelFileError:
+    def refuse(name: str, why: str, consequence: str = "reading it would leave the file") -> ModelFileError:
         return ModelFileError(
-            f"{path}: HDF5 object {name!r} {why}; reading it would leave the file, so pyrovi refuses the whole "
+            f"{path}: HDF5 object {name!r} {why}; {consequence}, so pyrovi refuses the whole "
             "file. A file written by anndata or mudata has none. Pass the data yourself: Model.load(path, adata)."
         )
 
@@ -267,3 +272,15 @@ def _check_dataset(dataset: object, name: str, refuse) -> None:
         code = plist.get_filter(i)[0]
         if code not in _BUILTIN_HDF5_FILTERS:
             raise refuse(name, f"is compressed with HDF5 filter {code}, which is not built in (it would load a plugin)")
+    try:
+        declared = int(dataset.size) * int(dataset.dtype.itemsize)  # type: ignore[attr-defined]
+        stored = int(dataset.id.get_storage_size())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a shape or type h5py cannot describe is read (and refused) later
+        return
+    if declared > _MAX_HDF5_DECLARED_BYTES and stored * _MAX_HDF5_INFLATION < declared:
+        raise refuse(
+            name,
+            f"declares shape {tuple(dataset.shape)} ({declared:,} bytes) but stores only {stored:,} bytes (never "  # type: ignore[attr-defined]
+            "written, or forged)",
+            "reading it would fill the memory",
+        )

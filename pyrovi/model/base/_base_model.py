@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ..._checks import check_bool, check_path
+from ..._checks import check_bool, check_int, check_path
 from ..._constants import UNS_UUID_KEY
 from ..._errors import ModelFileError, NumericalFaultError
 from ..._pyro_lock import _claim_training, _refuse_if_training_elsewhere, _release_training, pyro_lock
@@ -112,8 +112,7 @@ def _check_train_arguments(
     check_bool("early_stopping", early_stopping)
     if load_data_on_device is not None:
         check_bool("load_data_on_device", load_data_on_device)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r:.80}.")
+    check_int("batch_size", batch_size)
 
 
 class BaseModelClass(PosteriorSamplingMixin):
@@ -310,6 +309,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         >>> manager.summary_stats["n_batch"]  # doctest: +SKIP
         2
         """
+        check_bool("required", required)
         ref = self._seen_adatas.get(id(adata))
         if ref is None or ref() is not adata:
             if required:
@@ -365,6 +365,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         --------
         >>> model.view_anndata_setup()  # doctest: +SKIP
         """
+        check_bool("hide_state_registries", hide_state_registries)
         manager = self.adata_manager if adata is None else self.get_anndata_manager(adata, required=True)
         if hide_state_registries:
             manager.view_registry(hide_state_registries=True)

@@ -472,6 +472,64 @@ def read_weights(path: Path, prefix: str = "", expected: Mapping[str, torch.Tens
     return state
 
 
+def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]] | None:
+    """The tensor shapes a safetensors header declares (the header only is read), or None when it cannot be read
+    (:func:`read_weights` then names the problem)."""
+    try:
+        size = check_regular_file(weights_path)
+        with weights_path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) != 8:
+                return None
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= min(MAX_WEIGHTS_HEADER_BYTES, size - 8):
+                return None
+            header = loads_json(handle.read(length), str(weights_path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            return None
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def check_sizes_against_weights(
+    meta_path: Path, weights_path: Path, params: Mapping[str, Any], n_inputs: int
+) -> None:
+    """Refuse init params that describe a network far larger than the weights file, before it is built.
+
+    The network's layer sizes (``n_hidden``, ``n_latent``, ``n_layers*``) give a lower bound on its number of
+    weights: the first encoder layer alone has ``n_hidden`` weights per input feature, each further hidden layer
+    ``n_hidden ** 2``, the latent mean ``(n_latent - 1) * n_hidden`` at least. A model.json forged to ``n_hidden=30_000_000`` would
+    otherwise allocate gigabytes (or get the process killed) before its mismatch with the weights is seen.
+    """
+    sizes = {k: v for k, v in params.items() if _is_int(v) and v > 0}
+    hidden = max((v for k, v in sizes.items() if k.startswith("n_hidden")), default=0)
+    latent = sizes.get("n_latent", 0)
+    layers = [v for k, v in sizes.items() if k.startswith("n_layers")]
+    if not hidden and not latent:
+        return
+    shapes = _header_shapes(weights_path)
+    if shapes is None:
+        return
+    held = sum(math.prod(shape) for shape in shapes.values())
+    needed = hidden * max(n_inputs, 1) + sum(max(n - 1, 0) for n in layers) * hidden * hidden + max(latent - 1, 0) * max(hidden, 1)
+    if needed > held:
+        named = ", ".join(f"{k}={v:,}" for k, v in sizes.items() if k.startswith(("n_hidden", "n_latent", "n_layers")))
+        raise _fail(
+            meta_path,
+            f"its init_params ({named}) describe a network of at least {needed:,} weights, but {weights_path.name} "
+            f"holds {held:,}; the two files do not belong together (or model.json was altered). Nothing was built.",
+        )
+
+
 def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
     """The saved tensors are exactly the module's: same names, shapes and dtypes."""
     problems = [f"missing {k}" for k in expected if k not in state]
@@ -490,6 +548,43 @@ def check_state(weights_path: Path, state: Mapping[str, torch.Tensor], expected:
             weights_path,
             f"does not match the architecture described in {META_FILE} ({shown}).",
             "The two files must come from the same Model.save; save the model again.",
+        )
+
+
+def _h5_length(group: Any) -> int | None:
+    """Rows of an anndata-written obs/var group: the length of its index dataset (metadata only), or None."""
+    import h5py
+
+    if not isinstance(group, h5py.Group):
+        return None
+    name = group.attrs.get("_index", "_index")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    index = group.get(name)
+    return int(index.shape[0]) if isinstance(index, h5py.Dataset) and index.shape else None
+
+
+def _check_h5ad_shape(data_path: Path) -> None:
+    """``X`` has one row per obs name and one column per var name (shapes read from the metadata, no data)."""
+    import h5py
+
+    try:
+        with h5py.File(data_path, "r") as handle:
+            x = handle.get("X")
+            if isinstance(x, h5py.Dataset):
+                shape = tuple(int(d) for d in x.shape)
+            elif isinstance(x, h5py.Group) and "shape" in x.attrs:
+                shape = tuple(int(d) for d in x.attrs["shape"])
+            else:
+                return  # anndata's reader names what is missing
+            n_obs, n_vars = _h5_length(handle.get("obs")), _h5_length(handle.get("var"))
+    except (OSError, ValueError, TypeError):
+        return  # the reader below names the problem
+    if len(shape) != 2 or (n_obs is not None and shape[0] != n_obs) or (n_vars is not None and shape[1] != n_vars):
+        raise _fail(
+            data_path,
+            f"declares X of shape {shape} for {n_obs} cells (obs names) and {n_vars} genes (var names); the file "
+            "was altered or is corrupt, and pyrovi does not read it.",
+            "Pass the data: Model.load(path, adata).",
         )
 
 
@@ -518,6 +613,8 @@ def read_saved_adata(path: Path, prefix: str = "", name: str | None = None) -> A
     if not any(head[offset : offset + 8] == _HDF5_MAGIC for offset in (0, 512)):
         raise _fail(data_path, "is not an HDF5 (.h5ad/.h5mu) file.", "Pass the data: Model.load(path, adata).")
     check_hdf5_self_contained(data_path)
+    if data_path != mdata_path:
+        _check_h5ad_shape(data_path)
     try:
         if data_path == mdata_path:
             import mudata

@@ -36,6 +36,7 @@ from ._model_files import (
     check_indices,
     check_init_params,
     check_prefix,
+    check_sizes_against_weights,
     check_state,
     read_meta,
     read_saved_adata,
@@ -299,6 +300,7 @@ def load_model(
         raise TypeError(f"load got arguments that are not init parameters of the saved model: {sorted(unknown)}.")
     check_init_params(meta_path, cls, {k: v for k, v in meta["init_params"].items() if k not in overrides})
     init_params = {k: _param_from_json(k, v, overrides, meta_path) for k, v in meta["init_params"].items()}
+    check_sizes_against_weights(meta_path, path / (prefix + WEIGHTS_FILE), init_params, len(meta["var_names"]))
     try:
         model = cls(adata, **init_params)
     except Exception as err:  # noqa: BLE001 - a forged parameter can fail anywhere in the constructors
