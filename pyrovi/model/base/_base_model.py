@@ -656,7 +656,9 @@ class BaseModelClass(PosteriorSamplingMixin):
         return self.module.device
 
     def to_device(self, device: str | int | torch.device) -> None:
-        """Move the module to ``device`` (``"cpu"``, ``"cuda:0"``, ``0``...).
+        """Move the module to ``device`` (``"cpu"``, ``"cuda:0"``, ``0``, a :class:`torch.device`...).
+
+        A name that is no device, or a CUDA device on a machine without CUDA, is a clear ValueError.
 
         Examples
         --------
@@ -714,7 +716,8 @@ class BaseModelClass(PosteriorSamplingMixin):
         Parameters
         ----------
         dir_path
-            Directory to create.
+            Directory to create (a ``str`` or ``os.PathLike``; ``None``, numbers and ``bytes`` are a TypeError).
+            Saves of one process into the same directory run one after the other.
         prefix
             Start of the saved files' names (``{prefix}model.json``, ...), so that several models can share
             a directory; with a prefix, other files in the directory are left alone.
@@ -736,6 +739,17 @@ class BaseModelClass(PosteriorSamplingMixin):
         --------
         >>> model.save("my_model/", overwrite=True)  # doctest: +SKIP
         >>> model.save("models/", prefix="pbmc_", overwrite=True)  # doctest: +SKIP
+
+        Raises
+        ------
+        TypeError
+            ``dir_path`` is not a path, or ``overwrite``/``save_anndata`` is not True or False.
+        FileExistsError
+            The directory holds a model (without ``overwrite=True``) or a file pyrovi did not write under a model
+            file's name, or another process saved into the same new directory at the same moment.
+        OSError
+            The location cannot be written (e.g. ``NotADirectoryError`` for a path below a file); the message names
+            ``dir_path`` and the cause.
         """
         with pyro_lock():
             _refuse_if_training_elsewhere(
@@ -773,11 +787,14 @@ class BaseModelClass(PosteriorSamplingMixin):
         dir_path
             Directory written by :meth:`save`.
         adata
-            Data to attach; default the ``adata.h5ad`` saved with ``save_anndata=True``.
+            Data to attach; default the ``adata.h5ad`` saved with ``save_anndata=True``. Other cells of the same
+            genes are fine: a saved split naming cells beyond them is dropped (``train_indices`` etc. None) with a
+            warning.
         accelerator
             ``"auto"`` (GPU when available), ``"cpu"``, ``"gpu"``/``"cuda"``.
         device
-            Which device of the accelerator: ``"auto"``, an index (``1``) or a name (``"cuda:1"``).
+            Which device of the accelerator: ``"auto"``, an index (``1``), a name (``"cpu"``, ``"cuda:1"``) or a
+            :class:`torch.device`; anything else is a ValueError.
         prefix
             The prefix the model was saved with.
         backup_url
