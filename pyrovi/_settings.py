@@ -37,6 +37,9 @@ class Settings:
     >>> pyrovi.settings.batch_size = 256
     """
 
+    #: the settings; assigning any other attribute (a misspelt name) is an error
+    _NAMES = ("seed", "batch_size", "encode_batch_size", "verbosity", "progress_bar")
+
     def __init__(self, seed: int = 0, batch_size: int = 128, verbosity: int | str = logging.INFO):
         self._seed = seed
         self.batch_size = batch_size
@@ -44,13 +47,44 @@ class Settings:
         self.progress_bar = True
         self.verbosity = verbosity
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if not name.startswith("_") and name not in self._NAMES:
+            raise AttributeError(f"pyrovi.settings has no setting {name!r}; the settings are {list(self._NAMES)}.")
+        super().__setattr__(name, value)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = _positive_int("batch_size", value)
+
+    @property
+    def encode_batch_size(self) -> int:
+        return self._encode_batch_size
+
+    @encode_batch_size.setter
+    def encode_batch_size(self, value: int) -> None:
+        self._encode_batch_size = _positive_int("encode_batch_size", value)
+
+    @property
+    def progress_bar(self) -> bool:
+        return self._progress_bar
+
+    @progress_bar.setter
+    def progress_bar(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"progress_bar must be True or False, got {value!r} ({type(value).__name__}).")
+        self._progress_bar = bool(value)
+
     @property
     def seed(self) -> int:
         return self._seed
 
     @seed.setter
     def seed(self, value: int) -> None:
-        if not isinstance(value, (int, np.integer)) or value < 0:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"seed must be a non-negative integer, got {value!r}.")
         self._seed = int(value)
         pyro.set_rng_seed(self._seed)  # seeds torch, numpy and python's random together
@@ -61,9 +95,12 @@ class Settings:
 
     @verbosity.setter
     def verbosity(self, level: int | str) -> None:
+        if isinstance(level, (bool, np.bool_)) or not isinstance(level, (str, int, np.integer)):
+            raise TypeError(f"verbosity must be a logging level such as logging.INFO or 'WARNING', got {level!r}.")
+        given = level
         level = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
-        if not isinstance(level, int):
-            raise ValueError(f"unknown verbosity {level!r}; use e.g. 'INFO' or 'WARNING'.")
+        if not isinstance(level, int) or level < 0:
+            raise ValueError(f"unknown verbosity {given!r}; use e.g. 'INFO' or 'WARNING'.")
         self._verbosity = level
         _logger.setLevel(level)
         if not _logger.handlers:
@@ -79,6 +116,12 @@ class Settings:
             f"Settings(seed={self.seed}, batch_size={self.batch_size}, encode_batch_size={self.encode_batch_size}, "
             f"verbosity={logging.getLevelName(self.verbosity)}, progress_bar={self.progress_bar})"
         )
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
 
 
 settings = Settings()

@@ -10,7 +10,8 @@ import torch
 from anndata import AnnData
 
 from .. import __version__
-from ._data import _model_genes, _resolve_cells
+from .._checks import check_int
+from ._data import _check_models, _model_genes, _resolve_cells
 from ._likelihood import _iter_draws
 
 
@@ -63,8 +64,11 @@ def to_arviz(
     >>> idata["posterior_predictive"]["x"].sizes  # doctest: +SKIP
     """
     arviz_base = _require_arviz()
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    check_int("n_samples", n_samples)
+    check_int("batch_size", batch_size, allow_none=True)
+    _check_models({"model": model})
+    if adata is not None and not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData or None, got {type(adata).__name__}.")
     data = model.adata if adata is None else adata
     cells = _resolve_cells(indices, data.n_obs)
     observed, log_liks, replicates = [], [], []

@@ -9,8 +9,51 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from numbers import Integral
 
 import numpy as np
+
+from .._checks import check_bool, check_number
+
+
+def _numbers(name: str, values: object, finite: bool = True) -> np.ndarray:
+    """``values`` as a numpy array of numbers (bool, int or float), refusing text, objects and (``finite``) NaN/inf."""
+    try:
+        array = np.asarray(values)
+    except Exception as err:  # noqa: BLE001 - ragged lists and other non-arrays
+        raise TypeError(f"{name} must be an array of numbers, got {type(values).__name__} ({err}).") from None
+    if array.dtype.kind not in "biuf":
+        hint = " (a sparse matrix: pass .toarray())" if hasattr(values, "toarray") else ""
+        raise TypeError(
+            f"{name} must be an array of numbers, got {type(values).__name__} of dtype {array.dtype}{hint}."
+        )
+    if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values; pass finite numbers.")
+    return array
+
+
+def _axis(axis: object, array: np.ndarray) -> int:
+    """``axis`` checked against the array: a whole number within its dimensions, along a non-empty axis."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, Integral) or not -array.ndim <= axis < array.ndim:
+        raise ValueError(
+            f"axis must be an integer in [{-array.ndim}, {array.ndim - 1}] for an array of shape {array.shape}, "
+            f"got {axis!r}."
+        )
+    if array.shape[axis] == 0:
+        raise ValueError(f"x has no entries along axis {axis} (shape {array.shape}); nothing to summarise.")
+    return int(axis)
+
+
+def _check_levels(levels: object) -> list[float]:
+    """Nominal levels: a non-empty sequence of numbers in (0, 1)."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, (Sequence, np.ndarray)) or len(levels) == 0:
+        raise TypeError(f"levels must be a non-empty list of levels in (0, 1), e.g. [0.5, 0.9], got {levels!r:.80}.")
+    for level in levels:
+        try:
+            check_number("level", level, 0.0, 1.0, low_open=True, high_open=True)
+        except ValueError:
+            raise ValueError(f"levels must be numbers in (0, 1), got {list(levels)!r:.80}.") from None
+    return [float(level) for level in levels]
 
 
 def coefficient_of_variation(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -35,7 +78,8 @@ def coefficient_of_variation(x: np.ndarray, axis: int = 0) -> np.ndarray:
     >>> coefficient_of_variation(np.array([[1.0, 0.0], [3.0, 0.0]]))
     array([0.5, nan])
     """
-    x = np.asarray(x)
+    x = _numbers("x", x)
+    axis = _axis(axis, x)
     mean = x.mean(axis=axis, dtype=np.float64)
     std = x.std(axis=axis, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -58,7 +102,8 @@ def zero_fraction(x: np.ndarray, axis: int = 0) -> np.ndarray:
     >>> zero_fraction(np.array([[0, 1], [0, 0], [2, 5]]))
     array([0.66666667, 0.33333333])
     """
-    return (np.asarray(x) == 0).mean(axis=axis, dtype=np.float64)
+    x = _numbers("x", x)
+    return (x == 0).mean(axis=_axis(axis, x), dtype=np.float64)
 
 
 def pit_interval(observed: np.ndarray, replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +137,10 @@ def pit_interval(observed: np.ndarray, replicates: np.ndarray) -> tuple[np.ndarr
     >>> pit_interval(np.array([2]), np.array([[0, 2, 2, 5]]))
     (array([0.2]), array([0.8]))
     """
-    observed = np.asarray(observed)
-    replicates = np.asarray(replicates)
+    observed = _numbers("observed", observed)
+    replicates = _numbers("replicates", replicates)
+    if replicates.ndim == 0 or replicates.shape[-1] == 0:
+        raise ValueError(f"replicates needs a trailing axis of at least one draw, got shape {replicates.shape}.")
     if replicates.shape[:-1] != observed.shape:
         raise ValueError(
             f"replicates must have the observed shape {observed.shape} plus a trailing draws axis; "
@@ -127,8 +174,15 @@ def pit_coverage(lower: np.ndarray, upper: np.ndarray, level: float) -> float:
     >>> pit_coverage(np.array([0.0, 0.4]), np.array([0.5, 0.6]), level=0.5)
     0.75
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}.")
+    check_number("level", level, 0.0, 1.0, low_open=True, high_open=True)
+    lower, upper = _numbers("lower", lower), _numbers("upper", upper)
+    if lower.shape != upper.shape or lower.size == 0:
+        raise ValueError(
+            f"lower and upper must be non-empty arrays of one shape (from pit_interval), got {lower.shape} and "
+            f"{upper.shape}."
+        )
+    if not ((lower >= 0) & (upper <= 1) & (lower < upper)).all():
+        raise ValueError("lower and upper must be PIT intervals within [0, 1] with lower < upper (from pit_interval).")
     lo, hi = 0.5 - level / 2, 0.5 + level / 2
     overlap = np.clip(np.minimum(upper, hi) - np.maximum(lower, lo), 0.0, None)
     return float(np.mean(overlap / (upper - lower)))
@@ -158,6 +212,7 @@ def interval_coverage(observed: np.ndarray, replicates: np.ndarray, levels: Sequ
     >>> np.round(interval_coverage(y, y_rep, [0.5, 0.9]), 2)
     array([0.5, 0.9])
     """
+    levels = _check_levels(levels)
     lower, upper = pit_interval(observed, replicates)
     return np.array([pit_coverage(lower, upper, level) for level in levels])
 
@@ -181,6 +236,12 @@ def randomized_pit(
     >>> bool(u[1] >= 0.75)
     True
     """
+    if not (rng is None or isinstance(rng, np.random.Generator)):
+        if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, Integral) or rng < 0:
+            raise TypeError(
+                f"rng must be None, a non-negative integer seed or a numpy.random.Generator "
+                f"(e.g. np.random.default_rng(0)), got {rng!r:.80} ({type(rng).__name__})."
+            )
     lower, upper = pit_interval(observed, replicates)
     draws = np.random.default_rng(rng).uniform(size=lower.shape)
     return lower + draws * (upper - lower)
@@ -213,17 +274,28 @@ def posterior_predictive_pvalue(
     >>> posterior_predictive_pvalue(2.0, np.array([1.0, 2.0, 3.0, 4.0]))
     array(0.75)
     """
-    observed_stat = np.asarray(observed_stat, dtype=np.float64)
-    replicated_stats = np.asarray(replicated_stats, dtype=np.float64)
+    check_bool("mid_p", mid_p)
+    observed_stat = _numbers("observed_stat", observed_stat, finite=False).astype(np.float64)
+    replicated_stats = _numbers("replicated_stats", replicated_stats, finite=False).astype(np.float64)
+    if replicated_stats.ndim == 0 or replicated_stats.shape[-1] == 0:
+        raise ValueError(
+            f"replicated_stats needs a trailing axis of at least one replicate, got shape {replicated_stats.shape}."
+        )
     if replicated_stats.shape[:-1] != observed_stat.shape:
         raise ValueError(
             f"replicated_stats must have the shape of observed_stat {observed_stat.shape} plus a trailing "
             f"draws axis; got {replicated_stats.shape}."
         )
+    # an undefined statistic (NaN, e.g. the CV of an all-zero gene) has no p-value: NaN where it is observed,
+    # and replicates where it is NaN do not count
     t_obs = observed_stat[..., None]
-    above = (replicated_stats > t_obs).mean(-1)
-    ties = (replicated_stats == t_obs).mean(-1)
-    return np.asarray(above + (0.5 if mid_p else 1.0) * ties)
+    defined = ~np.isnan(replicated_stats)
+    n_defined = defined.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        above = ((replicated_stats > t_obs) & defined).sum(-1) / n_defined
+        ties = ((replicated_stats == t_obs) & defined).sum(-1) / n_defined
+    p_value = above + (0.5 if mid_p else 1.0) * ties
+    return np.asarray(np.where(np.isnan(observed_stat) | (n_defined == 0), np.nan, p_value))
 
 
 def _nanmean(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:

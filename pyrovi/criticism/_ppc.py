@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import check_bool, check_int
+
 from ._data import (
     FEATURE_DIMS,
     HELD_OUT,
@@ -29,6 +31,7 @@ from ._data import (
 )
 from ._likelihood import _log_predictive_density
 from ._metrics import (
+    _check_levels,
     _nanmean,
     coefficient_of_variation,
     pit_coverage,
@@ -144,8 +147,7 @@ class PosteriorPredictiveCheck:
     ):
         if not isinstance(adata, AnnData):
             raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        check_ppc_arguments(n_samples, held_out, batch_size, layer)
         self.adata = adata
         self.modality = _check_modality(modality)
         self.feature_dim = FEATURE_DIMS[self.modality]
@@ -360,9 +362,8 @@ class PosteriorPredictiveCheck:
         --------
         >>> ppc.log_predictive_density(n_samples=100)  # doctest: +SKIP
         """
+        check_int("n_samples", n_samples, allow_none=True)
         n_draws = self.n_samples if n_samples is None else int(n_samples)
-        if n_draws < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rows, cells = [], []
         for key in self.keys:
             per_cell = _log_predictive_density(
@@ -424,15 +425,18 @@ class PosteriorPredictiveCheck:
         """
         if not callable(statistic):
             raise TypeError(f"statistic must be callable, got {type(statistic).__name__}.")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None, got {name!r:.80}.")
+        check_bool("mid_p", mid_p)
         name = name or getattr(statistic, "__name__", "statistic")
         if name == "<lambda>":
             name = "statistic"
         frames = []
         for key in self.keys:
             observed, replicates = self.observed[key], self.replicates[key]
-            t_obs = np.asarray(statistic(observed), dtype=np.float64)
+            t_obs = _statistic_values(name, statistic(observed))
             t_rep = np.stack(
-                [np.asarray(statistic(replicates[..., s]), dtype=np.float64) for s in range(replicates.shape[-1])],
+                [_statistic_values(name, statistic(replicates[..., s])) for s in range(replicates.shape[-1])],
                 axis=-1,
             )
             if t_obs.ndim > 1 or t_rep.shape[:-1] != t_obs.shape:
@@ -633,9 +637,7 @@ class PosteriorPredictiveCheck:
         return self._pit[key]
 
     def _calibration_table(self, levels: Sequence[float]) -> pd.DataFrame:
-        levels = [float(level) for level in np.atleast_1d(levels)]
-        if not levels or any(not 0 < level < 1 for level in levels):
-            raise ValueError(f"levels must be numbers in (0, 1), got {levels}.")
+        levels = _check_levels([levels] if isinstance(levels, (int, float, np.number)) else levels)
         rows = []
         for key in self.keys:
             lower, upper = self._pit_bounds(key)
@@ -650,6 +652,37 @@ class PosteriorPredictiveCheck:
         if errors is not None:
             self.metrics[f"{metric}_error"] = errors
         return table
+
+
+def check_ppc_arguments(n_samples: Any, held_out: Any, batch_size: Any, layer: Any) -> None:
+    """The arguments of a posterior predictive check, checked before any replicate is drawn.
+
+    Examples
+    --------
+    >>> check_ppc_arguments(30, "no", None, None)
+    Traceback (most recent call last):
+    ...
+    TypeError: held_out must be True or False, got 'no' (str).
+    """
+    check_int("n_samples", n_samples)
+    check_bool("held_out", held_out)
+    check_int("batch_size", batch_size, allow_none=True)
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"layer must be the name of a layer (a string) or None, got {layer!r:.80}.")
+
+
+def _statistic_values(name: str, value: Any) -> np.ndarray:
+    """What a ppp_value statistic returned, as float64: numbers only (a scalar or an array of them)."""
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - ragged sequences
+        array = np.asarray([None], dtype=object)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"statistic {name!r} must return numbers (a scalar or a 1-d array of them), it returned "
+            f"{value!r:.60} ({type(value).__name__}); e.g. lambda x: (x == 0).mean()."
+        )
+    return array.astype(np.float64)
 
 
 def _with_key(frame: pd.DataFrame, key: Key) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import __version__
-from ._data import _name_models
-from ._ppc import PosteriorPredictiveCheck
+from .._checks import check_bool
+from ._data import _check_modality, _check_models, _name_models
+from ._ppc import PosteriorPredictiveCheck, check_ppc_arguments
 
 # Per-gene tables can be long: they go to CSV files, the model-level tables into metrics.json.
 _JSON_TABLES = ("summary", "calibration", "log_predictive_density", "mean_variance_error")
@@ -37,6 +39,23 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
             clean[str(key)] = value
         rows.append(clean)
     return rows
+
+
+def _output_directory(out_dir: Any) -> Path:
+    """``out_dir`` as a Path to a directory that exists or can be made (no file in its place or on its way)."""
+    if isinstance(out_dir, bytes) or not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a directory path (str or pathlib.Path), got {out_dir!r:.80}.")
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is" if path == out else f"lies under {str(path)!r}, which is"
+                raise NotADirectoryError(
+                    f"out_dir {str(out)!r} {where} an existing file, not a directory; pass a directory path "
+                    "(created if missing) for the report's files."
+                )
+            break
+    return out
 
 
 def report(
@@ -87,14 +106,20 @@ def report(
     >>> out = pyrovi.criticism.report({"NB": nb, "Poisson": poisson}, adata, "ppc_report/")  # doctest: +SKIP
     >>> out["metrics"]["summary"][0]["calibration_error"]  # doctest: +SKIP
     """
-    if plots:  # fail before the (possibly long) check rather than after it
+    # every argument is checked before the (possibly long) check rather than after it
+    check_bool("plots", plots)
+    check_ppc_arguments(n_samples, held_out, batch_size, layer)
+    out = _output_directory(out_dir)
+    if plots:
         from .plots import _require_matplotlib
 
         _require_matplotlib()
     models = _name_models(model_or_models)
+    if not models:
+        raise ValueError("model_or_models is empty; pass a fitted model, a list of models or a dict {name: model}.")
+    models = _check_models(models, _check_modality(modality))
     if adata is None:
         adata = next(iter(models.values())).adata
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ppc = PosteriorPredictiveCheck(
         adata, models, n_samples=n_samples, indices=indices, layer=layer, held_out=held_out, batch_size=batch_size,

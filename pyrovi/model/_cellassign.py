@@ -11,13 +11,17 @@ import torch
 from anndata import AnnData
 from pyro.infer import TraceEnum_ELBO
 
+from .._checks import check_bool, check_choice, check_int
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField, NumericalObsField
-from ..data.fields._lookup import _did_you_mean
+from ..data.fields._lookup import _check_key_list, _did_you_mean
 from ..module import CellAssignModule
+from ..module._cellassign import check_cellassign_priors
 from ..train import ExpectationMaximization, ExpectationStep
 from .base import BaseModelClass
+from .base._posterior_sampling import _parse_summary
+from .base._queries import check_library_size
 
 OTHER = "other"
 
@@ -129,9 +133,9 @@ class CellAssign(BaseModelClass):
         dirichlet_concentration: float = 1.0,
         objective: Literal["marginal", "em"] = "marginal",
     ):
+        check_choice("objective", objective, ("marginal", "em"))
+        check_cellassign_priors(min_delta, dirichlet_concentration)
         super().__init__(adata)
-        if objective not in ("marginal", "em"):
-            raise ValueError(f"objective={objective!r}: use 'marginal' or 'em'.")
         markers = _marker_table(cell_type_markers)
         var_names = pd.Index(self.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         gene_index = var_names.get_indexer(markers.index)
@@ -199,8 +203,8 @@ class CellAssign(BaseModelClass):
                 "size_factor_key": size_factor_key,
                 "batch_key": batch_key,
                 "layer": layer,
-                "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
-                "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+                "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+                "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
             },
         )
 
@@ -267,6 +271,14 @@ class CellAssign(BaseModelClass):
         >>> model.train(max_epochs=200)  # doctest: +SKIP
         >>> model.train(max_epochs=200, early_stopping=False, enable_progress_bar=False)  # doctest: +SKIP
         """
+        check_int("steps_per_m_step", steps_per_m_step)  # also when unused ("marginal"): a wrong value is a slip
+        if plan_kwargs is not None and not isinstance(plan_kwargs, dict):
+            raise TypeError(f"plan_kwargs must be a dict (e.g. {{'lr': 1e-3}}) or None, got {type(plan_kwargs).__name__}.")
+        callbacks = kwargs.get("callbacks")
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(
+                f"callbacks must be a list of Lightning callbacks (e.g. [MyCallback()]), got {type(callbacks).__name__}."
+            )
         if self.objective == "marginal":
             loss = TraceEnum_ELBO(max_plate_nesting=1)
         else:
@@ -274,7 +286,7 @@ class CellAssign(BaseModelClass):
         plan = {"loss": loss, "lr": lr, "weight_decay": 1e-10, "n_epochs_kl_warmup": None, **(plan_kwargs or {})}
         if isinstance(plan["loss"], ExpectationMaximization):
             # the E-steps run from a callback at epoch starts (the training plan stays generic)
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), ExpectationStep()]
+            kwargs["callbacks"] = [*(callbacks or []), ExpectationStep()]
         super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -315,6 +327,7 @@ class CellAssign(BaseModelClass):
         >>> probabilities = model.predict()  # doctest: +SKIP
         >>> adata.obs["cellassign"] = model.predict(soft=False)  # doctest: +SKIP
         """
+        check_bool("soft", soft)
         self.module.eval()
         loader = self._make_data_loader(adata, indices, batch_size)
         chunks = []
@@ -367,6 +380,12 @@ class CellAssign(BaseModelClass):
         """
         from pyro import poutine
 
+        check_library_size(library_size, allow_latent=False)
+        if return_numpy is not None:
+            check_bool("return_numpy", return_numpy)
+        check_bool("silent", silent)
+        if isinstance(gene_list, str):
+            raise TypeError(f"gene_list must be a list of gene names, e.g. [{gene_list!r}], got the string {gene_list!r}.")
         manager = self._validate_anndata(adata)
         markers = [str(g) for g in self.cell_type_markers.index]
         positions = None if gene_list is None else np.array(
@@ -431,6 +450,11 @@ class CellAssign(BaseModelClass):
         --------
         >>> model.sample_posterior(num_samples=10, return_sites=["type_proportions"])  # doctest: +SKIP
         """
+        check_int("num_samples", num_samples)
+        check_bool("return_samples", return_samples)
+        stats = _parse_summary(summary)
+        if isinstance(return_sites, str):
+            return_sites = [return_sites]
         sites = list(return_sites) if return_sites is not None else list(self.module.global_sites)
         if "cell_type" in sites:
             raise ValueError("cell_type is enumerated, not sampled: use predict() for its exact posterior.")
@@ -443,15 +467,8 @@ class CellAssign(BaseModelClass):
             return samples
         out = {}
         for site, values in samples.items():
-            stats = {}
-            for stat in summary:
-                if stat == "mean":
-                    stats[stat] = values.mean(0)
-                elif stat == "std":
-                    stats[stat] = values.std(0)
-                elif stat.startswith("q") and stat[1:].replace(".", "", 1).isdigit():
-                    stats[stat] = np.quantile(values, float(stat[1:]) / 100, axis=0)
-                else:
-                    raise ValueError(f"Unknown statistic {stat!r}: use 'mean', 'std' or 'qNN' (e.g. 'q05').")
-            out[site] = stats
+            out[site] = {
+                stat: values.mean(0) if stat == "mean" else values.std(0) if stat == "std" else np.quantile(values, level, axis=0)
+                for stat, level in stats.items()
+            }
         return out

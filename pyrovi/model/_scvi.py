@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import torch
 from anndata import AnnData
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import (
@@ -22,6 +22,8 @@ from ..data import (
     NumericalJointObsField,
     NumericalObsField,
 )
+from ..data.fields._lookup import _check_key_list
+from ..dataloaders._ann_dataloader import _resolve_indices
 from ..module import VAE, GeneLikelihood
 from ..module.nn import var_activation_name
 from ..module.base import GlobalGuide, trace_pair
@@ -200,6 +202,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         >>> model.get_batch_representation().shape  # doctest: +SKIP
         (400, 8)
         """
+        check_int("batch_size", batch_size, allow_none=True)
         key = REGISTRY_KEYS.BATCH_KEY
         self.module.get_embedding(key)  # a KeyError without an embedding, before reading any data
         manager = self._validate_anndata(adata)
@@ -207,7 +210,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         n_obs = manager.adata.n_obs
         codes = np.zeros(n_obs, dtype=np.int64) if codes is None else np.asarray(codes).reshape(-1)
         if indices is not None:
-            codes = codes[np.asarray(indices)]
+            codes = codes[_resolve_indices(indices, n_obs)]
         return self.module.compute_embedding(key, torch.as_tensor(codes, dtype=torch.long)).cpu().numpy()
 
     # ----------------------------------------------------------------------------------------------
@@ -250,8 +253,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             "batch_key": batch_key,
             "labels_key": labels_key,
             "size_factor_key": size_factor_key,
-            "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
-            "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+            "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+            "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
         }
         cls._register(adata, setup_args)
 
@@ -354,6 +357,11 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         """
         check_weights(weights, importance_weighting_kwargs)
         check_library_size(library_size)
+        check_int("n_samples", n_samples)
+        check_bool("return_mean", return_mean)
+        if return_numpy is not None:
+            check_bool("return_numpy", return_numpy)
+        check_bool("silent", silent)
         gene_idx = self._gene_indices(gene_list)
         importance = weights == "importance" and n_samples_overall is not None
 
@@ -480,6 +488,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         >>> params["mean"].shape  # doctest: +SKIP
         """
         check_int("n_samples", n_samples)
+        check_bool("give_mean", give_mean)
         self.module.eval()
         chunks: dict[str, list[torch.Tensor]] = {}
         for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .._checks import check_bool
+from .._checks import check_bool, check_int, check_number
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import (
@@ -30,6 +30,7 @@ from ..data import (
     NumericalObsField,
     ObsmField,
 )
+from ..data.fields._lookup import _check_key_list
 from ..data.fields._mudata import _is_mudata
 from ..module import TOTALVAE
 from ..module.base import GlobalGuide
@@ -213,8 +214,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
                 "batch_key": batch_key,
                 "layer": layer,
                 "size_factor_key": size_factor_key,
-                "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
-                "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+                "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+                "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
             },
         )
 
@@ -270,8 +271,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             "protein_layer": protein_layer,
             "batch_key": batch_key,
             "size_factor_key": size_factor_key,
-            "categorical_covariate_keys": list(categorical_covariate_keys) if categorical_covariate_keys else None,
-            "continuous_covariate_keys": list(continuous_covariate_keys) if continuous_covariate_keys else None,
+            "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+            "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
         }
         setup_args["modalities"] = _resolve_modalities(mdata, modalities, setup_args)
         cls._register(mdata, setup_args)
@@ -481,6 +482,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")  # doctest: +SKIP
         """
         check_library_size(library_size)
+        check_int("n_samples", n_samples)
+        check_int("n_samples_overall", n_samples_overall, allow_none=True)
+        _check_flags(
+            sample_protein_mixing=sample_protein_mixing, scale_protein=scale_protein,
+            include_protein_background=include_protein_background, return_mean=return_mean,
+            return_numpy=return_numpy, silent=silent,
+        )  # fmt: skip
         if n_samples_overall is not None:
             cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
             indices = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]
@@ -608,6 +616,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> fg = model.get_protein_foreground_probability()  # doctest: +SKIP
         """
+        check_int("n_samples", n_samples)
+        _check_flags(return_mean=return_mean, return_numpy=return_numpy, silent=silent, given_counts=given_counts)
 
         def read(trace):
             logits = trace.nodes["protein_background_logits"]["value"]
@@ -644,6 +654,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         --------
         >>> background = model.get_protein_background_mean(n_samples=20)  # doctest: +SKIP
         """
+        check_int("n_samples", n_samples)
+        check_bool("return_numpy", return_numpy)
         (beta,) = self._decode_draws(
             adata, indices, n_samples, batch_size, None, lambda t: (t.nodes["protein_background_rate"]["value"],)
         )
@@ -751,6 +763,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         >>> de = model.differential_expression(groupby="cell_type", group1="B")  # doctest: +SKIP
         >>> de.loc["CD19_protein", "lfc_mean"]  # doctest: +SKIP
         """
+        check_number("protein_prior_count", protein_prior_count, 0.0)
+        _check_flags(
+            scale_protein=scale_protein, sample_protein_mixing=sample_protein_mixing,
+            include_protein_background=include_protein_background,
+        )  # fmt: skip
+        if isinstance(use_field, str):
+            raise TypeError(f"use_field must be a list, e.g. [{use_field!r}], got the string {use_field!r}.")
         fields = ["rna", "protein"] if use_field is None else list(use_field)
         unknown = sorted(set(fields) - {"rna", "protein"})
         if unknown or not fields:
@@ -914,3 +933,10 @@ def _external_split(external_indexing: Sequence[Any]) -> dict[str, Any]:
         )
     names = ("train_idx", "val_idx", "test_idx")
     return {name: np.asarray(idx) for name, idx in zip(names, external_indexing) if idx is not None}
+
+
+def _check_flags(**flags: Any) -> None:
+    """Each flag is True or False (``return_numpy`` may also be None, its default)."""
+    for name, flag in flags.items():
+        if not (name == "return_numpy" and flag is None):
+            check_bool(name, flag)

@@ -34,12 +34,29 @@ from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoDelta, init_to_mean
 from torch import nn
 
+from .._checks import check_number
 from .._constants import REGISTRY_KEYS
 from .base import CELL_PLATE, BaseModuleClass, make_global_guide, materialise_guide
 from .distributions import negative_binomial
 
 N_BASIS = 10
 
+
+
+def check_cellassign_priors(min_delta: float, dirichlet_concentration: float) -> None:
+    """``min_delta`` is a finite number >= 0 and ``dirichlet_concentration`` a finite number > 0.
+
+    Examples
+    --------
+    >>> check_cellassign_priors(2.0, 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: dirichlet_concentration must be a finite number in (0.0, ∞), got 0.0.
+    """
+    # delta = min_delta + exp(eta) is the least log over-expression of a marker: below 0 a marker may be lower
+    # in its own type; a Dirichlet needs a positive concentration
+    check_number("min_delta", min_delta, 0.0)
+    check_number("dirichlet_concentration", dirichlet_concentration, 0.0, low_open=True)
 
 class CellAssignModule(BaseModuleClass):
     """The CellAssign model, with the cell type enumerated in the model and a MAP guide of the globals.
@@ -84,6 +101,7 @@ class CellAssignModule(BaseModuleClass):
         count_range: tuple[float, float] = (0.0, 100.0),
         log_mean_init: np.ndarray | None = None,
     ):
+        check_cellassign_priors(min_delta, dirichlet_concentration)
         super().__init__()
         rho = torch.as_tensor(np.asarray(marker_matrix), dtype=torch.float32)
         self.n_markers, self.n_types = rho.shape

@@ -41,6 +41,7 @@ from .._constants import REGISTRY_KEYS
 from .base import CELL_PLATE, BaseModuleClass, EmbeddingModuleMixin, GlobalGuide, make_global_guide, materialise_guide
 from .distributions import COUNT_LIKELIHOODS
 from .nn import DecoderSCVI, Encoder, VarActivation
+from .base._global_guide import check_global_guide
 from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
@@ -65,6 +66,21 @@ def logistic_normal_transform() -> dist.transforms.Transform:
     [0.25, 0.25, 0.25, 0.25]
     """
     return dist.transforms.StickBreakingTransform()
+
+
+def _check_priors(prior: Any, dispersion_prior: Any, global_guide: Any) -> None:
+    """``prior`` is a LatentPrior (or None), ``dispersion_prior`` a distribution (or None), ``global_guide`` known."""
+    if prior is not None and not isinstance(prior, LatentPrior):
+        raise TypeError(
+            f"prior must be a pyrovi.priors.LatentPrior (e.g. prior=pyrovi.priors.MixtureOfGaussians(10), or "
+            f"pyrovi.priors.StandardNormal()), got {prior!r:.80} ({type(prior).__name__})."
+        )
+    if dispersion_prior is not None and not isinstance(dispersion_prior, torch.distributions.Distribution):
+        raise TypeError(
+            "dispersion_prior must be a Pyro distribution on the positive reals (e.g. "
+            f"pyro.distributions.LogNormal(2.0, 1.0)), got {dispersion_prior!r:.80} ({type(dispersion_prior).__name__})."
+        )
+    check_global_guide(global_guide)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -229,6 +245,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
         _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
         _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
+        _check_priors(prior, dispersion_prior, global_guide)
         if latent_distribution == "ln" and n_latent < 2:
             raise ValueError(
                 f"latent_distribution='ln' puts z on the simplex of n_latent proportions, which needs n_latent >= 2 "

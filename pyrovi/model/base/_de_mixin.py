@@ -16,10 +16,12 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from ..._checks import check_bool, check_choice, check_int, check_number
 from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
 from ._differential import (
     Comparison,
+    _change_function,
     check_test_arguments,
     comparison_from_indices,
     comparisons_from_groups,
@@ -31,7 +33,7 @@ from ._differential import (
     robust_inliers,
 )
 from ._features import feature_positions
-from ._queries import importance_probabilities
+from ._queries import check_library_size, check_weights, importance_probabilities
 
 logger = logging.getLogger("pyrovi")
 
@@ -207,9 +209,23 @@ class DEMixin:
         check_test_arguments(mode, delta, fdr_target)
         if weights not in (None, "uniform", "importance"):
             raise ValueError(f"weights must be 'uniform', 'importance' or None, got {weights!r}.")
-        if pseudocounts is not None and not pseudocounts >= 0:
-            raise ValueError(f"pseudocounts must be a non-negative number or None, got {pseudocounts!r}.")
+        check_number("pseudocounts", pseudocounts, 0.0, allow_none=True)
+        for name, flag in (
+            ("all_stats", all_stats), ("batch_correction", batch_correction), ("silent", silent),
+            ("filter_outlier_cells", filter_outlier_cells), ("use_permutation", use_permutation),
+        ):  # fmt: skip
+            check_bool(name, flag)
+        check_int("m_permutation", m_permutation)
+        check_number("threshold_counts", threshold_counts, 0.0)
+        check_int("batch_size", batch_size, allow_none=True)
+        if importance_weighting_kwargs is not None and not isinstance(importance_weighting_kwargs, dict):
+            raise TypeError(
+                "importance_weighting_kwargs must be a dict of settings (e.g. {'max_cells': 512}), got "
+                f"{type(importance_weighting_kwargs).__name__}."
+            )
         importance_weighting_kwargs = dict(importance_weighting_kwargs or {})
+        check_weights(weights, importance_weighting_kwargs)
+        _check_test_options(test_mode, change_fn, m1_domain_fn, cred_interval_lvls)
         manager = self._validate_anndata(adata)
         comparisons = _comparisons(manager.adata, groupby, group1, group2, idx1, idx2)
         batches = manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]
@@ -333,6 +349,8 @@ class DEMixin:
         >>> corr.loc["CD3D", "CD3E"]  # doctest: +SKIP
         """
         _check_positive_int(n_samples, "n_samples")
+        check_library_size(rna_size_factor, "rna_size_factor", allow_latent=False)
+        check_choice("correlation_type", correlation_type, ("spearman", "pearson"))
         manager = self._validate_anndata(adata)
         feature_names, _ = self._de_genes(manager, None)
         batches = transform_batch if isinstance(transform_batch, (list, tuple)) else [transform_batch]
@@ -418,6 +436,21 @@ class DEMixin:
     def _de_genes(cls, manager: Any, gene_list: Sequence[str] | None) -> tuple[list[str], np.ndarray | None]:
         names = cls._feature_names(manager)
         return (names if gene_list is None else list(gene_list)), feature_positions(names, gene_list, "gene_list")
+
+
+def _check_test_options(test_mode: Any, change_fn: Any, m1_domain_fn: Any, cred_interval_lvls: Any) -> None:
+    """The options of the change test, checked before any draw is made."""
+    check_choice("test_mode", test_mode, ("two", "three"))
+    _change_function(change_fn)
+    if m1_domain_fn is not None and not callable(m1_domain_fn):
+        raise TypeError(f"m1_domain_fn must be a function r -> (up, down) masks or None, got {m1_domain_fn!r:.80}.")
+    if cred_interval_lvls is not None:
+        if isinstance(cred_interval_lvls, (str, bytes)) or not isinstance(cred_interval_lvls, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"cred_interval_lvls must be a list of levels in (0, 1), e.g. [0.5, 0.95], got {cred_interval_lvls!r:.80}."
+            )
+        for level in cred_interval_lvls:
+            check_number("each of cred_interval_lvls", level, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def _check_positive_int(value: Any, name: str) -> None:

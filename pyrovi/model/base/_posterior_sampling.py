@@ -26,6 +26,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from ..._checks import check_bool
 from ..._pyro_lock import serialised_query
 from ...module.base import cell_plate_dim, trace_pair
 
@@ -75,6 +76,8 @@ def _parse_summary(summary: Sequence[str]) -> dict[str, float | None]:
     """
     if isinstance(summary, str):
         summary = [summary]
+    if not isinstance(summary, (Sequence, np.ndarray)) or not all(isinstance(name, str) for name in summary):
+        raise TypeError(f"summary must be a list of statistic names such as ['mean', 'q05'], got {summary!r:.80}.")
     stats: dict[str, float | None] = {}
     for name in summary:
         if name in ("mean", "std"):
@@ -88,7 +91,7 @@ def _parse_summary(summary: Sequence[str]) -> dict[str, float | None]:
 
 
 def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
@@ -390,6 +393,7 @@ class PosteriorSamplingMixin:
         """
         _check_positive("num_samples", num_samples)
         _check_positive("sample_chunk_size", sample_chunk_size)
+        check_bool("return_samples", return_samples)
         stats = _parse_summary(summary)
         keep_draws = return_samples or any(level is not None for level in stats.values())
         model, guide = self.module.model, self.module.guide

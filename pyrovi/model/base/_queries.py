@@ -13,6 +13,8 @@ import torch
 from anndata import AnnData
 from pyro import poutine
 
+from ..._checks import check_bool, check_int
+
 from ...module.base import per_cell_log_likelihood
 
 #: Settings of the importance weights and their defaults (scvi-tools' names and values).
@@ -35,6 +37,11 @@ def check_weights(weights: Any, importance_weighting_kwargs: dict[str, Any]) -> 
         raise TypeError(
             f"unknown importance weighting settings {unknown}; the settings are {sorted(IMPORTANCE_DEFAULTS)}."
         )
+    for name, value in importance_weighting_kwargs.items():
+        if name == "truncation":
+            check_bool(name, value)
+        else:
+            check_int(name, value)
 
 
 def _cells(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
@@ -76,6 +83,7 @@ def latent_library_size(
     data_loader_kwargs: dict[str, Any] | None,
 ) -> np.ndarray:
     """``(n_cells, 1)`` library sizes: observed (total counts or size factor) or the latent posterior's."""
+    check_bool("give_mean", give_mean)
     module = model.module
     module.eval()
     out = []
@@ -160,14 +168,25 @@ def importance_probabilities(
     return torch.softmax(log_w, 0).numpy()
 
 
-def check_library_size(library_size: Any) -> None:
-    """``library_size`` is ``"latent"`` or a finite positive number (expression is ``library_size * rho``)."""
-    if isinstance(library_size, str) and library_size == "latent":
+def check_library_size(library_size: Any, name: str = "library_size", allow_latent: bool = True) -> None:
+    """``library_size`` is ``"latent"`` or a finite positive number (expression is ``library_size * rho``).
+
+    ``name`` is the argument's name in the message (e.g. ``rna_size_factor``); ``allow_latent=False`` for
+    queries that take a number only.
+
+    Examples
+    --------
+    >>> check_library_size(-1, "rna_size_factor", allow_latent=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: rna_size_factor must be a positive number (e.g. 1e4 for counts per 10,000), got -1.
+    """
+    if allow_latent and isinstance(library_size, str) and library_size == "latent":
         return
     if isinstance(library_size, bool) or not isinstance(library_size, numbers.Real) or not (
         np.isfinite(library_size) and library_size > 0
     ):
+        latent = " or 'latent'" if allow_latent else ""
         raise ValueError(
-            f"library_size must be a positive number (e.g. 1e4 for counts per 10,000) or 'latent', got "
-            f"{library_size!r}."
+            f"{name} must be a positive number (e.g. 1e4 for counts per 10,000){latent}, got {library_size!r}."
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.distributions import TransformedDistribution
 
-from ..._checks import check_int
+from ..._checks import check_bool, check_int
 from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
@@ -84,8 +84,10 @@ class VAEMixin:
                 raise ValueError(
                     "Pass either adata or dataloader, not both: a dataloader already says which cells to use."
                 )
-            return ({k: v for k, v in batch.items() if v is not None} for batch in dataloader)
+            return _checked_batches(dataloader)
         extra = dict(data_loader_kwargs or {})
+        if "shuffle" in extra:
+            check_bool("shuffle", extra["shuffle"])
         unknown = sorted(set(extra) - set(_LOADER_KWARGS))
         if unknown:
             raise TypeError(
@@ -170,6 +172,8 @@ class VAEMixin:
         >>> adata.obsm["X_pyrovi"] = z  # doctest: +SKIP
         >>> qz_mean, qz_var = model.get_latent_representation(return_dist=True)  # doctest: +SKIP
         """
+        check_bool("give_mean", give_mean)
+        check_bool("return_dist", return_dist)
         check_int("mc_samples", mc_samples)
         self.module.eval()
         softmax_latent = getattr(self.module, "latent_distribution", "normal") == "ln"
@@ -239,6 +243,7 @@ class VAEMixin:
         np.float64(-312.4)
         """
         _no_module_kwargs(kwargs, "get_elbo")
+        check_bool("return_mean", return_mean)
         batches = self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
         values = self._per_cell(batches, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
         return _as_scalar(values) if return_mean else values
@@ -281,6 +286,7 @@ class VAEMixin:
         1310.2
         """
         _no_module_kwargs(kwargs, "get_reconstruction_error")
+        check_bool("return_mean", return_mean)
         keys, sites = zip(*self._reconstruction_error_sites)
 
         def log_likelihoods(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
@@ -336,6 +342,7 @@ class VAEMixin:
         >>> model.get_marginal_ll(n_mc_samples=200)  # doctest: +SKIP
         """
         _no_module_kwargs(kwargs, "get_marginal_ll")
+        check_bool("return_mean", return_mean)
         check_int("n_mc_samples", n_mc_samples)
         check_int("n_mc_samples_per_pass", n_mc_samples_per_pass)
 
@@ -412,6 +419,7 @@ class VAEMixin:
         >>> x_rep.shape  # doctest: +SKIP
         (400, 100, 5)
         """
+        check_bool("silent", silent)
         (result,) = self._predictive_sites(
             adata, indices, n_samples, batch_size, {self._observed_sites[0]: self._gene_indices(gene_list)},
             transform_batch=transform_batch, dataloader=dataloader, data_loader_kwargs=data_loader_kwargs,
@@ -590,3 +598,36 @@ def _no_module_kwargs(kwargs: dict[str, Any], query: str) -> None:
             f"{query}() got unexpected keyword arguments {sorted(kwargs)}: scvi-tools passes these to its "
             "module's forward pass, and pyrovi's modules take no extra arguments there."
         )
+
+
+def _checked_batches(dataloader: Any) -> Iterable[Minibatch]:
+    """The minibatches of a user's ``dataloader``, each checked to be a dict of tensors keyed by registry keys.
+
+    A wrong object (a list of numbers, a string, an AnnData) is a clear ``TypeError`` naming what a
+    minibatch must be, not an ``AttributeError`` from deep inside a query.
+    """
+    if isinstance(dataloader, (str, bytes, Mapping, AnnData)) or not isinstance(dataloader, Iterable):
+        raise TypeError(
+            f"dataloader must be an iterable of minibatches (dicts of tensors keyed by registry keys, as "
+            f"model._make_data_loader(adata) yields them), got {type(dataloader).__name__}. To query an AnnData, "
+            "pass it as adata=."
+        )
+    return _checked_iteration(dataloader)
+
+
+def _checked_iteration(dataloader: Iterable[Any]) -> Iterable[Minibatch]:
+    for position, batch in enumerate(dataloader):
+        if not isinstance(batch, Mapping) or not all(
+            isinstance(key, str) and (value is None or isinstance(value, torch.Tensor)) for key, value in batch.items()
+        ):
+            raise TypeError(
+                f"dataloader's minibatch {position} is {type(batch).__name__} {batch!r:.60}; each minibatch must be "
+                "a dict of tensors keyed by registry keys (e.g. {'X': counts, 'batch': codes}), as "
+                "model._make_data_loader(adata) yields them."
+            )
+        if REGISTRY_KEYS.X_KEY not in batch:
+            raise TypeError(
+                f"dataloader's minibatch {position} has keys {sorted(batch)} but no {REGISTRY_KEYS.X_KEY!r} (the "
+                "counts); pass minibatches as model._make_data_loader(adata) yields them."
+            )
+        yield {key: value for key, value in batch.items() if value is not None}

@@ -14,6 +14,24 @@ from ..._pyro_lock import pyro_lock
 GlobalGuide = Union[Literal["normal", "delta"], Callable[[Callable], Callable]]
 
 
+def check_global_guide(kind: object) -> None:
+    """``kind`` is ``"normal"``, ``"delta"`` or a callable ``model -> guide``; checked even when a module has
+    no global site (a misspelt guide would otherwise go unnoticed until a prior with hyperpriors is used).
+
+    Examples
+    --------
+    >>> check_global_guide("bogus")
+    Traceback (most recent call last):
+    ...
+    ValueError: global_guide='bogus': use 'normal', 'delta' or a callable model -> guide (e.g. pyro.infer.autoguide.AutoLowRankMultivariateNormal).
+    """
+    if not (callable(kind) or (isinstance(kind, str) and kind in ("normal", "delta"))):
+        raise ValueError(
+            f"global_guide={kind!r:.80}: use 'normal', 'delta' or a callable model -> guide "
+            "(e.g. pyro.infer.autoguide.AutoLowRankMultivariateNormal)."
+        )
+
+
 def make_global_guide(global_model: Callable[[], None], sites: Sequence[str], kind: GlobalGuide = "normal"):
     """An autoguide over exactly ``sites`` of ``global_model`` (a function running the global sample statements).
 
@@ -26,6 +44,7 @@ def make_global_guide(global_model: Callable[[], None], sites: Sequence[str], ki
     --------
     >>> guide = make_global_guide(module._global_model, ["prior_scale"], "delta")  # doctest: +SKIP
     """
+    check_global_guide(kind)
     if not sites:
         return None
     blocked = poutine.block(global_model, expose=list(sites))

@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..._checks import check_bool
 from ._base import LatentPrior
 
 #: A number, or one number per latent dimension (a list, tuple, numpy array or 1-D tensor).
@@ -201,6 +202,7 @@ class MixtureOfGaussians(LatentPrior):
 
     def __init__(self, n_components: int = 10, learnable: bool = True, init_scale: float = 1.0) -> None:
         n_components = _count("MixtureOfGaussians", "n_components", n_components)
+        check_bool("learnable", learnable)
         init_scale = _param("MixtureOfGaussians", "init_scale", init_scale, positive=False, per_dimension=False)
         if init_scale < 0:
             raise ValueError(f"MixtureOfGaussians(init_scale=...) must not be negative, got {init_scale!r}.")
