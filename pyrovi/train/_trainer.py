@@ -327,7 +327,7 @@ _IGNORED_WHEN_RESUMING = (
     ".*callbacks used to create the checkpoint need to be.*",
 )
 _FILTERS_LOCK = threading.Lock()
-_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it]
+_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it, position of an identical filter set before]
 
 
 def _ignore_filter(message: str) -> tuple:
@@ -344,24 +344,29 @@ def _lightning_warnings_ignored(resuming: bool) -> Iterator[None]:
     messages = _IGNORED_WARNINGS + (_IGNORED_WHEN_RESUMING if resuming else ())
     with _FILTERS_LOCK:
         for message in messages:
-            users = _FILTER_USERS.setdefault(message, [0])
+            users = _FILTER_USERS.setdefault(message, [0, None])
             if users[0] == 0:
                 # always in front: a filter added later (e.g. "error" in a test) would otherwise take precedence
-                # over an identical one the user set earlier
+                # over an identical one set earlier. filterwarnings moves an identical entry to the front, so its
+                # old position is kept to put it back.
+                entry = _ignore_filter(message)
+                users[1] = None if entry is None else warnings.filters.index(entry)
                 warnings.filterwarnings("ignore", message=message)
             users[0] += 1
     try:
         yield
     finally:
         with _FILTERS_LOCK:
-            for message in messages:
+            for message in reversed(messages):  # undo in reverse, so each old filter returns to its place
                 users = _FILTER_USERS[message]
                 users[0] -= 1
                 if users[0]:
                     continue
                 entry = _ignore_filter(message)
                 if entry is not None:
-                    warnings.filters.remove(entry)  # one of identical entries: the user's copy, if any, stays
+                    warnings.filters.remove(entry)
+                    if users[1] is not None:  # the identical filter that was there before goes back in its place
+                        warnings.filters.insert(min(users[1], len(warnings.filters)), entry)
             mutated = getattr(warnings, "_filters_mutated", None) or getattr(warnings, "_filters_mutated_lock_held", None)
             if mutated is not None:
                 mutated()
