@@ -565,3 +565,15 @@ def test_settings_still_take_good_values():
         assert pyrovi.settings.verbosity == logging.WARNING
     finally:
         pyrovi.settings.batch_size, pyrovi.settings.verbosity = old
+
+
+def test_a_misspelt_model_argument_names_the_closest():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_hiden'. Did you mean 'n_hidden'"):
+        SCVI(_scvi_data(), n_hiden=8)
+
+
+@pytest.mark.parametrize("batchid", [{"batchid1": 5}, {"batchid2": ["batch_0", "zz"]}])
+def test_de_batchid_names_a_batch(scvi, batchid):
+    name = next(iter(batchid))
+    with pytest.raises(ValueError, match=f"{name} names .*, which is not a batch"):
+        scvi.differential_expression(groupby="labels", batch_correction=True, n_samples_overall=5, **batchid)

@@ -110,6 +110,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         **module_kwargs: Any,
     ):
         super().__init__(adata)
+        _check_module_kwargs(type(self).__name__, self._module_cls, module_kwargs)
         if "var_activation" in module_kwargs:
             # a known activation is stored by name, so that it survives save and load
             module_kwargs["var_activation"] = var_activation_name(module_kwargs["var_activation"])
@@ -516,3 +517,20 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             params["dispersions"] = fn.total_count
         params["mean"] = fn.mean
         return params
+
+
+def _check_module_kwargs(model: str, module_cls: type, module_kwargs: dict[str, Any]) -> None:
+    """Every extra argument is one of the module's, else a ``TypeError`` naming the closest (``n_hiden``)."""
+    import difflib
+    import inspect
+
+    parameters = inspect.signature(module_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # the module takes any keyword itself
+    for name in module_kwargs:
+        if name not in parameters:
+            close = difflib.get_close_matches(name, list(parameters), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"{model}() got an unexpected keyword argument {name!r}.{hint} See help({model}) for its arguments."
+            )

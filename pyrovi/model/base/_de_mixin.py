@@ -230,6 +230,14 @@ class DEMixin:
         comparisons = _comparisons(manager.adata, groupby, group1, group2, idx1, idx2)
         batches = manager.get_state(REGISTRY_KEYS.BATCH_KEY)["categories"]
         plan1, plan2 = _batch_plan(batch_correction, batchid1, batchid2, batches)
+        for name, plan in (("batchid1", plan1), ("batchid2", plan2)):  # named before any draw is made
+            for batch in plan:
+                try:
+                    self._batch_codes(manager, batch)
+                except ValueError:
+                    raise ValueError(
+                        f"{name} names {batch!r}, which is not a batch; batches are {[str(b) for b in batches]}."
+                    ) from None
         gene_names, gene_positions = self._de_genes(manager, gene_list)
         labels = self._de_labels(manager)
         gene_names = labels if gene_positions is None else [labels[i] for i in gene_positions]
