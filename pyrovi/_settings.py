@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import warnings
 
 import numpy as np
 import pyro
 
 _logger = logging.getLogger("pyrovi")
+
+
+#: scvi-tools settings that pyrovi has no use for, and why
+_SCVI_TOOLS_ONLY = {
+    "dl_num_workers": "minibatches are gathered whole in the main process; worker processes would not help.",
+    "dl_persistent_workers": "minibatches are gathered in the main process, without worker processes.",
+    "dl_pin_memory": "pass pin_memory to the data splitter (datasplitter_kwargs) instead.",
+    "num_threads": "call torch.set_num_threads(n) to set the number of CPU threads.",
+    "progress_bar_style": "pyrovi draws one text progress bar (settings.progress_bar turns it off).",
+    "logging_dir": "pass a Lightning logger to train(logger=...) to write logs.",
+    "jax_preallocate_gpu_memory": "pyrovi does not use JAX.",
+}
 
 
 class Settings:
@@ -48,8 +62,18 @@ class Settings:
         self.verbosity = verbosity
 
     def __setattr__(self, name: str, value: object) -> None:
+        if name in _SCVI_TOOLS_ONLY:
+            # notebooks written for scvi-tools set these; they keep running, and say that nothing changes
+            warnings.warn(
+                f"pyrovi.settings.{name} (a scvi-tools setting) has no effect in pyrovi: {_SCVI_TOOLS_ONLY[name]}",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
         if not name.startswith("_") and name not in self._NAMES:
-            raise AttributeError(f"pyrovi.settings has no setting {name!r}; the settings are {list(self._NAMES)}.")
+            close = difflib.get_close_matches(name, self._NAMES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AttributeError(f"pyrovi.settings has no setting {name!r}; the settings are {list(self._NAMES)}.{hint}")
         super().__setattr__(name, value)
 
     @property

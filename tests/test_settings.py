@@ -33,3 +33,16 @@ def test_verbosity_accepts_names_and_levels():
     finally:
         pyrovi.settings.verbosity = old
     assert "batch_size=128" in repr(pyrovi.settings)
+
+
+@pytest.mark.parametrize("name", ["dl_num_workers", "num_threads", "dl_pin_memory"])
+def test_scvi_tools_only_settings_warn_and_change_nothing(name):
+    before = {n: getattr(pyrovi.settings, n) for n in ("seed", "batch_size", "encode_batch_size", "progress_bar")}
+    with pytest.warns(UserWarning, match=f"settings.{name} .a scvi-tools setting. has no effect in pyrovi"):
+        setattr(pyrovi.settings, name, 2)
+    assert {n: getattr(pyrovi.settings, n) for n in before} == before
+
+
+def test_a_misspelt_setting_is_an_error_with_a_suggestion():
+    with pytest.raises(AttributeError, match="Did you mean 'batch_size'"):
+        pyrovi.settings.batchsize = 64
