@@ -67,7 +67,10 @@ def _validate_plan_settings(**values: Any) -> None:
             f"optimizer_creator is used only with optimizer='Custom', but optimizer={optimizer!r}; pass "
             "optimizer='Custom' too, or drop optimizer_creator."
         )
-    check_number("lr", values["lr"], 0.0, low_open=True)  # a learning rate of 0 would train nothing
+    check_number("lr", values["lr"], 0.0)
+    if values["lr"] == 0:  # allowed (e.g. to test early stopping on a loss that cannot improve), never silently
+        warnings.warn("lr=0: the optimiser will not change any parameter; training only evaluates the loss.",
+                      UserWarning, stacklevel=4)
     for name in ("weight_decay", "eps", "lr_threshold", "lr_min", "min_kl_weight", "max_kl_weight"):
         check_number(name, values[name], 0.0)
     check_bool("reduce_lr_on_plateau", values["reduce_lr_on_plateau"])
