@@ -607,7 +607,9 @@ class BaseModelClass(PosteriorSamplingMixin):
             self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + trainer.finished_steps
             self.trainer = trainer
             stopped = trainer.stopped_by
-            if stopped is None and int(trainer.global_step) == 0:
+            # (a DDP-spawn fit trains in worker processes: the main process's trainer counts no step, but it receives
+            # their history)
+            if stopped is None and int(trainer.global_step) == 0 and not trainer.history_logger.history():
                 # e.g. max_time shorter than the first step: nothing trained, so is_trained is left as it was
                 logger.warning(
                     "Training ended before its first optimiser step (max_time, a callback or a limit stopped it): the "
