@@ -1,0 +1,162 @@
+"""Names the docstring examples of ``pyrovi`` use, as the guides use them (``adata``, ``model``, ...).
+
+``python -m pytest --doctest-modules pyrovi`` runs every example. Each example sees the imports a notebook
+has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist``) and, when its text names them:
+
+- ``adata``: a fresh copy of a small synthetic dataset set up for :class:`pyrovi.model.SCVI`;
+- ``model``: an SCVI trained on it for a few epochs (fresh for each example, so an example may train,
+  save or move it);
+- ``totalvi`` / ``citeseq``: a TOTALVI and its CITE-seq data; ``cellassign`` / ``markers``: a CellAssign
+  and its marker table.
+
+Models are trained once per session and loaded per example, which keeps all the examples together to
+seconds. Each example runs in its own temporary directory, so examples that save files leave none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_SEED = 0
+
+
+def _trained(model_cls: type, adata: Any, save_to: Path, **model_kwargs: Any) -> Path:
+    model = model_cls(adata, **model_kwargs)
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+    model.save(save_to, save_anndata=True)
+    return save_to
+
+
+class _DoctestObjects:
+    """The session's datasets and trained models, each built the first time an example names it."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def scvi_adata(self) -> Any:
+        def build() -> Any:
+            import pyrovi
+
+            adata = pyrovi.datasets.synthetic_iid(n_cells=200, n_genes=50, seed=_SEED)
+            pyrovi.model.SCVI.setup_anndata(adata, batch_key="batch", labels_key="labels")
+            return adata
+
+        return self._once("scvi_adata", build)
+
+    def scvi_dir(self) -> Path:
+        import pyrovi
+
+        return self._once(
+            "scvi_dir",
+            lambda: _trained(pyrovi.model.SCVI, self.scvi_adata().copy(), self._root / "scvi", n_hidden=16),
+        )
+
+    def citeseq(self) -> Any:
+        def build() -> Any:
+            import pyrovi
+
+            adata = pyrovi.datasets.synthetic_citeseq(n_cells=200, n_genes=50, n_proteins=8, seed=_SEED)
+            pyrovi.model.TOTALVI.setup_anndata(
+                adata, protein_expression_obsm_key="protein_expression", batch_key="batch"
+            )
+            return adata
+
+        return self._once("citeseq", build)
+
+    def totalvi_dir(self) -> Path:
+        import pyrovi
+
+        return self._once(
+            "totalvi_dir",
+            lambda: _trained(pyrovi.model.TOTALVI, self.citeseq().copy(), self._root / "totalvi", n_hidden=16),
+        )
+
+    def cellassign_adata(self) -> Any:
+        def build() -> Any:
+            import pyrovi
+
+            adata = pyrovi.datasets.synthetic_cellassign(n_cells=200, seed=_SEED)
+            pyrovi.model.CellAssign.setup_anndata(adata, size_factor_key="size_factor")
+            return adata
+
+        return self._once("cellassign_adata", build)
+
+    def cellassign_dir(self) -> Path:
+        import pyrovi
+
+        def build() -> Path:
+            adata = self.cellassign_adata().copy()
+            return _trained(pyrovi.model.CellAssign, adata, self._root / "cellassign",
+                            cell_type_markers=adata.varm["cell_type_markers"])
+
+        return self._once("cellassign_dir", build)
+
+
+def _names_used(item: pytest.Item) -> set[str]:
+    source = "\n".join(example.source for example in item.dtest.examples)
+    return set(re.findall(r"\b[A-Za-z_]\w*\b", source))
+
+
+@pytest.fixture(scope="session")
+def _doctest_objects(tmp_path_factory: pytest.TempPathFactory) -> _DoctestObjects:
+    return _DoctestObjects(tmp_path_factory.mktemp("doctest_models"))
+
+
+@pytest.fixture(autouse=True)
+def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For a docstring example: the notebook names it uses, a seed, and a temporary working directory."""
+    from _pytest.doctest import DoctestItem
+
+    if not isinstance(request.node, DoctestItem):
+        yield
+        return
+    import numpy as np
+    import pandas as pd
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    import pyrovi
+
+    objects: _DoctestObjects = request.getfixturevalue("_doctest_objects")
+    namespace = request.node.dtest.globs
+    used = _names_used(request.node)
+    for name, value in {"pyrovi": pyrovi, "np": np, "pd": pd, "torch": torch, "pyro": pyro, "dist": dist}.items():
+        namespace.setdefault(name, value)
+    if "adata" in used:
+        namespace["adata"] = objects.scvi_adata().copy()
+    if "model" in used:
+        namespace["model"] = pyrovi.model.SCVI.load(objects.scvi_dir())
+    if "citeseq" in used:
+        namespace["citeseq"] = objects.citeseq().copy()
+    if "totalvi" in used:
+        namespace["totalvi"] = pyrovi.model.TOTALVI.load(objects.totalvi_dir())
+    if "markers" in used:
+        namespace["markers"] = objects.cellassign_adata().varm["cell_type_markers"].copy()
+    if "cellassign" in used:
+        namespace["cellassign"] = pyrovi.model.CellAssign.load(objects.cellassign_dir())
+    saved_settings = {name: getattr(pyrovi.settings, name) for name in pyrovi.settings._NAMES}
+    pyrovi.settings.seed = _SEED
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: extra intra-op threads only add overhead
+    cwd = Path.cwd()
+    os.chdir(request.getfixturevalue("tmp_path"))
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(previous_threads)
+        for name, value in saved_settings.items():  # an example may change a setting
+            setattr(pyrovi.settings, name, value)
