@@ -202,7 +202,9 @@ class AnnDataLoader(DataLoader):
     --------
     >>> loader = AnnDataLoader(model.adata_manager, batch_size=64, shuffle=True)
     >>> for batch in loader:
-    ...     x, idx = batch["X"], batch["indices"]  # (64, n_genes) float32, (64,) int64
+    ...     x, idx = batch["X"], batch["indices"]
+    >>> x.shape, x.dtype, idx.dtype  # the last minibatch: 200 cells = 3 x 64 + 8
+    (torch.Size([8, 50]), torch.float32, torch.int64)
     """
 
     def __init__(

@@ -158,8 +158,13 @@ class DataSplitter(LightningDataModule):
     --------
     >>> splitter = DataSplitter(model.adata_manager, train_size=0.8, validation_size=0.1, seed=0)
     >>> splitter.n_train, splitter.n_val, len(splitter.test_idx)
-    >>> trainer.fit(training_plan, datamodule=splitter)
+    (160, 20, 20)
+    >>> trainer = pyrovi.train.Trainer(max_epochs=1, enable_progress_bar=False)
+    >>> plan = pyrovi.train.TrainingPlan(model.module.train())  # a loaded module is in eval mode
+    >>> trainer.fit(plan, datamodule=splitter)
     >>> same = DataSplitter(model.adata_manager, train_idx=splitter.train_idx, val_idx=splitter.val_idx)
+    >>> same.n_train, same.n_val, same.n_test
+    (160, 20, 0)
     """
 
     def __init__(
@@ -367,8 +372,9 @@ class SemiSupervisedDataSplitter(DataSplitter):
 
     Examples
     --------
-    >>> splitter = SemiSupervisedDataSplitter(manager, train_size=0.8)  # doctest: +SKIP
-    >>> splitter.train_idx.size  # doctest: +SKIP
+    >>> splitter = SemiSupervisedDataSplitter(model.adata_manager, train_size=0.8)
+    >>> splitter.train_idx.size, splitter.val_idx.size
+    (160, 40)
     """
 
     def __init__(
