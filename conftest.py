@@ -3,7 +3,9 @@
 ``python -m pytest --doctest-modules pyrovi`` runs every example. Each example sees the imports a notebook
 has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist``) and, when its text names them:
 
-- ``adata``: a fresh copy of a small synthetic dataset set up for :class:`pyrovi.model.SCVI`;
+- ``adata``: a fresh copy of a small synthetic dataset (200 cells, 50 genes, batch and labels) set up for
+  :class:`pyrovi.model.SCVI`, and ``manager``, its :class:`~pyrovi.data.AnnDataManager`;
+- ``mdata``: a fresh synthetic MuData (modalities ``"rna"`` and ``"protein_expression"``);
 - ``model``: an SCVI trained on it for a few epochs (fresh for each example, so an example may train,
   save or move it);
 - ``totalvi`` / ``citeseq``: a TOTALVI and its CITE-seq data; ``cellassign`` / ``markers``: a CellAssign
@@ -135,8 +137,12 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
     used = _names_used(request.node)
     for name, value in {"pyrovi": pyrovi, "np": np, "pd": pd, "torch": torch, "pyro": pyro, "dist": dist}.items():
         namespace.setdefault(name, value)
-    if "adata" in used:
+    if "adata" in used or "manager" in used:
         namespace["adata"] = objects.scvi_adata().copy()
+    if "manager" in used:
+        namespace["manager"] = pyrovi.model.SCVI(namespace["adata"], n_hidden=8).adata_manager
+    if "mdata" in used:
+        namespace["mdata"] = pyrovi.data.synthetic_iid(return_mudata=True, seed=_SEED)
     if "model" in used:
         namespace["model"] = pyrovi.model.SCVI.load(objects.scvi_dir())
     if "citeseq" in used:

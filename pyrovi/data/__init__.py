@@ -14,8 +14,8 @@ Examples
 >>> from pyrovi.data import AnnDataManager, CategoricalObsField, LayerField, read_registry
 >>> fields = [LayerField("X", None), CategoricalObsField("batch", "batch")]
 >>> setup = {"model_name": "SCVI", "setup_args": {"batch_key": "batch"}}
->>> manager = AnnDataManager(fields=fields, setup_method_args=setup).register_fields(adata)  # doctest: +SKIP
->>> manager.summary_stats.n_batch  # doctest: +SKIP
+>>> manager = AnnDataManager(fields=fields, setup_method_args=setup).register_fields(adata)
+>>> manager.summary_stats.n_batch
 2
 """
 

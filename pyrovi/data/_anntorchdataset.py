@@ -32,8 +32,8 @@ class AnnTorchDataset(Dataset):
     Examples
     --------
     >>> from pyrovi.data import AnnTorchDataset
-    >>> dataset = AnnTorchDataset(manager, getitem_tensors=["X", "batch"])  # doctest: +SKIP
-    >>> dataset[[0, 1]]["batch"].shape  # doctest: +SKIP
+    >>> dataset = AnnTorchDataset(manager, getitem_tensors=["X", "batch"])
+    >>> dataset[[0, 1]]["batch"].shape
     (2, 1)
     """
 

@@ -128,7 +128,7 @@ def data_fingerprint(adata: Any, fields: Sequence[BaseField], states: dict[str, 
 
     Examples
     --------
-    >>> fingerprint = data_fingerprint(manager.adata, manager.fields, manager.registry["field_states"])  # doctest: +SKIP
+    >>> fingerprint = data_fingerprint(manager.adata, manager.fields, manager.registry["field_states"])
     """
     prints: dict[str, tuple] = {"_shape": tuple(getattr(adata, "shape", ()))}
     for field in fields:

@@ -66,11 +66,16 @@ class AnnDataManager:
     ...     fields=fields,
     ...     setup_method_args={"model_name": "SCVI", "setup_args": {"layer": None, "batch_key": "batch"}},
     ... )
-    >>> manager = manager.register_fields(adata)  # doctest: +SKIP
-    >>> manager.summary_stats.n_batch, manager.data_registry.batch.attr_key  # doctest: +SKIP
+    >>> manager = manager.register_fields(adata)
+    >>> manager.summary_stats.n_batch, manager.data_registry.batch.attr_key
     (2, 'batch')
-    >>> arrays = manager.get_arrays()  # doctest: +SKIP
-    >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)  # doctest: +SKIP
+    >>> arrays = manager.get_arrays()
+    >>> sorted(arrays)
+    ['X', 'batch']
+    >>> adata_query = pyrovi.datasets.synthetic_iid(n_cells=30, n_genes=50, seed=1)
+    >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)
+    >>> query_manager.get_array("batch").shape
+    (30,)
     """
 
     def __init__(
@@ -134,10 +139,15 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager = AnnDataManager(fields, setup_args, "SCVI").register_fields(adata)  # doctest: +SKIP
-        >>> registry = read_registry(adata)  # doctest: +SKIP
+        >>> from pyrovi.data import CategoricalObsField, LayerField, read_registry
+        >>> fields = [LayerField("X", None), CategoricalObsField("batch", "batch")]
+        >>> setup_args = {"layer": None, "batch_key": "batch"}
+        >>> manager = AnnDataManager(fields, setup_args, "SCVI").register_fields(adata)
+        >>> registry = read_registry(adata)
+        >>> adata_query = pyrovi.datasets.synthetic_iid(n_cells=30, n_genes=50, seed=1)
         >>> AnnDataManager(fields, registry["setup_args"], "SCVI").register_fields(
-        ...     adata_query, source_registry=registry)  # doctest: +SKIP
+        ...     adata_query, source_registry=registry)
+        AnnDataManager(...)
         """
         _check_transfer_kwargs(transfer_kwargs)
         if read_only and source_registry is None:
@@ -188,7 +198,10 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)  # doctest: +SKIP
+        >>> adata_query = pyrovi.datasets.synthetic_iid(n_cells=30, n_genes=50, seed=1)
+        >>> query_manager = manager.transfer_fields(adata_query, extend_categories=True)
+        >>> query_manager.adata is adata_query
+        True
         """
         _check_transfer_kwargs(kwargs)
         manager = AnnDataManager(self._fields, self._setup_args, self._model_name)
@@ -206,7 +219,11 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.register_new_fields([ObsmField("proteins", "protein_expression")])  # doctest: +SKIP
+        >>> from pyrovi.data import ObsmField
+        >>> adata.obsm["pca"] = np.zeros((adata.n_obs, 2), dtype=np.float32)
+        >>> manager.register_new_fields([ObsmField("pca_coordinates", "pca")])
+        >>> manager.get_array("pca_coordinates").shape
+        (200, 2)
         """
         registry = self._require_registry()
         fields = list(fields)
@@ -234,7 +251,7 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.validate()  # doctest: +SKIP
+        >>> manager.validate()
         """
         states = self._current_states()
         for field in self._fields:
@@ -263,12 +280,13 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.check_unchanged()  # doctest: +SKIP
+        >>> manager.check_unchanged()
         True
-        >>> adata.X = np.log1p(adata.X)  # doctest: +SKIP
-        >>> manager.check_unchanged()  # doctest: +SKIP
+        >>> adata.X = np.log1p(adata.X)
+        >>> manager.check_unchanged()
         Traceback (most recent call last):
-        RegisteredDataChangedError: The data registered for SCVI changed after it was set up (adata.X) ...
+        ...
+        pyrovi.data._errors.RegisteredDataChangedError: The data registered for SCVI changed after it was set up (adata.X) ...
         """
         registry = self._require_registry()
         current = data_fingerprint(self._adata, self._fields, registry["field_states"])
@@ -306,7 +324,7 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.update_setup_method_args({"unlabeled_category": "Unknown"})  # doctest: +SKIP
+        >>> manager.update_setup_method_args({"unlabeled_category": "Unknown"})
         """
         if not isinstance(setup_method_args, dict):
             raise TypeError(f"setup_method_args must be a dict, got {type(setup_method_args).__name__}.")
@@ -361,7 +379,7 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.get_state_registry("batch").categorical_mapping  # doctest: +SKIP
+        >>> manager.get_state_registry("batch").categorical_mapping
         array(['batch_0', 'batch_1'], dtype=object)
         """
         field = self._field(registry_key)
@@ -376,7 +394,7 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.get_from_registry("batch")[:2]  # doctest: +SKIP
+        >>> manager.get_from_registry("batch")[:2]
         array([[0], [0]])
         """
         states = self._current_states()
@@ -392,9 +410,9 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> dataset = manager.create_torch_dataset()  # doctest: +SKIP
-        >>> dataset[[0, 1]]["X"].shape  # doctest: +SKIP
-        (2, 100)
+        >>> dataset = manager.create_torch_dataset()
+        >>> dataset[[0, 1]]["X"].shape
+        (2, 50)
         """
         import torch
 
@@ -437,8 +455,8 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.get_state("batch")["categories"]  # doctest: +SKIP
-        ['a', 'b']
+        >>> manager.get_state("batch")["categories"]
+        ['batch_0', 'batch_1']
         """
         states = self._require_registry()["field_states"]
         if registry_key not in states:
@@ -456,8 +474,8 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> arrays = manager.get_arrays()  # doctest: +SKIP
-        >>> arrays["batch"].dtype  # doctest: +SKIP
+        >>> arrays = manager.get_arrays()
+        >>> arrays["batch"].dtype
         dtype('int64')
         """
         self.check_unchanged()
@@ -475,8 +493,8 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.get_array("batch")[:3]  # doctest: +SKIP
-        array([0, 0, 1])
+        >>> manager.get_array("batch")[:3]
+        array([0, 0, 0])
         """
         states = self._current_states()
         for field in self._fields:
@@ -505,7 +523,18 @@ class AnnDataManager:
 
         Examples
         --------
-        >>> manager.view_registry(hide_state_registries=True)  # doctest: +SKIP
+        >>> manager.view_registry(hide_state_registries=True)  # doctest: +ELLIPSIS
+        Registry of SCVI (pyrovi ...): 200 cells x 50 genes
+        <BLANKLINE>
+        Setup arguments
+          layer                       None
+          batch_key                   'batch'
+        ...
+        Summary statistics
+          n_cells                     200
+          n_vars                      50
+          n_batch                     2
+        ...
         """
         print(_format_registry(self._require_registry(), self._fields, hide_state_registries))
 

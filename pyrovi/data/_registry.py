@@ -29,8 +29,8 @@ def read_registry(adata: AnnData) -> dict[str, Any] | None:
     Examples
     --------
     >>> from pyrovi.data import read_registry
-    >>> registry = read_registry(adata)  # doctest: +SKIP
-    >>> registry["summary_stats"]["n_batch"]  # doctest: +SKIP
+    >>> registry = read_registry(adata)
+    >>> registry["summary_stats"]["n_batch"]
     2
     """
     if UNS_REGISTRY_KEY not in adata.uns:

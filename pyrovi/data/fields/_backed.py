@@ -41,10 +41,12 @@ class BackedRows:
 
     Examples
     --------
-    >>> adata = anndata.read_h5ad("counts.h5ad", backed="r")  # doctest: +SKIP
-    >>> rows = BackedRows(adata.X)  # doctest: +SKIP
-    >>> rows[np.array([10, 3])].shape  # doctest: +SKIP
-    (2, 2000)
+    >>> import anndata
+    >>> pyrovi.datasets.synthetic_iid(n_genes=50).write_h5ad("counts.h5ad")
+    >>> backed = anndata.read_h5ad("counts.h5ad", backed="r")
+    >>> rows = BackedRows(backed.X)
+    >>> rows[np.array([10, 3])].shape
+    (2, 50)
     """
 
     def __init__(self, dataset: Any, columns: np.ndarray | None = None):

@@ -27,8 +27,8 @@ class BaseField(abc.ABC):
     --------
     >>> from pyrovi.data.fields import CategoricalObsField
     >>> field = CategoricalObsField("batch", "batch", "n_batch")
-    >>> state = field.register(adata)  # doctest: +SKIP
-    >>> codes = field.get_array(adata, state)  # doctest: +SKIP
+    >>> state = field.register(adata)
+    >>> codes = field.get_array(adata, state)
     """
 
     def __init__(self, registry_key: str):

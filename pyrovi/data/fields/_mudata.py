@@ -206,7 +206,7 @@ class MuDataLayerField(_MuDataField):
     Examples
     --------
     >>> field = MuDataLayerField("X", None, mod_key="rna")
-    >>> state = field.register(mdata)  # doctest: +SKIP
+    >>> state = field.register(mdata)
     """
 
     def __init__(
