@@ -104,6 +104,11 @@ def synthetic_iid(
     >>> from pyrovi.datasets import synthetic_iid
     >>> adata = synthetic_iid(n_cells=200, n_genes=50, seed=1)
     >>> adata.obs["labels"].value_counts()
+    labels
+    label_2    75
+    label_1    64
+    label_0    61
+    Name: count, dtype: int64
     """
     for name, value in {"n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches,
                         "n_labels": n_labels, "n_latent": n_latent}.items():  # fmt: skip
