@@ -1,7 +1,8 @@
 """Names the docstring examples of ``pyrovi`` use, as the guides use them (``adata``, ``model``, ...).
 
 ``python -m pytest --doctest-modules pyrovi`` runs every example. Each example sees the imports a notebook
-has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist``) and, when its text names them:
+has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist`` and the models ``SCVI``, ``TOTALVI``,
+``CellAssign``) and, when its text names them:
 
 - ``adata``: a fresh copy of a small synthetic dataset (200 cells, 50 genes, batch and labels) set up for
   :class:`pyrovi.model.SCVI`, and ``manager``, its :class:`~pyrovi.data.AnnDataManager`;
@@ -135,7 +136,9 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
     objects: _DoctestObjects = request.getfixturevalue("_doctest_objects")
     namespace = request.node.dtest.globs
     used = _names_used(request.node)
-    for name, value in {"pyrovi": pyrovi, "np": np, "pd": pd, "torch": torch, "pyro": pyro, "dist": dist}.items():
+    notebook = {"pyrovi": pyrovi, "np": np, "pd": pd, "torch": torch, "pyro": pyro, "dist": dist,
+                "SCVI": pyrovi.model.SCVI, "TOTALVI": pyrovi.model.TOTALVI, "CellAssign": pyrovi.model.CellAssign}
+    for name, value in notebook.items():
         namespace.setdefault(name, value)
     if "adata" in used or "manager" in used:
         namespace["adata"] = objects.scvi_adata().copy()

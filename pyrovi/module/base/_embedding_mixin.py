@@ -20,8 +20,8 @@ class EmbeddingModuleMixin:
 
     Examples
     --------
-    >>> vae = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")  # doctest: +SKIP
-    >>> vae.get_embedding("batch").weight.shape  # doctest: +SKIP
+    >>> vae = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+    >>> vae.get_embedding("batch").weight.shape
     torch.Size([3, 5])
     """
 
@@ -37,7 +37,10 @@ class EmbeddingModuleMixin:
 
         Examples
         --------
-        >>> module.add_embedding("batch", Embedding(4, 5), overwrite=True)  # doctest: +SKIP
+        >>> module = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+        >>> module.add_embedding("batch", Embedding(4, 5), overwrite=True)
+        >>> module.get_embedding("batch").num_embeddings
+        4
         """
         if key in self.embeddings_dict and not overwrite:
             raise KeyError(f"the module already has an embedding {key!r}; pass overwrite=True to replace it.")
@@ -48,7 +51,10 @@ class EmbeddingModuleMixin:
 
         Examples
         --------
-        >>> module.init_embedding("batch", 3, embedding_dim=8)  # doctest: +SKIP
+        >>> module = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+        >>> module.init_embedding("donor", 3, embedding_dim=8)
+        >>> module.get_embedding("donor").weight.shape
+        torch.Size([3, 8])
         """
         self.add_embedding(key, Embedding(num_embeddings, embedding_dim, **kwargs))
 
@@ -57,7 +63,10 @@ class EmbeddingModuleMixin:
 
         Examples
         --------
-        >>> module.remove_embedding("batch")  # doctest: +SKIP
+        >>> module = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+        >>> module.remove_embedding("batch")
+        >>> "batch" in module.embeddings_dict
+        False
         """
         if key not in self.embeddings_dict:
             raise KeyError(f"the module has no embedding {key!r} (it has {sorted(self.embeddings_dict)}).")
@@ -68,7 +77,8 @@ class EmbeddingModuleMixin:
 
         Examples
         --------
-        >>> module.get_embedding("batch").embedding_dim  # doctest: +SKIP
+        >>> module = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+        >>> module.get_embedding("batch").embedding_dim
         5
         """
         if key not in self.embeddings_dict:
@@ -83,7 +93,9 @@ class EmbeddingModuleMixin:
 
         Examples
         --------
-        >>> module.compute_embedding("batch", torch.tensor([0, 1]))  # doctest: +SKIP
+        >>> module = pyrovi.module.VAE(n_input=50, n_batch=3, batch_representation="embedding")
+        >>> module.compute_embedding("batch", torch.tensor([0, 1])).shape
+        torch.Size([2, 5])
         """
         embedding = self.get_embedding(key)
         return embedding(indices.reshape(-1).long().to(embedding.weight.device))

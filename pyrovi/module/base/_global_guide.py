@@ -42,7 +42,11 @@ def make_global_guide(global_model: Callable[[], None], sites: Sequence[str], ki
 
     Examples
     --------
-    >>> guide = make_global_guide(module._global_model, ["prior_scale"], "delta")  # doctest: +SKIP
+    >>> def global_model():
+    ...     pyro.sample("prior_scale", dist.HalfCauchy(torch.ones(3)).to_event(1))
+    >>> guide = make_global_guide(global_model, ["prior_scale"], "delta")
+    >>> type(guide).__name__
+    'AutoDelta'
     """
     check_global_guide(kind)
     if not sites:

@@ -43,8 +43,10 @@ def trace_pair(
 
     Examples
     --------
-    >>> model_trace, guide_trace = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})  # doctest: +SKIP
-    >>> model_trace.nodes["z"]["value"] is guide_trace.nodes["z"]["value"]  # doctest: +SKIP
+    >>> vae = pyrovi.module.VAE(n_input=20)
+    >>> x, idx = torch.poisson(torch.full((8, 20), 2.0)), torch.arange(8)
+    >>> model_trace, guide_trace = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})
+    >>> model_trace.nodes["z"]["value"] is guide_trace.nodes["z"]["value"]
     True
     """
     with pyro_lock():  # one Pyro run at a time in the process (pyrovi._pyro_lock)
@@ -66,9 +68,11 @@ def per_cell_elbo_terms(
 
     Examples
     --------
-    >>> model_trace, guide_trace = trace_pair(module.model, module.guide, args, kwargs)  # doctest: +SKIP
-    >>> per_cell_elbo_terms(model_trace, guide_trace)["elbo"].shape  # doctest: +SKIP
-    torch.Size([128])
+    >>> vae = pyrovi.module.VAE(n_input=20)
+    >>> x, idx = torch.poisson(torch.full((8, 20), 2.0)), torch.arange(8)
+    >>> model_trace, guide_trace = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})
+    >>> per_cell_elbo_terms(model_trace, guide_trace)["elbo"].shape
+    torch.Size([8])
     """
     reconstruction, kl = 0.0, 0.0
     for name, site in model_trace.nodes.items():
@@ -97,9 +101,11 @@ def per_cell_log_likelihood(model_trace: poutine.Trace, name: str) -> torch.Tens
 
     Examples
     --------
-    >>> model_trace, _ = trace_pair(module.model, module.guide, args, kwargs)  # doctest: +SKIP
-    >>> per_cell_log_likelihood(model_trace, "x").shape  # doctest: +SKIP
-    torch.Size([128])
+    >>> vae = pyrovi.module.VAE(n_input=20)
+    >>> x, idx = torch.poisson(torch.full((8, 20), 2.0)), torch.arange(8)
+    >>> model_trace, _ = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})
+    >>> per_cell_log_likelihood(model_trace, "x").shape
+    torch.Size([8])
     """
     site = model_trace.nodes.get(name)
     if site is None or site["type"] != "sample" or not site["is_observed"] or cell_plate_dim(site) is None:
@@ -114,8 +120,14 @@ def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace)
 
     Examples
     --------
-    >>> w = torch.stack([per_cell_log_weights(*trace_pair(m, g, args, kw)) for _ in range(100)])  # doctest: +SKIP
-    >>> log_px = torch.logsumexp(w, 0) - math.log(100)  # doctest: +SKIP
+    >>> vae = pyrovi.module.VAE(n_input=20)
+    >>> x, idx = torch.poisson(torch.full((8, 20), 2.0)), torch.arange(8)
+    >>> w = torch.stack([per_cell_log_weights(*trace_pair(vae.model, vae.guide, (x,), {"indices": idx}))
+    ...                  for _ in range(100)])
+    >>> import math
+    >>> log_px = torch.logsumexp(w, 0) - math.log(100)  # the importance-sampled log p(x) of each cell
+    >>> log_px.shape
+    torch.Size([8])
     """
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):

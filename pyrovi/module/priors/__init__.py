@@ -1,7 +1,7 @@
 """Latent priors: swap the prior of a model's latent state in one argument.
 
 >>> from pyrovi.priors import MixtureOfGaussians
->>> model = SCVI(adata, prior=MixtureOfGaussians(10))  # doctest: +SKIP
+>>> model = SCVI(adata, prior=MixtureOfGaussians(10))
 
 A prior is a :class:`LatentPrior` (a ``PyroModule``) returning the distribution of ``z`` (event shape
 ``(n_latent,)``), optionally from the cells' covariates; sample statements inside it are global latent

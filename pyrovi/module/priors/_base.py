@@ -33,18 +33,19 @@ class LatentPrior(PyroModule):
 
     Examples
     --------
-    A prior whose mean depends on the batch::
+    A prior whose mean depends on the batch:
 
-        class BatchShiftedNormal(LatentPrior):
-            def setup(self, n_latent, module):
-                super().setup(n_latent, module)
-                self.shift = torch.nn.Parameter(torch.zeros(module.n_batch, n_latent))
-
-            def forward(self, n_cells, batch_index=None, **covariates):
-                loc = self.shift[batch_index]
-                return dist.Normal(loc, 1.0).to_event(1)
-
-        model = SCVI(adata, prior=BatchShiftedNormal())
+    >>> class BatchShiftedNormal(LatentPrior):
+    ...     def setup(self, n_latent, module):
+    ...         super().setup(n_latent, module)
+    ...         self.shift = torch.nn.Parameter(torch.zeros(module.n_batch, n_latent))
+    ...
+    ...     def forward(self, n_cells, batch_index=None, **covariates):
+    ...         loc = self.shift[batch_index.reshape(-1)]
+    ...         return dist.Normal(loc, 1.0).to_event(1)
+    >>> model = SCVI(adata, n_latent=4, prior=BatchShiftedNormal())
+    >>> model.module.prior.shift.shape
+    torch.Size([2, 4])
     """
 
     #: whether the KL divergence to a Normal guide has a closed form (informational; Pyro decides)
@@ -92,6 +93,19 @@ def check_latent_prior(prior: LatentPrior, n_latent: int, example_kwargs: dict[s
 
     The guide of ``z`` is a diagonal Normal: real-valued with event shape ``(n_latent,)``. A prior with
     another support or shape would make the ELBO meaningless, so it is rejected here, at construction.
+
+    Examples
+    --------
+    >>> from pyrovi.module.priors import HierarchicalNormal, StandardNormal
+    >>> vae = pyrovi.module.VAE(n_input=10, n_latent=3)
+    >>> prior = StandardNormal()
+    >>> prior.setup(3, vae)  # the owning module calls setup first
+    >>> check_latent_prior(prior, 3, {})
+    []
+    >>> prior = HierarchicalNormal("half_cauchy")
+    >>> prior.setup(3, vae)
+    >>> check_latent_prior(prior, 3, {})
+    ['prior_scale']
     """
     with torch.no_grad(), pyro_lock():  # a Pyro run: one at a time (pyrovi._pyro_lock)
         trace = poutine.trace(prior).get_trace(2, **example_kwargs)

@@ -16,6 +16,7 @@ def prior_to_config(prior: LatentPrior) -> dict[str, Any]:
 
     Examples
     --------
+    >>> from pyrovi.priors import MixtureOfGaussians
     >>> prior_to_config(MixtureOfGaussians(5))["name"]
     'MixtureOfGaussians'
     """
@@ -25,7 +26,13 @@ def prior_to_config(prior: LatentPrior) -> dict[str, Any]:
 
 
 def prior_from_config(config: dict[str, Any]) -> LatentPrior:
-    """Rebuild a built-in prior from :func:`prior_to_config`; a custom one must be passed by the user."""
+    """Rebuild a built-in prior from :func:`prior_to_config`; a custom one must be passed by the user.
+
+    Examples
+    --------
+    >>> prior_from_config({"name": "StudentT", "kwargs": {"df": 5.0}})
+    StudentT()
+    """
     if "custom" in config:
         raise ValueError(
             f"This model was saved with a user-defined prior ({config['custom']}); its weights are in the "
@@ -75,6 +82,15 @@ def distribution_from_config(config: dict[str, Any]) -> dist.Distribution:
 
     Only classes of ``pyro.distributions`` are built, and only from numbers: ``pyro.distributions`` also
     holds functions (``enable_validation``...), which a saved file must not be able to call.
+
+    Examples
+    --------
+    >>> distribution_from_config({"name": "LogNormal", "args": {"loc": 0.0, "scale": 1.0}})
+    LogNormal()
+    >>> distribution_from_config({"name": "enable_validation", "args": {}})
+    Traceback (most recent call last):
+    ...
+    ValueError: 'enable_validation' is not a distribution of pyro.distributions.
     """
     name, args = config.get("name"), config.get("args", {})
     cls = getattr(dist, name, None) if isinstance(name, str) and not name.startswith("_") else None
