@@ -82,7 +82,11 @@ class CellAssignModule(BaseModuleClass):
 
     Examples
     --------
-    >>> module = CellAssignModule(np.eye(3), np.arange(3))  # doctest: +SKIP
+    >>> module = CellAssignModule(np.eye(3), np.arange(3))  # three types, one marker gene each
+    >>> module.n_markers, module.n_types
+    (3, 3)
+    >>> module.global_sites
+    ('type_proportions', 'log_delta')
     """
 
     local_latent_sites = ()

@@ -129,7 +129,9 @@ class TOTALVAE(BaseModuleClass):
 
     Examples
     --------
-    >>> module = TOTALVAE(n_input_genes=100, n_input_proteins=10)  # doctest: +SKIP
+    >>> module = TOTALVAE(n_input_genes=100, n_input_proteins=10)
+    >>> module.local_latent_sites
+    ('z', 'log_library', 'log_protein_background')
     """
 
     local_latent_sites = ("z", "log_library", "log_protein_background")
@@ -392,7 +394,11 @@ class TOTALVAE(BaseModuleClass):
 
         Examples
         --------
-        >>> loc, scale = module.latent_params(rna, proteins, batch_index)  # doctest: +SKIP
+        >>> module = TOTALVAE(n_input_genes=20, n_input_proteins=5, n_latent=4)
+        >>> rna, proteins = torch.poisson(torch.full((3, 20), 2.0)), torch.poisson(torch.full((3, 5), 20.0))
+        >>> loc, scale = module.latent_params(rna, proteins)
+        >>> tuple(loc.shape), bool((scale > 0).all())
+        ((3, 4), True)
         """
         batch_index = self._batch_codes(batch_index, x)
         xy = torch.cat([x, y * self.protein_batch_mask[batch_index]], -1)
@@ -406,7 +412,8 @@ class TOTALVAE(BaseModuleClass):
 
         Examples
         --------
-        >>> module.latent_transform  # doctest: +SKIP
+        >>> TOTALVAE(n_input_genes=20, n_input_proteins=5, latent_distribution="ln").latent_transform
+        <function logistic_normal_transform.<locals>...>
         """
         return logistic_normal_transform() if self.latent_distribution == "ln" else None
 

@@ -7,7 +7,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,11 @@ from ...train._trainer_checks import check_checkpoint_dir, check_device
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
+
+if TYPE_CHECKING:  # the mixins' contract this class provides, seen by static checkers only (see _contracts.py)
+    from ._contracts import QueryHost as _Provides
+else:
+    _Provides = object
 
 logger = logging.getLogger("pyrovi")
 
@@ -115,7 +120,7 @@ def _check_train_arguments(
     check_int("batch_size", batch_size)
 
 
-class BaseModelClass(PosteriorSamplingMixin):
+class BaseModelClass(PosteriorSamplingMixin, _Provides):
     """Base of every pyrovi model: wraps a Pyro module with AnnData setup, training and persistence.
 
     A subclass declares its AnnData fields in :meth:`_anndata_fields`, offers a ``setup_anndata``
@@ -380,7 +385,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         --------
         >>> SCVI.view_setup_args("my_model/")  # doctest: +SKIP
         """
-        registry = load_saved_registry(dir_path, prefix)
+        registry = load_saved_registry(dir_path, prefix, BaseModelClass.known_models())
         print(f"Setup of a saved {registry.get('model_name', 'model')}:")
         for key, value in registry["setup_args"].items():
             print(f"  {key}: {value!r}")
@@ -394,7 +399,7 @@ class BaseModelClass(PosteriorSamplingMixin):
         >>> SCVI.load_registry("my_model/")["setup_args"]  # doctest: +SKIP
         {'batch_key': 'batch', ...}
         """
-        return load_saved_registry(dir_path, prefix)
+        return load_saved_registry(dir_path, prefix, BaseModelClass.known_models())
 
     @classmethod
     def convert_legacy_save(cls, dir_path: str, output_dir_path: str, overwrite: bool = False,
@@ -638,6 +643,21 @@ class BaseModelClass(PosteriorSamplingMixin):
             frame.index = frame.index + offsets.get(frame.index.name, 0)
             merged[key] = pd.concat([old[key], frame]) if key in old else frame
         self.history_ = merged
+
+    def _restore_training_state(
+        self,
+        is_trained: bool,
+        history: dict[str, pd.DataFrame],
+        train_indices: np.ndarray | None,
+        validation_indices: np.ndarray | None,
+        test_indices: np.ndarray | None,
+    ) -> None:
+        """Take the training state a saved model records; :func:`load_model` hands it over after the weights."""
+        self.is_trained_ = is_trained
+        self.history_ = history
+        self.train_indices = train_indices
+        self.validation_indices = validation_indices
+        self.test_indices = test_indices
 
     @property
     def is_trained(self) -> bool:

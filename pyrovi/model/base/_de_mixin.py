@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,17 +35,113 @@ from ._differential import (
 from ._features import feature_positions
 from ._queries import check_library_size, check_weights, importance_probabilities
 
+if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
+    from ._contracts import ExpressionHost
+    from ._vae_mixin import VAEMixin
+
+    class _Host(ExpressionHost, VAEMixin): ...
+else:
+    _Host = object
+
 logger = logging.getLogger("pyrovi")
 
 
-class DEMixin:
+class DEMixin(_Host):
     """Bayesian differential expression (:meth:`differential_expression`) and gene-gene correlation
     of denoised expression (:meth:`get_feature_correlation_matrix`).
 
-    For a model with ``get_normalized_expression(adata, indices, transform_batch, gene_list,
-    library_size, n_samples, batch_size, return_mean, return_numpy)``, as :class:`~pyrovi.model.SCVI`,
-    and ``self.adata_manager``/``self._validate_anndata`` from :class:`BaseModelClass`.
+    It is mixed in with :class:`VAEMixin` (``get_latent_representation``, ``_batch_codes``) and
+    :class:`BaseModelClass` (``adata_manager``, ``_validate_anndata``), and the class provides
+    (:class:`~pyrovi.model.base._contracts.ExpressionHost`) ``get_normalized_expression(adata, indices,
+    transform_batch, gene_list, library_size, n_samples, batch_size, return_mean, return_numpy)``, as
+    :class:`~pyrovi.model.SCVI` does.
+
+    Hooks, defined first in the class: the defaults treat the features as the genes of ``X`` and the draws as
+    ``get_normalized_expression``'s one array; a model of other features (TOTALVI: genes and proteins)
+    overrides them together.
+
+    - ``_feature_names(manager)``: every feature's name, in the order of the draws and counts;
+    - ``_de_labels(manager)``: every feature's name in the DE table (TOTALVI suffixes its proteins);
+    - ``_de_counts(manager)``: the raw counts, cells x features;
+    - ``_raw_statistics(manager, counts, cells, suffix)``: the ``all_stats`` columns of a group;
+    - ``_group_draws(adata, cells, n_samples, transform_batch, gene_list, batch_size, ...)``: a group's draws
+      of the denoised expression, ``(n_samples, n_features)``;
+    - ``_correlation_draws(adata, indices, transform_batch, size_factor, n_samples, batch_size)``: draws for
+      :meth:`get_feature_correlation_matrix`, ``(n_samples, n_cells, n_features)``.
     """
+
+    # ----------------------------------------------------------------------------------------------
+    # hooks (listed in the class docstring)
+
+    @staticmethod
+    def _feature_names(manager: Any) -> list[str]:
+        """Every feature's name, in the order of the draws and counts."""
+        return list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
+
+    def _de_labels(self, manager: Any) -> list[str]:
+        """The name of every feature in the DE table."""
+        return self._feature_names(manager)
+
+    @staticmethod
+    def _de_counts(manager: Any) -> Any:
+        """Raw counts of every feature, cells x features (dense or sparse)."""
+        return manager.get_arrays()[REGISTRY_KEYS.X_KEY]
+
+    def _raw_statistics(self, manager: Any, counts: Any, cells: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
+        """Statistics of the raw counts of every feature over ``cells``."""
+        return raw_count_statistics(counts[cells], suffix=suffix)
+
+    def _group_draws(
+        self,
+        adata: AnnData | None,
+        cells: np.ndarray,
+        n_samples: int,
+        transform_batch: Any,
+        gene_list: Sequence[str] | None,
+        batch_size: int | None,
+        weights: str | None = "uniform",
+        importance_weighting_kwargs: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """``n_samples`` draws of ``rho`` of a group: cells picked uniformly with replacement, one ``z`` each.
+
+        With ``weights="importance"`` the draws are resampled by importance weights instead.
+        """
+        if weights == "importance":
+            draws = self.get_normalized_expression(
+                adata, indices=cells, transform_batch=transform_batch, gene_list=gene_list, library_size=1,
+                n_samples_overall=n_samples, weights="importance", batch_size=batch_size, return_numpy=True,
+                **(importance_weighting_kwargs or {}),
+            )  # fmt: skip
+            return np.asarray(draws, dtype=np.float32)
+        # torch's generator, seeded by pyrovi.settings.seed like the guide's draws, keeps a run reproducible.
+        # The picks stay unsorted: pairing draw i of both groups must not pair cells by their position in
+        # the AnnData, which often follows samples or batches.
+        picks = cells[torch.randint(cells.size, (n_samples,)).numpy()]
+        draws = self.get_normalized_expression(
+            adata,
+            indices=picks,
+            transform_batch=transform_batch,
+            gene_list=gene_list,
+            library_size=1,
+            n_samples=1,
+            batch_size=batch_size,
+            return_numpy=True,
+        )
+        return np.asarray(draws, dtype=np.float32)
+
+    def _correlation_draws(
+        self, adata: AnnData | None, indices: Any, transform_batch: Any, size_factor: float, n_samples: int,
+        batch_size: int | None,
+    ) -> np.ndarray:
+        """``(n_samples, n_cells, n_features)`` draws of the denoised expression, for correlations."""
+        draws = self.get_normalized_expression(
+            adata, indices=indices, transform_batch=transform_batch, library_size=size_factor,
+            n_samples=n_samples, batch_size=batch_size, return_mean=False, return_numpy=True,
+        )
+        return np.asarray(draws)
+
+    # ----------------------------------------------------------------------------------------------
+    # queries
 
     @serialised_query
     def differential_expression(
@@ -276,14 +372,6 @@ class DEMixin:
             tables.append(de_table(stats, gene_names, fdr_target, comparison.name1, comparison.name2))
         return pd.concat(tables) if len(tables) > 1 else tables[0]
 
-    def _raw_statistics(self, manager: Any, counts: Any, cells: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
-        """Statistics of the raw counts of every feature over ``cells`` (a hook for models of several modalities)."""
-        return raw_count_statistics(counts[cells], suffix=suffix)
-
-    def _de_labels(self, manager: Any) -> list[str]:
-        """The name of every feature in the DE table (a hook: TOTALVI suffixes its proteins)."""
-        return self._feature_names(manager)
-
     def _batched_group_draws(
         self, adata, cells, total, plan, gene_list, batch_size, weights, importance_weighting_kwargs, draw_kwargs
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -373,72 +461,11 @@ class DEMixin:
 
     # ----------------------------------------------------------------------------------------------
 
-    def _group_draws(
-        self,
-        adata: AnnData | None,
-        cells: np.ndarray,
-        n_samples: int,
-        transform_batch: Any,
-        gene_list: Sequence[str] | None,
-        batch_size: int | None,
-        weights: str | None = "uniform",
-        importance_weighting_kwargs: dict[str, Any] | None = None,
-    ) -> np.ndarray:
-        """``n_samples`` draws of ``rho`` of a group: cells picked uniformly with replacement, one ``z`` each.
-
-        With ``weights="importance"`` the draws are resampled by importance weights instead.
-        """
-        if weights == "importance":
-            draws = self.get_normalized_expression(
-                adata, indices=cells, transform_batch=transform_batch, gene_list=gene_list, library_size=1,
-                n_samples_overall=n_samples, weights="importance", batch_size=batch_size, return_numpy=True,
-                **(importance_weighting_kwargs or {}),
-            )  # fmt: skip
-            return np.asarray(draws, dtype=np.float32)
-        # torch's generator, seeded by pyrovi.settings.seed like the guide's draws, keeps a run reproducible.
-        # The picks stay unsorted: pairing draw i of both groups must not pair cells by their position in
-        # the AnnData, which often follows samples or batches.
-        picks = cells[torch.randint(cells.size, (n_samples,)).numpy()]
-        draws = self.get_normalized_expression(
-            adata,
-            indices=picks,
-            transform_batch=transform_batch,
-            gene_list=gene_list,
-            library_size=1,
-            n_samples=1,
-            batch_size=batch_size,
-            return_numpy=True,
-        )
-        return np.asarray(draws, dtype=np.float32)
-
     def _importance_probabilities(
         self, adata: AnnData | None, cells: np.ndarray, z: Any, log_pz: Any, batch_size: int | None, **settings: Any
     ) -> np.ndarray:
         """Importance weights of posterior draws of a group (see ``importance_probabilities``)."""
         return importance_probabilities(self, adata, cells, z, log_pz, batch_size, **settings)
-
-    # Hooks a model with other features (e.g. TOTALVI's proteins) overrides: the feature names, their raw
-    # counts, and posterior draws of their denoised expression.
-
-    def _correlation_draws(
-        self, adata: AnnData | None, indices: Any, transform_batch: Any, size_factor: float, n_samples: int,
-        batch_size: int | None,
-    ) -> np.ndarray:
-        """``(n_samples, n_cells, n_features)`` draws of the denoised expression, for correlations."""
-        draws = self.get_normalized_expression(
-            adata, indices=indices, transform_batch=transform_batch, library_size=size_factor,
-            n_samples=n_samples, batch_size=batch_size, return_mean=False, return_numpy=True,
-        )
-        return np.asarray(draws)
-
-    @staticmethod
-    def _de_counts(manager: Any) -> Any:
-        """Raw counts of every feature, cells x features (dense or sparse)."""
-        return manager.get_arrays()[REGISTRY_KEYS.X_KEY]
-
-    @staticmethod
-    def _feature_names(manager: Any) -> list[str]:
-        return list(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
 
     @classmethod
     def _de_genes(cls, manager: Any, gene_list: Sequence[str] | None) -> tuple[list[str], np.ndarray | None]:

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyro
@@ -29,6 +29,11 @@ from pyro.poutine.util import site_is_subsample
 from ..._checks import check_bool
 from ..._pyro_lock import serialised_query
 from ...module.base import cell_plate_dim, trace_pair
+
+if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
+    from ._contracts import LoaderHost as _Host
+else:
+    _Host = object
 
 #: Name of the plate that vectorises posterior draws.
 _PARTICLE_PLATE = "_particles"
@@ -312,11 +317,15 @@ def _concat_summaries(per_batch: list[dict[str, np.ndarray]]) -> dict[str, np.nd
 # ------------------------------------------------------------------------------------------------
 
 
-class PosteriorSamplingMixin:
+class PosteriorSamplingMixin(_Host):
     """Posterior draws and summaries of any site of a Pyro model/guide pair.
 
     Works for every module whose sites broadcast over extra leading sample dimensions, which lets
     draws be vectorised by a particle plate.
+
+    The class it is mixed into provides (:class:`~pyrovi.model.base._contracts.LoaderHost`, as
+    :class:`BaseModelClass` does): ``module``, the model/guide pair; ``_make_data_loader(adata, indices,
+    batch_size)``, the minibatches of a query; ``_fn_args(batch)``, the model's and guide's arguments of one.
     """
 
     @serialised_query

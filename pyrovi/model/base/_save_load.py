@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from ._model_dir_writer import write_model_files
 from ._query_errors import _unknown_to_model
 
 if TYPE_CHECKING:
-    from ._base_model import BaseModelClass
+    from ._contracts import PersistentModel
 
 __all__ = ["save_model", "load_model", "load_saved_registry", "resolve_device", "FORMAT_VERSION", "WEIGHTS_FILE", "META_FILE", "ADATA_FILE"]
 
@@ -113,7 +114,7 @@ def _indices(values: np.ndarray | None) -> list[int] | None:
 
 
 def save_model(
-    model: BaseModelClass, dir_path: str | Path, overwrite: bool, save_anndata: bool, prefix: str | None = None,
+    model: PersistentModel, dir_path: str | Path, overwrite: bool, save_anndata: bool, prefix: str | None = None,
     **anndata_write_kwargs: Any,
 ) -> None:
     """Write ``model`` to ``dir_path`` (see :meth:`BaseModelClass.save`)."""
@@ -225,7 +226,7 @@ def _check_genes(saved: list[str], adata: AnnData) -> None:
 
 
 def load_model(
-    cls: type[BaseModelClass],
+    cls: type[PersistentModel],
     dir_path: str | Path,
     adata: AnnData | None,
     accelerator: str,
@@ -236,16 +237,15 @@ def load_model(
     """Rebuild a model written by :func:`save_model` (see :meth:`BaseModelClass.load`).
 
     Every file is checked before it is used (:mod:`._model_files`); the model class is the caller's, never
-    one named in the file; problems with the files raise :class:`~pyrovi.ModelFileError`.
+    one named in the file (only compared with ``cls.known_models()``); problems with the files raise
+    :class:`~pyrovi.ModelFileError`.
     """
-    from ._base_model import BaseModelClass
-
     path = Path(check_path("dir_path", dir_path))
     prefix = check_prefix(prefix)
     meta_path = path / (prefix + META_FILE)
     target = resolve_device(accelerator, device)  # a device that cannot be had fails before any file is read
     check_model_dir(path, prefix)
-    meta = read_meta(path, BaseModelClass.known_models(), cls, prefix)
+    meta = read_meta(path, cls.known_models(), cls, prefix)
     if adata is None:
         if "data_file" in meta and meta["data_file"] is None:
             raise ModelFileError(
@@ -318,11 +318,11 @@ def load_model(
     model.module.load_state_dict(state, strict=True)
     model.module.to(target)
     model.module.eval()
-    model.is_trained_ = meta["is_trained"]
-    model.history_ = _history_from_json(meta["history"])
-    for name in ("train_indices", "validation_indices", "test_indices"):
-        values = meta[name]
-        setattr(model, name, None if values is None else np.asarray(values, dtype=np.int64))
+    split = {
+        name: None if meta[name] is None else np.asarray(meta[name], dtype=np.int64)
+        for name in ("train_indices", "validation_indices", "test_indices")
+    }
+    model._restore_training_state(meta["is_trained"], _history_from_json(meta["history"]), **split)
     return model
 
 
@@ -343,11 +343,14 @@ def _drop_split_beyond(meta: dict[str, Any], n_obs: int, meta_path: Path) -> dic
     return {**meta, **{k: None for k in keys}}
 
 
-def load_saved_registry(dir_path: str | Path, prefix: str | None = None) -> dict[str, Any]:
-    """The AnnData setup (registry) of a saved model, read and validated without building the model."""
-    from ._base_model import BaseModelClass
+def load_saved_registry(
+    dir_path: str | Path, prefix: str | None, known_models: Mapping[str, type]
+) -> dict[str, Any]:
+    """The AnnData setup (registry) of a saved model, read and validated without building the model.
 
+    ``known_models`` are the model classes the file may name, by class name (only compared, never imported).
+    """
     path = Path(check_path("dir_path", dir_path))
     prefix = check_prefix(prefix)
     check_model_dir(path, prefix)
-    return read_meta(path, BaseModelClass.known_models(), None, prefix)["registry"]
+    return read_meta(path, known_models, None, prefix)["registry"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,11 @@ from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
+
+if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
+    from ._contracts import QueryHost as _Host
+else:
+    _Host = object
 
 #: A minibatch as loaders yield it: tensors keyed by registry keys (``"X"``, ``"batch"``, ...).
 Minibatch = dict[str, torch.Tensor]
@@ -47,12 +52,18 @@ def _as_scalar(values: np.ndarray) -> np.float64:
     return np.float64(np.mean(values, dtype=np.float64))
 
 
-class VAEMixin:
+class VAEMixin(_Host):
     """Latent representation, ELBO, marginal likelihood and posterior predictive sampling.
 
     Sign conventions follow scvi-tools: :meth:`get_elbo` and :meth:`get_marginal_ll` return
     log-densities per cell (higher is better); :meth:`get_reconstruction_error` and the training
     history's ``elbo_*`` return losses, their negatives (lower is better).
+
+    The class it is mixed into provides (:class:`~pyrovi.model.base._contracts.QueryHost`, as
+    :class:`BaseModelClass` does): ``module``, ``_make_data_loader`` and ``_fn_args`` (the minibatches of a
+    query and the model's arguments of one), ``adata_manager`` and ``_validate_anndata(adata)`` (the setup
+    that reads a query's AnnData). A model adapts the queries through the class attributes below (which
+    latent site, which observed sites).
     """
 
     #: the latent site returned by get_latent_representation

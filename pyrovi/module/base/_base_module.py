@@ -31,16 +31,27 @@ class BaseModuleClass(PyroModule):
 
     Examples
     --------
-    A subclass reads like its generative story::
+    A subclass reads like its generative story:
 
-        class Tiny(BaseModuleClass):
-            def model(self, x, indices=None, n_obs=None, kl_weight=1.0):
-                with pyro.plate("cells", n_obs or len(x), subsample=indices):
-                    ...
-
-            @staticmethod
-            def _get_fn_args_from_batch(batch):
-                return (batch["X"],), {"indices": batch["indices"]}
+    >>> class Tiny(BaseModuleClass):
+    ...     def model(self, x, indices=None, n_obs=None, kl_weight=1.0):
+    ...         with pyro.plate("cells", n_obs or len(x), subsample=indices):
+    ...             z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...             pyro.sample("x", dist.Poisson(z.exp()[:, None].expand(x.shape)).to_event(1), obs=x)
+    ...
+    ...     def guide(self, x, indices=None, n_obs=None, kl_weight=1.0):
+    ...         with pyro.plate("cells", n_obs or len(x), subsample=indices):
+    ...             pyro.sample("z", dist.Normal(x.mean(-1).log1p(), 0.1))
+    ...
+    ...     @staticmethod
+    ...     def _get_fn_args_from_batch(batch):
+    ...         return (batch["X"],), {"indices": batch["indices"]}
+    >>> tiny = Tiny()
+    >>> batch = {"X": torch.poisson(torch.full((4, 3), 2.0)), "indices": torch.arange(4)}
+    >>> args, kwargs = tiny._get_fn_args_from_batch(batch)
+    >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(tiny.model, tiny.guide, *args, n_obs=100, **kwargs)
+    >>> bool(torch.isfinite(loss))
+    True
     """
 
     #: Names of the per-cell latent sites (those inside the ``"cells"`` plate) that KL warm-up scales.
