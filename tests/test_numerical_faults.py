@@ -38,7 +38,7 @@ class _PoisonSteps(pl.Callback):
         self.before, self.after = {}, {}
 
     def on_train_start(self, trainer, pl_module):
-        pl_module._check_on_device = self.on_device
+        pl_module.nonfinite_guard.on_device = self.on_device
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step

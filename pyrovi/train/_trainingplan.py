@@ -16,14 +16,10 @@ from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .._checks import check_bool, check_int, check_number
 from .._constants import REGISTRY_KEYS
-from .._errors import NumericalFaultError
 from .._pyro_lock import pyro_lock
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
 from ._elbo import SplitTraceMeanField_ELBO
-
-#: history key of the number of optimiser steps skipped in an epoch (``on_nonfinite="skip"``)
-SKIPPED_STEPS_METRIC = "nonfinite_steps_skipped"
-_NONFINITE_MODES = ("raise", "skip")
+from ._nonfinite import SKIPPED_STEPS_METRIC, NonFiniteGuard
 
 # Pyro rejects non-positive scales; the first warm-up epoch therefore uses this tiny weight, which
 # for the optimiser is indistinguishable from scVI's zero.
@@ -141,21 +137,12 @@ def _compile_networks(module: torch.nn.Module, compile_kwargs: dict[str, Any] | 
     return True
 
 
-def _copy_all(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
-    """``targets[i].copy_(sources[i])`` for all ``i``, in one fused call where torch has one (torch >= 2.2)."""
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(targets, sources)
-    else:
-        for target, source in zip(targets, sources):
-            target.copy_(source)
-
-
 def _make_adam(cls: type, params: list[torch.Tensor], **settings: float) -> torch.optim.Optimizer:
     """One Adam over all parameters, fused into a single kernel where torch supports it.
 
-    The fused kernel runs one update for every parameter at once (on the CPU about six times faster
-    than the per-parameter loop torch uses there by default); older torch versions or unusual
-    parameter types fall back to the default implementation.
+    The fused kernel runs one update for every parameter at once, in place of the per-parameter loop torch
+    uses on the CPU by default (``benchmarks/README.md``); older torch versions or unusual parameter types
+    fall back to the default implementation.
     """
     try:
         return cls(params, fused=True, **settings)
@@ -239,18 +226,26 @@ class TrainingPlan(pl.LightningModule):
     with another Pyro ELBO only ``elbo_train`` and ``train_loss`` are logged for training, and the
     validation terms take one extra pass.
 
-    The finiteness check is one fused norm over all gradients plus the loss, before the optimiser step. On
-    the CPU the decision is made on the host (no synchronisation is involved there). On an accelerator with
-    the fused Adam/AdamW pyrovi builds, it stays on the device: a faulty step is skipped inside the fused
-    kernel (its ``found_inf`` input, as with mixed-precision gradient scaling), and ``"raise"`` also skips
-    every later step of the epoch and raises at the end of the epoch, naming the first faulty step. With
-    another optimiser on an accelerator the check costs one host synchronisation per step.
+    One training step is the SVI step: **loss** (:meth:`training_step` returns the minibatch's per-cell
+    negative ELBO), **backward** (Lightning's ``loss.backward()``), **guard** (:meth:`on_before_optimizer_step`:
+    the :class:`~pyrovi.train.NonFiniteGuard` in ``nonfinite_guard`` checks the loss and the gradients), and
+    **step** (Lightning's ``optimizer.step()``, skipped or refused for a non-finite step). Lightning's automatic
+    optimisation calls these in that order; the plan writes only the loss and the guard.
+
+    The guard's check is one fused norm over all gradients plus the loss, before the optimiser step. On the
+    CPU the decision is made on the host (no synchronisation is involved there). On an accelerator with the
+    fused Adam/AdamW pyrovi builds, it stays on the device: a faulty step is skipped inside the fused kernel
+    (its ``found_inf`` input, as with mixed-precision gradient scaling), and ``"raise"`` also skips every later
+    step of the epoch and raises at the end of the epoch, naming the first faulty step. With another optimiser
+    on an accelerator the check costs one host synchronisation per step.
 
     Examples
     --------
-    >>> plan = TrainingPlan(VAE(n_input=100), lr=1e-3)  # doctest: +SKIP
+    >>> from pyrovi.module import VAE
+    >>> plan = TrainingPlan(VAE(n_input=100), lr=1e-3, on_nonfinite="skip")
+    >>> plan.on_nonfinite, plan.nonfinite_guard.mode
+    ('skip', 'skip')
     >>> Trainer(max_epochs=10).fit(plan, datamodule=DataSplitter(manager))  # doctest: +SKIP
-    >>> TrainingPlan(VAE(n_input=100), on_nonfinite="skip")  # doctest: +SKIP
     """
 
     def __init__(
@@ -284,8 +279,8 @@ class TrainingPlan(pl.LightningModule):
         **loss_kwargs: Any,
     ):
         super().__init__()
-        if on_nonfinite not in _NONFINITE_MODES:
-            raise ValueError(f"on_nonfinite={on_nonfinite!r}: use 'raise' (stop with an error) or 'skip'.")
+        #: checks every step's loss and gradients before the optimiser applies them (``on_nonfinite``)
+        self.nonfinite_guard = NonFiniteGuard(on_nonfinite)
         _validate_plan_settings(
             optimizer=optimizer, optimizer_creator=optimizer_creator, lr=lr, weight_decay=weight_decay, eps=eps,
             n_steps_kl_warmup=n_steps_kl_warmup, n_epochs_kl_warmup=n_epochs_kl_warmup,
@@ -302,6 +297,7 @@ class TrainingPlan(pl.LightningModule):
         self.loss = loss
         # The ELBO module only wraps the (bound) model and guide; the parameters are the module's.
         self._elbo = self.loss(module.model, module.guide)
+        # settings
         self.optimizer = optimizer
         self.optimizer_creator = optimizer_creator
         self.lr, self.weight_decay, self.eps = lr, weight_decay, eps
@@ -316,23 +312,36 @@ class TrainingPlan(pl.LightningModule):
         self.loss_kwargs = dict(loss_kwargs)
         self.log_train_terms = log_train_terms
         self.validate_distributions = validate_distributions
-        self.on_nonfinite = on_nonfinite
         self.compiled = _compile_networks(module, compile_kwargs) if compile else False
-        #: Decide on the device (True), on the host (False), or by device and optimiser (None); tests force it.
-        self._check_on_device: bool | None = None
-        self._step_loss: torch.Tensor | None = None
-        self.n_skipped_steps = 0
+        # learnt in setup() from the data module, and made in configure_optimizers()
         self.n_obs_training: int | None = None
         self.n_obs_validation: int | None = None
         self._decoder_params: list[torch.nn.Parameter] | None = None
+        self._plateau_scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        # the training epoch's sums, on the device (see on_train_epoch_start)
+        self._epoch_loss_sum: torch.Tensor | None = None
+        self._epoch_loss_cells: int | torch.Tensor = 0  # cells of the steps taken (a device count on accelerators)
+        self._epoch_kl_sum, self._epoch_cells = 0.0, 0
+        self._pending: tuple[torch.Tensor, int] | None = None  # the last minibatch's, until the guard passes it
+        # the validation epoch's sums, and the count of validation steps logged with on_step
+        self._val_sum: torch.Tensor | None = None
+        self._val_cells = 0
         self._val_step = 0
+
+    @property
+    def on_nonfinite(self) -> Literal["raise", "skip"]:
+        """What a NaN or infinite step does: ``"raise"`` or ``"skip"`` (the guard's mode)."""
+        return self.nonfinite_guard.mode
+
+    @property
+    def n_skipped_steps(self) -> int:
+        """Optimiser steps skipped in the current (or last) fit for a NaN or infinite loss or gradient."""
+        return self.nonfinite_guard.n_skipped
 
     @property
     def splits_terms(self) -> bool:
         """Whether the loss reports its reconstruction and KL parts (:class:`SplitTraceMeanField_ELBO`)."""
         return isinstance(self.loss, SplitTraceMeanField_ELBO)
-
-    # ----------------------------------------------------------------------------------------------
 
     @property
     def kl_weight(self) -> float:
@@ -345,6 +354,22 @@ class TrainingPlan(pl.LightningModule):
             self.min_kl_weight,
             self.max_kl_weight,
         )
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser updates: every trainable one, or the decoder side (``update_only_decoder``).
+
+        Examples
+        --------
+        >>> from pyrovi.module import VAE
+        >>> plan = TrainingPlan(VAE(n_input=20, n_hidden=8, n_latent=2))
+        >>> len(plan.trained_parameters()) == len([p for p in plan.module.parameters() if p.requires_grad])
+        True
+        """
+        if self.update_only_decoder and self._decoder_params is not None:
+            return list(self._decoder_params)
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    # Lightning hooks: setup and teardown of a fit ---------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         """Learn the set sizes and create Pyro's lazy parameters before optimiser and DDP wrapping."""
@@ -359,48 +384,157 @@ class TrainingPlan(pl.LightningModule):
                 if self.update_only_decoder:
                     self._decoder_params = self._generative_parameters(batch)
 
-    def _generative_parameters(self, batch: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:
-        """The parameters the model uses given the guide's draws: the decoder side, for ``update_only_decoder``."""
-        device = self.module.device
-        batch = {key: value.to(device) for key, value in batch.items()}
-        args, kwargs = self.module._get_fn_args_from_batch(batch)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        training = self.module.training
-        self.module.eval()
-        try:
-            with pyro_lock(), pyro.validation_enabled(self.validate_distributions):
-                with torch.no_grad():  # the draws carry no gradient back to the guide's parameters
-                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
-                with torch.enable_grad():
-                    replayed = poutine.replay(self.module.model, trace=guide_trace)
-                    total = poutine.trace(replayed).get_trace(*args, **kwargs).log_prob_sum()
-                    used = torch.autograd.grad(total, params, allow_unused=True)
-        finally:
-            self.module.train(training)
-        decoder = [p for p, g in zip(params, used) if g is not None]
-        if not decoder:
-            raise ValueError("update_only_decoder=True, but the model uses no trainable parameter of its own.")
-        return decoder
-
     def teardown(self, stage: str) -> None:
         """Queries after training run the networks eagerly again (``compile=True`` compiled them for training)."""
         if self.compiled:
             _uncompile_networks(self.module)
 
-    def _materialise_lazy_parameters(self, batch: dict[str, torch.Tensor]) -> None:
-        # Pyro creates some parameters (e.g. of autoguides) on first use; run the guide once so they
-        # exist when configure_optimizers collects parameters.
-        device = self.module.device  # a second fit may find the module already on an accelerator
-        batch = {key: value.to(device) for key, value in batch.items()}
-        args, kwargs = self.module._get_fn_args_from_batch(batch)
-        # in eval mode: this pass must not count as a training step (BatchNorm's running statistics)
-        training = self.module.training
-        self.module.eval()
-        try:
-            with torch.no_grad(), pyro_lock(), pyro.validation_enabled(self.validate_distributions):
-                poutine.trace(self.module.guide).get_trace(*args, **kwargs)
-        finally:
-            self.module.train(training)
+    def transfer_batch_to_device(
+        self, batch: dict[str, torch.Tensor], device: torch.device, dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
+        # A minibatch is a flat dict of tensors: move it directly rather than through Lightning's
+        # generic collection walk, whose per-step cost shows next to a small model's step.
+        return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+    # Lightning hooks: optimisers -----------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        params = self.trained_parameters()
+        if self.optimizer == "Custom":
+            optimizer = self.optimizer_creator(params)
+        elif callable(self.optimizer):
+            optimizer = self.optimizer(params)
+        elif self.optimizer in ("Adam", "AdamW"):
+            cls = torch.optim.Adam if self.optimizer == "Adam" else torch.optim.AdamW
+            optimizer = _make_adam(cls, params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(
+                f"optimizer={self.optimizer!r}: use 'Adam', 'AdamW', 'Custom' (with optimizer_creator) or a "
+                "callable params -> Optimizer."
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"The optimizer creator returned {type(optimizer).__name__}, not a torch.optim.Optimizer; it must "
+                "build one from the parameters it is given, e.g. lambda params: torch.optim.SGD(params, lr=0.01)."
+            )
+        if not self.reduce_lr_on_plateau:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=self.lr_factor,
+            patience=self.lr_patience,
+            threshold=self.lr_threshold,
+            min_lr=self.lr_min,
+            threshold_mode="abs",
+        )
+        self._plateau_scheduler = scheduler
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_metric},
+        }
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step a scheduler for Lightning; the plan's own plateau scheduler is stepped in ``on_train_epoch_end``.
+
+        Lightning steps epoch schedulers after the epoch's checkpoint is written, so a run resumed from that
+        checkpoint would never take that epoch's step; stepped by the plan, it is part of the checkpoint.
+        Other schedulers (from a subclass's ``configure_optimizers``) are stepped by Lightning as usual.
+        """
+        if scheduler is self._plateau_scheduler:
+            return
+        super().lr_scheduler_step(scheduler, metric)
+
+    # Lightning hooks: training, one SVI step (loss, backward, guard, step) ------------------------------
+
+    def on_train_start(self) -> None:
+        # Buffers a forward pass changes (BatchNorm's running statistics): a faulty step must not keep their
+        # update either. Collected here, after Lightning moved the module to its device.
+        running = [
+            b for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers()
+        ]
+        self.nonfinite_guard.start_fit(running, self.named_parameters)
+
+    def on_train_epoch_start(self) -> None:
+        # Epoch sums of the training loss stay on the device: no per-step self.log and no per-step host
+        # synchronisation.
+        self._epoch_loss_sum = None
+        self._epoch_loss_cells = 0
+        self._pending = None
+        self._epoch_kl_sum, self._epoch_cells = 0.0, 0
+        self.nonfinite_guard.start_epoch(first_step=self.global_step)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The **loss** of one SVI step: the minibatch's negative ELBO per cell, with the KL warm-up weight.
+
+        Lightning then takes the **backward** pass, calls :meth:`on_before_optimizer_step` (the **guard**)
+        and takes the optimiser **step**.
+        """
+        kl_weight = self.kl_weight
+        self._commit_pending()  # a minibatch without an optimiser step of its own (gradient accumulation)
+        self.nonfinite_guard.before_forward()
+        loss = self._loss(batch, self.n_obs_training, kl_weight)
+        self.nonfinite_guard.watch(loss)
+        self._record_training_step(batch, loss, kl_weight)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The **guard**, between Lightning's backward pass and its optimiser step: stop or skip a non-finite step.
+
+        The minibatch's loss joins the epoch's sums only if its step is taken.
+        """
+        verdict = self.nonfinite_guard.check(optimizer, self.global_step, self.current_epoch)
+        if verdict is not None:
+            self._commit_pending(verdict)
+
+    def on_train_epoch_end(self) -> None:
+        skipped = self.nonfinite_guard.end_epoch(self.current_epoch)
+        if self.on_nonfinite == "skip":
+            self.log(SKIPPED_STEPS_METRIC, float(skipped), on_epoch=True, sync_dist=True)
+        self._commit_pending()
+        if not self._epoch_cells:
+            return
+        # cell-weighted epoch means, as Lightning's on_epoch logging computes them; the training loss over
+        # the steps taken (a skipped step's loss is not finite)
+        metrics: dict[str, Any] = {}
+        if self._epoch_loss_sum is not None:
+            means = self._epoch_loss_sum / self._epoch_loss_cells
+            metrics = self._named_metrics("train", means, self.n_obs_training)
+            self._log_epoch_metrics(metrics, prog_bar=("elbo_train",))
+        self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
+        self._step_plateau_scheduler(metrics)
+
+    def on_train_end(self) -> None:
+        self.nonfinite_guard.end_fit()
+
+    # Lightning hooks: validation -----------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = None
+        self._val_cells = 0
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch, self.n_obs_validation, 1.0)
+        n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
+        # sums stay on the device until the epoch ends (no per-batch self.log)
+        vector = self._metric_vector(loss, self.n_obs_validation or n)
+        if self._val_sum is None:
+            self._val_sum, self._val_cells = vector * n, n
+        else:
+            self._val_sum, self._val_cells = self._val_sum + vector * n, self._val_cells + n
+        if self.on_step:
+            self._log_step_metrics("validation", vector, self.n_obs_validation or n, self._val_step)
+            self._val_step += 1
+        if not self.splits_terms and getattr(self.module, "per_cell_terms", True):
+            self._log_terms(batch, "validation")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_sum is None or not self._val_cells:
+            return
+        metrics = self._named_metrics("validation", self._val_sum / self._val_cells, self.n_obs_validation)
+        self._log_epoch_metrics(metrics, prog_bar=("elbo_validation",))
+
+    # the loss, its metrics and their logging -----------------------------------------------------------
 
     def _loss(self, batch: dict[str, torch.Tensor], n_obs: int | None, kl_weight: float) -> torch.Tensor:
         args, kwargs = self.module._get_fn_args_from_batch(batch)
@@ -414,6 +548,30 @@ class TrainingPlan(pl.LightningModule):
         with pyro_lock(), pyro.validation_enabled(self.validate_distributions), grad:
             loss = self._elbo(*args, n_obs=n_obs, kl_weight=kl_weight, **kwargs) / n_obs
         return loss if torch.is_grad_enabled() else loss.detach()
+
+    def _record_training_step(self, batch: dict[str, torch.Tensor], loss: torch.Tensor, kl_weight: float) -> None:
+        """Keep the step's metrics for the epoch's sums (on the device), and log them per step with ``on_step``."""
+        n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
+        vector = self._metric_vector(loss, self.n_obs_training or n)
+        self._pending = (vector * n, n)  # added to the epoch's sums once the guard has passed the step
+        self._epoch_kl_sum += kl_weight * n
+        self._epoch_cells += n
+        if self.on_step and self.global_step % max(int(self.trainer.log_every_n_steps), 1) == 0:
+            self._log_step_metrics("train", vector, self.n_obs_training or n, self.global_step)
+        if self.log_train_terms and not self.splits_terms and getattr(self.module, "per_cell_terms", True):
+            self._log_terms(batch, "train")
+
+    def _commit_pending(self, taken: bool | torch.Tensor = True) -> None:
+        """Add the last minibatch's loss to the epoch's, unless its step was skipped (``taken``: a device bool)."""
+        pending, self._pending = self._pending, None
+        if pending is None or taken is False:
+            return
+        weighted, n = pending
+        if isinstance(taken, torch.Tensor):
+            weighted = torch.where(taken, weighted, torch.zeros_like(weighted))  # a NaN times 0 stays NaN
+            n = taken.to(weighted.dtype) * n
+        self._epoch_loss_sum = weighted if self._epoch_loss_sum is None else self._epoch_loss_sum + weighted
+        self._epoch_loss_cells = self._epoch_loss_cells + n
 
     def _metric_vector(self, loss: torch.Tensor, n_obs: int) -> torch.Tensor:
         """``[loss, reconstruction_loss, kl_local, kl_global]`` of the last loss call, per cell (the global KL
@@ -478,217 +636,8 @@ class TrainingPlan(pl.LightningModule):
         self.log(f"reconstruction_loss_{suffix}", -terms["reconstruction"].mean(), **options)
         self.log(f"kl_local_{suffix}", terms["kl_local"].mean(), **options)
 
-    def transfer_batch_to_device(
-        self, batch: dict[str, torch.Tensor], device: torch.device, dataloader_idx: int
-    ) -> dict[str, torch.Tensor]:
-        # A minibatch is a flat dict of tensors: move it directly rather than through Lightning's
-        # generic collection walk, which costs milliseconds a step.
-        return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-    def on_train_start(self) -> None:
-        self.n_skipped_steps = 0
-        # Buffers a forward pass changes (BatchNorm's running statistics): a faulty step must not keep their
-        # update either. Collected here, after Lightning moved the module to its device.
-        self._running = [
-            b for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers()
-        ]
-        self._running_saved: list[torch.Tensor] | None = None
-
-    def on_train_epoch_start(self) -> None:
-        # Epoch sums of the training loss stay on the device: no per-step self.log (which costs a few
-        # milliseconds a call on the CPU) and no per-step host synchronisation.
-        self._epoch_loss_sum: torch.Tensor | None = None
-        self._epoch_loss_cells: int | torch.Tensor = 0  # cells of the steps taken (a device count on accelerators)
-        self._pending: tuple[torch.Tensor, int] | None = None
-        self._epoch_kl_sum, self._epoch_cells = 0.0, 0
-        self._epoch_first_step = self.global_step
-        self._epoch_skipped = 0
-        # device-side fault state of this epoch (see _flag_on_device)
-        self._halted: torch.Tensor | None = None
-        self._n_steps_before_halt: torch.Tensor | None = None
-        self._fault_mask: torch.Tensor | None = None
-        self._skipped_on_device: torch.Tensor | None = None
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        kl_weight = self.kl_weight
-        self._commit_pending()  # a minibatch without an optimiser step of its own (gradient accumulation)
-        self._save_running_buffers()
-        loss = self._loss(batch, self.n_obs_training, kl_weight)
-        self._step_loss = loss.detach()
-        n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        vector = self._metric_vector(loss, self.n_obs_training or n)
-        # added to the epoch's sums once the step is known to be finite (on_before_optimizer_step)
-        self._pending = (vector * n, n)
-        self._epoch_kl_sum += kl_weight * n
-        self._epoch_cells += n
-        if self.on_step and self.global_step % max(int(self.trainer.log_every_n_steps), 1) == 0:
-            self._log_step_metrics("train", vector, self.n_obs_training or n, self.global_step)
-        if self.log_train_terms and not self.splits_terms and getattr(self.module, "per_cell_terms", True):
-            self._log_terms(batch, "train")
-        return loss
-
-    # ----------------------------------------------------------------------------------------------
-    # numerical faults
-
-    def _commit_pending(self, taken: bool | torch.Tensor = True) -> None:
-        """Add the last minibatch's loss to the epoch's, unless its step was skipped (``taken``: a device bool)."""
-        pending, self._pending = getattr(self, "_pending", None), None
-        if pending is None or taken is False:
-            return
-        weighted, n = pending
-        if isinstance(taken, torch.Tensor):
-            weighted = torch.where(taken, weighted, torch.zeros_like(weighted))  # a NaN times 0 stays NaN
-            n = taken.to(weighted.dtype) * n
-        self._epoch_loss_sum = weighted if self._epoch_loss_sum is None else self._epoch_loss_sum + weighted
-        self._epoch_loss_cells = self._epoch_loss_cells + n
-
-    def _save_running_buffers(self) -> None:
-        running = getattr(self, "_running", None)
-        if not running:
-            return
-        if self._running_saved is None:
-            self._running_saved = [b.clone() for b in running]
-        else:
-            _copy_all(self._running_saved, running)
-
-    def _restore_running_buffers(self, flag: torch.Tensor | None = None) -> None:
-        """Put back the running statistics of before this step (where ``flag``, a device bool, is set)."""
-        running, saved = getattr(self, "_running", None), getattr(self, "_running_saved", None)
-        if not running or saved is None:
-            return
-        if flag is None:
-            _copy_all(running, saved)
-            return
-        for buffer, before in zip(running, saved):
-            buffer.copy_(torch.where(flag, before, buffer))
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Check the loss and the gradients of this step before the optimiser applies them."""
-        loss, self._step_loss = self._step_loss, None
-        if loss is None:
-            return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            self._commit_pending()
-            return
-        # One fused norm per gradient (a single kernel launch for all of them) and the loss in one vector:
-        # the step is finite exactly when every entry is.
-        norms = torch._foreach_norm([p.grad for p in params])
-        finite = torch.isfinite(torch.stack([*norms, loss.reshape(()).to(norms[0].dtype)]))
-        if self._decide_on_device(optimizer, loss):
-            self._fault_params = params  # the order of the entries of the fault mask
-            self._flag_on_device(optimizer, finite)
-        elif not bool(finite.all()):  # on the CPU this reads memory the host already holds: no sync
-            self._on_fault(optimizer, params, finite)
-        else:
-            self._commit_pending()
-
-    def _decide_on_device(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
-        if self._check_on_device is not None:
-            return self._check_on_device
-        # The fused Adam kernels take a found_inf flag and skip the update on the device when it is set.
-        return loss.device.type != "cpu" and bool(optimizer.defaults.get("fused"))
-
-    def _on_fault(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], finite: torch.Tensor) -> None:
-        """A faulty step seen on the host: raise before the optimiser step, or skip it."""
-        self._restore_running_buffers()
-        if self.on_nonfinite == "raise":
-            raise self._fault_error(self.global_step, self.current_epoch, params, finite)
-        # Optimisers leave parameters without gradient untouched (no update, no moment or step count change).
-        for p in params:
-            p.grad = None
-        self._epoch_skipped += 1
-        self._commit_pending(False)
-
-    def _flag_on_device(self, optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-        """A fault flag kept on the device and handed to the fused optimiser: no host synchronisation."""
-        bad = ~finite.all()
-        if self.on_nonfinite == "skip":
-            self._skipped_on_device = bad.long() if self._skipped_on_device is None else self._skipped_on_device + bad
-            optimizer.found_inf = bad.float()
-            self._restore_running_buffers(bad)
-            self._commit_pending(~bad)
-            return
-        # "raise": from the first faulty step on, every step of the epoch is skipped, so the parameters stay
-        # at the last finite state until on_train_epoch_end raises; the first fault's mask names the culprit.
-        before = self._halted if self._halted is not None else torch.zeros_like(bad)
-        halted = before | bad
-        newly = halted & ~before
-        mask = self._fault_mask
-        if mask is None or mask.shape != finite.shape:  # a step whose set of gradients differs
-            mask = torch.zeros_like(finite)
-        self._fault_mask = torch.where(newly, ~finite, mask)
-        steps = (~halted).long()
-        self._n_steps_before_halt = steps if self._n_steps_before_halt is None else self._n_steps_before_halt + steps
-        self._halted = halted
-        optimizer.found_inf = halted.float()
-        self._restore_running_buffers(halted)
-        self._commit_pending(~halted)
-
-    def _check_device_faults(self) -> None:
-        """Once per epoch (where the epoch's metrics synchronise anyway): act on the device-side flags."""
-        if self._skipped_on_device is not None:
-            self._epoch_skipped += int(self._skipped_on_device)
-            self._skipped_on_device = None
-        if self._halted is not None and bool(self._halted):
-            # the flags restart every epoch, so the first faulty step lies in this one
-            step = self._epoch_first_step + int(self._n_steps_before_halt)
-            params = self._fault_params
-            raise self._fault_error(step, self.current_epoch, params, ~self._fault_mask.cpu())
-
-    def _fault_error(
-        self, step: int, epoch: int, params: list[torch.Tensor], finite: torch.Tensor
-    ) -> NumericalFaultError:
-        finite = finite.cpu()
-        names = {id(p): name for name, p in self.named_parameters()}
-        if not bool(finite[-1]):
-            culprit, what = "loss", "the loss"
-        else:
-            first = int((~finite[:-1]).nonzero()[0])
-            culprit = names.get(id(params[first]), f"parameter {first}")
-            n_bad = int((~finite[:-1]).sum())
-            others = f" (and {n_bad - 1} other parameters)" if n_bad > 1 else ""
-            what = f"the gradient of {culprit}{others}"
-        message = (
-            f"Training stopped at optimiser step {step} (epoch {epoch}): {what} is NaN or infinite. The step was "
-            "not applied: the model keeps its parameters from before it (the last finite state). Likely causes: "
-            "data that are not raw counts (normalised or log-transformed values; pass the counts with "
-            "setup_anndata(adata, layer='counts')), or a learning rate that is too high (lower it, e.g. "
-            "plan_kwargs={'lr': 1e-4}). To skip such steps and go on training, use "
-            "plan_kwargs={'on_nonfinite': 'skip'}."
-        )
-        return NumericalFaultError(message, step=step, epoch=epoch, culprit=culprit)
-
-    def on_train_epoch_end(self) -> None:
-        self._check_device_faults()
-        if self.on_nonfinite == "skip":
-            self.n_skipped_steps += self._epoch_skipped
-            self.log(SKIPPED_STEPS_METRIC, float(self._epoch_skipped), on_epoch=True, sync_dist=True)
-        self._commit_pending()
-        if not self._epoch_cells:
-            return
-        # cell-weighted epoch means, as Lightning's on_epoch logging computes them; the training loss over
-        # the steps taken (a skipped step's loss is not finite)
-        metrics: dict[str, Any] = {}
-        if self._epoch_loss_sum is not None:
-            means = self._epoch_loss_sum / self._epoch_loss_cells
-            metrics = self._named_metrics("train", means, self.n_obs_training)
-            self._log_epoch_metrics(metrics, prog_bar=("elbo_train",))
-        self.log("kl_weight", self._epoch_kl_sum / self._epoch_cells, on_epoch=True, sync_dist=True)
-        self._step_plateau_scheduler(metrics)
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_sum: torch.Tensor | None = None
-        self._val_cells = 0
-
-    def on_validation_epoch_end(self) -> None:
-        if getattr(self, "_val_sum", None) is None or not self._val_cells:
-            return
-        metrics = self._named_metrics("validation", self._val_sum / self._val_cells, self.n_obs_validation)
-        self._log_epoch_metrics(metrics, prog_bar=("elbo_validation",))
-
     def _step_plateau_scheduler(self, epoch_metrics: dict[str, Any]) -> None:
-        scheduler = getattr(self, "_plateau_scheduler", None)
+        scheduler = self._plateau_scheduler
         if not self.reduce_lr_on_plateau or scheduler is None:
             return
         key = self.lr_scheduler_metric
@@ -701,77 +650,43 @@ class TrainingPlan(pl.LightningModule):
             )
         scheduler.step(metric)
 
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        """Step a scheduler for Lightning; the plan's own plateau scheduler is stepped in ``on_train_epoch_end``.
+    # parameters: lazy ones, and those the generative model uses ---------------------------------------
 
-        Lightning steps epoch schedulers after the epoch's checkpoint is written, so a run resumed from that
-        checkpoint would never take that epoch's step; stepped by the plan, it is part of the checkpoint.
-        Other schedulers (from a subclass's ``configure_optimizers``) are stepped by Lightning as usual.
-        """
-        if scheduler is getattr(self, "_plateau_scheduler", None):
-            return
-        super().lr_scheduler_step(scheduler, metric)
+    def _materialise_lazy_parameters(self, batch: dict[str, torch.Tensor]) -> None:
+        # Pyro creates some parameters (e.g. of autoguides) on first use; run the guide once so they
+        # exist when configure_optimizers collects parameters.
+        device = self.module.device  # a second fit may find the module already on an accelerator
+        batch = {key: value.to(device) for key, value in batch.items()}
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
+        # in eval mode: this pass must not count as a training step (BatchNorm's running statistics)
+        training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), pyro_lock(), pyro.validation_enabled(self.validate_distributions):
+                poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+        finally:
+            self.module.train(training)
 
-    def on_train_end(self) -> None:
-        if self.n_skipped_steps:
-            warnings.warn(
-                f"{self.n_skipped_steps} optimiser steps had a NaN or infinite loss or gradient and were skipped "
-                f"(on_nonfinite='skip'; per epoch in history['{SKIPPED_STEPS_METRIC}']). Many skipped steps "
-                "suggest data that are not raw counts or a learning rate that is too high.",
-                UserWarning,
-                stacklevel=2,
-            )
+    def _generative_parameters(self, batch: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:
+        """The parameters the model uses given the guide's draws: the decoder side, for ``update_only_decoder``."""
+        device = self.module.device
+        batch = {key: value.to(device) for key, value in batch.items()}
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        training = self.module.training
+        self.module.eval()
+        try:
+            with pyro_lock(), pyro.validation_enabled(self.validate_distributions):
+                with torch.no_grad():  # the draws carry no gradient back to the guide's parameters
+                    guide_trace = poutine.trace(self.module.guide).get_trace(*args, **kwargs)
+                with torch.enable_grad():
+                    replayed = poutine.replay(self.module.model, trace=guide_trace)
+                    total = poutine.trace(replayed).get_trace(*args, **kwargs).log_prob_sum()
+                    used = torch.autograd.grad(total, params, allow_unused=True)
+        finally:
+            self.module.train(training)
+        decoder = [p for p, g in zip(params, used) if g is not None]
+        if not decoder:
+            raise ValueError("update_only_decoder=True, but the model uses no trainable parameter of its own.")
+        return decoder
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self._loss(batch, self.n_obs_validation, 1.0)
-        n = batch[REGISTRY_KEYS.INDICES_KEY].shape[0]
-        # sums stay on the device until the epoch ends (no per-batch self.log)
-        vector = self._metric_vector(loss, self.n_obs_validation or n)
-        if getattr(self, "_val_sum", None) is None:
-            self._val_sum, self._val_cells = vector * n, n
-        else:
-            self._val_sum, self._val_cells = self._val_sum + vector * n, self._val_cells + n
-        if self.on_step:
-            self._log_step_metrics("validation", vector, self.n_obs_validation or n, self._val_step)
-            self._val_step += 1
-        if not self.splits_terms and getattr(self.module, "per_cell_terms", True):
-            self._log_terms(batch, "validation")
-
-    def configure_optimizers(self) -> Any:
-        if self.update_only_decoder and self._decoder_params is not None:
-            params = list(self._decoder_params)
-        else:
-            params = [p for p in self.module.parameters() if p.requires_grad]
-        if self.optimizer == "Custom":
-            optimizer = self.optimizer_creator(params)
-        elif callable(self.optimizer):
-            optimizer = self.optimizer(params)
-        elif self.optimizer in ("Adam", "AdamW"):
-            cls = torch.optim.Adam if self.optimizer == "Adam" else torch.optim.AdamW
-            optimizer = _make_adam(cls, params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
-        else:
-            raise ValueError(
-                f"optimizer={self.optimizer!r}: use 'Adam', 'AdamW', 'Custom' (with optimizer_creator) or a "
-                "callable params -> Optimizer."
-            )
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"The optimizer creator returned {type(optimizer).__name__}, not a torch.optim.Optimizer; it must "
-                "build one from the parameters it is given, e.g. lambda params: torch.optim.SGD(params, lr=0.01)."
-            )
-        if not self.reduce_lr_on_plateau:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=self.lr_factor,
-            patience=self.lr_patience,
-            threshold=self.lr_threshold,
-            min_lr=self.lr_min,
-            threshold_mode="abs",
-        )
-        self._plateau_scheduler = scheduler
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_metric},
-        }
