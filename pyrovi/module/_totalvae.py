@@ -413,7 +413,7 @@ class TOTALVAE(BaseModuleClass):
         Examples
         --------
         >>> TOTALVAE(n_input_genes=20, n_input_proteins=5, latent_distribution="ln").latent_transform
-        <function logistic_normal_transform.<locals>...>
+        StickBreakingTransform()
         """
         return logistic_normal_transform() if self.latent_distribution == "ln" else None
 
