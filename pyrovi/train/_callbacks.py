@@ -32,8 +32,10 @@ class HistoryLogger(Logger):
     --------
     >>> logger = HistoryLogger()
     >>> logger.log_metrics({"elbo_train": 3.0, "epoch": 0})
-    >>> logger.history()["elbo_train"].iloc[0, 0]
-    3.0
+    >>> logger.history()["elbo_train"]
+           elbo_train
+    epoch
+    0             3.0
     """
 
     def __init__(self) -> None:
@@ -125,7 +127,10 @@ class EpochProgressBar(pl.Callback):
 
     Examples
     --------
-    >>> trainer = lightning.pytorch.Trainer(callbacks=[EpochProgressBar()], enable_progress_bar=False)  # doctest: +SKIP
+    >>> from pyrovi.train import Trainer
+    >>> trainer = Trainer(max_epochs=1, callbacks=[EpochProgressBar()])
+    >>> any(isinstance(callback, EpochProgressBar) for callback in trainer.callbacks)
+    True
     """
 
     def __init__(self) -> None:
@@ -284,7 +289,9 @@ class EarlyStoppingWithWarmup(EarlyStopping):
 
     Examples
     --------
-    >>> EarlyStoppingWithWarmup(monitor="elbo_validation", patience=45, warmup_epochs=20)  # doctest: +SKIP
+    >>> stopper = EarlyStoppingWithWarmup(monitor="elbo_validation", patience=45, warmup_epochs=20)
+    >>> stopper.monitor, stopper.patience
+    ('elbo_validation', 45)
     """
 
     def __init__(self, warmup_epochs: int = 0, **kwargs: Any):

@@ -519,7 +519,10 @@ class SafeCheckpointIO(CheckpointIO):
 
     Examples
     --------
-    >>> trainer = lightning.pytorch.Trainer(plugins=[SafeCheckpointIO()])  # doctest: +SKIP
+    >>> import lightning
+    >>> trainer = lightning.pytorch.Trainer(plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False)
+    >>> isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    True
     """
 
     _model_name: str | None = None

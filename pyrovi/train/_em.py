@@ -59,8 +59,15 @@ class ExpectationMaximization:
 
     Examples
     --------
-    >>> plan = TrainingPlan(cellassign_module, loss=ExpectationMaximization(steps_per_m_step=10))  # doctest: +SKIP
-    >>> Trainer(max_epochs=200, callbacks=[ExpectationStep()]).fit(plan, datamodule=splitter)  # doctest: +SKIP
+    >>> from pyrovi.dataloaders import DataSplitter
+    >>> from pyrovi.train import Trainer, TrainingPlan
+    >>> module = cellassign.module.train()  # a loaded module is in eval mode
+    >>> plan = TrainingPlan(module, loss=ExpectationMaximization(steps_per_m_step=2))
+    >>> splitter = DataSplitter(cellassign.adata_manager, batch_size=1024)
+    >>> trainer = Trainer(max_epochs=3, callbacks=[ExpectationStep()], enable_progress_bar=False)
+    >>> trainer.fit(plan, datamodule=splitter)
+    >>> trainer.history_logger.history()["elbo_train"].shape
+    (3, 1)
     """
 
     def __init__(self, steps_per_m_step: int = 10):
@@ -179,7 +186,10 @@ class ExpectationStep(pl.Callback):
 
     Examples
     --------
-    >>> Trainer(max_epochs=200, callbacks=[ExpectationStep()])  # doctest: +SKIP
+    >>> from pyrovi.train import Trainer
+    >>> trainer = Trainer(max_epochs=200, callbacks=[ExpectationStep()])
+    >>> sum(isinstance(callback, ExpectationStep) for callback in trainer.callbacks)
+    1
     """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

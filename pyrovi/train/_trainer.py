@@ -79,11 +79,16 @@ class Trainer(pl.Trainer):
 
     Examples
     --------
-    >>> trainer = Trainer(max_epochs=20, accelerator="cpu", enable_progress_bar=False)
-    >>> trainer.fit(plan, datamodule=splitter)  # doctest: +SKIP
-    >>> trainer.history_logger.history()["elbo_validation"]  # doctest: +SKIP
-    >>> Trainer(max_epochs=20, checkpoint_dir="ckpt/").fit(plan, datamodule=splitter)  # doctest: +SKIP
-    >>> Trainer(max_epochs=40).fit(plan, datamodule=splitter, ckpt_path="ckpt/last.ckpt")  # doctest: +SKIP
+    >>> from pyrovi.dataloaders import DataSplitter
+    >>> from pyrovi.train import TrainingPlan
+    >>> plan = TrainingPlan(model.module.train())  # a loaded module is in eval mode
+    >>> splitter = DataSplitter(model.adata_manager, train_size=0.8, validation_size=0.2)
+    >>> trainer = Trainer(max_epochs=2, accelerator="cpu", enable_progress_bar=False)
+    >>> trainer.fit(plan, datamodule=splitter)
+    >>> trainer.history_logger.history()["elbo_validation"].index.tolist()
+    [0, 1]
+    >>> Trainer(max_epochs=2, checkpoint_dir="ckpt/", enable_progress_bar=False).fit(plan, datamodule=splitter)
+    >>> Trainer(max_epochs=3, enable_progress_bar=False).fit(plan, datamodule=splitter, ckpt_path="ckpt/last.ckpt")
     """
 
     def __init__(

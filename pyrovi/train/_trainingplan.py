@@ -245,7 +245,10 @@ class TrainingPlan(pl.LightningModule):
     >>> plan = TrainingPlan(VAE(n_input=100), lr=1e-3, on_nonfinite="skip")
     >>> plan.on_nonfinite, plan.nonfinite_guard.mode
     ('skip', 'skip')
-    >>> Trainer(max_epochs=10).fit(plan, datamodule=DataSplitter(manager))  # doctest: +SKIP
+    >>> from pyrovi.dataloaders import DataSplitter
+    >>> from pyrovi.train import Trainer
+    >>> plan = TrainingPlan(VAE(n_input=manager.summary_stats.n_vars), lr=1e-3)
+    >>> Trainer(max_epochs=1, enable_progress_bar=False).fit(plan, datamodule=DataSplitter(manager))
     """
 
     def __init__(
