@@ -19,8 +19,13 @@ def _got(value: Any) -> str:
     return f"got {value!r:.80}" + ("" if isinstance(value, (int, float, str)) else f" ({type(value).__name__})")
 
 
-def check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
-    """``value`` is a whole number (not a bool, not a float) of at least ``minimum``.
+def check_int(
+    name: str, value: Any, minimum: int = 1, allow_none: bool = False, expected: str | None = None
+) -> None:
+    """``value`` is a whole number (not a bool, not a float; numpy integers too) of at least ``minimum``.
+
+    ``expected`` words the requirement in the message (default ``"an integer >= {minimum}"``), e.g. ``"a
+    positive integer"`` for sizes, where users know that phrase from scvi-tools' messages.
 
     Examples
     --------
@@ -32,7 +37,8 @@ def check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = False)
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, {_got(value)}.")
+        expected = expected or f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}{' or None' if allow_none else ''}, {_got(value)}.")
 
 
 def check_number(

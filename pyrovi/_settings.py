@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pyro
 
+from ._checks import check_bool, check_int
+
 _logger = logging.getLogger("pyrovi")
 
 
@@ -37,8 +39,8 @@ class Settings:
     encode_batch_size
         Default minibatch size of queries that run the encoder alone (``get_latent_representation``).
         Such a pass holds only a sparse minibatch and the hidden layer, so a large one costs little
-        memory; it saves the per-minibatch overhead (about 2.5x faster than 128 cells at a time for
-        5,000 x 2,000 counts on 2 CPU cores). The results do not depend on it.
+        memory, and it saves the per-minibatch overhead (measured in ``benchmarks/README.md``). The results
+        do not depend on it.
     verbosity
         Logging level of pyrovi (and of Lightning's messages), e.g. ``logging.INFO`` or ``"WARNING"``.
     progress_bar
@@ -82,7 +84,8 @@ class Settings:
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        self._batch_size = _positive_int("batch_size", value)
+        check_int("batch_size", value, expected="a positive integer")
+        self._batch_size = int(value)
 
     @property
     def encode_batch_size(self) -> int:
@@ -90,7 +93,8 @@ class Settings:
 
     @encode_batch_size.setter
     def encode_batch_size(self, value: int) -> None:
-        self._encode_batch_size = _positive_int("encode_batch_size", value)
+        check_int("encode_batch_size", value, expected="a positive integer")
+        self._encode_batch_size = int(value)
 
     @property
     def progress_bar(self) -> bool:
@@ -98,8 +102,7 @@ class Settings:
 
     @progress_bar.setter
     def progress_bar(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"progress_bar must be True or False, got {value!r} ({type(value).__name__}).")
+        check_bool("progress_bar", value)
         self._progress_bar = bool(value)
 
     @property
@@ -108,8 +111,7 @@ class Settings:
 
     @seed.setter
     def seed(self, value: int) -> None:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {value!r}.")
+        check_int("seed", value, minimum=0, expected="a non-negative integer")
         self._seed = int(value)
         pyro.set_rng_seed(self._seed)  # seeds torch, numpy and python's random together
 
@@ -140,12 +142,6 @@ class Settings:
             f"Settings(seed={self.seed}, batch_size={self.batch_size}, encode_batch_size={self.encode_batch_size}, "
             f"verbosity={logging.getLevelName(self.verbosity)}, progress_bar={self.progress_bar})"
         )
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 settings = Settings()

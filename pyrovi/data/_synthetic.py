@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._checks import check_int
+
 _SPARSE_FORMATS = {"csr_matrix": sp.csr_matrix, "csc_matrix": sp.csc_matrix}
 #: Mean count of a feature, and the NB inverse dispersion every modality is drawn with.
 _MEAN_COUNT, _THETA = 10.0, 5.0
@@ -102,11 +104,9 @@ def synthetic_iid(
     ((100, 100), (100, 100))
     """
     for name, value in {"batch_size": batch_size, "n_batches": n_batches, "n_genes": n_genes}.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_int(name, value, expected="a positive integer")
     for name, value in {"n_proteins": n_proteins, "n_regions": n_regions, "n_labels": n_labels}.items():
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        check_int(name, value, minimum=0, expected="a non-negative integer")
     if not 0 <= dropout_ratio < 1:
         raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}.")
     if rna_dist not in ("nb", "normal"):

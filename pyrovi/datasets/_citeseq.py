@@ -8,7 +8,8 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from ._synthetic import _check_positive, synthetic_iid
+from .._checks import check_int, check_number
+from ._synthetic import synthetic_iid
 
 # Protein effect sizes, chosen to resemble real antibody-derived tag (ADT) counts: a background of ~20
 # counts per protein that every cell shows (ambient antibodies, non-specific binding) and a foreground
@@ -144,9 +145,8 @@ def synthetic_citeseq(
     >>> bool((adata.obsm["protein_expression"].loc[adata.obs["batch"] == "batch_1", "protein_3"] == 0).all())
     True
     """
-    if not isinstance(n_proteins, (int, np.integer)) or n_proteins < 1:
-        raise ValueError(f"n_proteins must be a positive integer, got {n_proteins!r}.")
-    _check_positive(protein_dispersion=protein_dispersion)
+    check_int("n_proteins", n_proteins, expected="a positive integer")
+    check_number("protein_dispersion", protein_dispersion, 0.0, low_open=True)
     # synthetic_iid validates the other sizes; n_batches must be valid before missing_proteins is checked.
     adata = synthetic_iid(
         n_cells=n_cells, n_genes=n_genes, n_batches=n_batches, n_labels=n_labels, n_latent=n_latent,

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._checks import check_int, check_number
+
 # Effect sizes of the simulation, chosen so that with the defaults PCA of log counts separates the labels
 # clearly and the batches visibly, while the batch effect remains a per-gene shift a batch-aware decoder
 # can absorb (tests/test_datasets.py measures both with kNN).
@@ -40,12 +42,6 @@ def _label_centres(rng: np.random.Generator, n_labels: int, n_latent: int) -> np
         chosen.append(int(nearest.argmax()))
         nearest = np.minimum(nearest, np.linalg.norm(candidates - candidates[chosen[-1]], axis=1))
     return _CENTRE_NORM * candidates[chosen]
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}.")
 
 
 def synthetic_iid(
@@ -112,11 +108,10 @@ def synthetic_iid(
     """
     for name, value in {"n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches,
                         "n_labels": n_labels, "n_latent": n_latent}.items():  # fmt: skip
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if not batch_effect >= 0:
-        raise ValueError(f"batch_effect must be non-negative, got {batch_effect!r}.")
-    _check_positive(dispersion=dispersion, library_mean=library_mean)
+        check_int(name, value, expected="a positive integer")
+    check_number("batch_effect", batch_effect, 0.0)
+    for name, value in (("dispersion", dispersion), ("library_mean", library_mean)):
+        check_number(name, value, 0.0, low_open=True)
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(n_labels, size=n_cells)

@@ -36,7 +36,7 @@ from torch import nn
 
 from .._checks import check_number
 from .._constants import REGISTRY_KEYS
-from .base import CELL_PLATE, BaseModuleClass, make_global_guide, materialise_guide
+from .base import BaseModuleClass, cell_plate, make_global_guide, materialise_guide
 from .distributions import negative_binomial
 
 N_BASIS = 10
@@ -197,7 +197,7 @@ class CellAssignModule(BaseModuleClass):
         pi, delta = self._global_model()
         x = x[..., self.gene_index]
         base = torch.log(size_factor.reshape(-1, 1)) + self._design(x, batch_index, cat_covs, cont_covs) @ self.beta
-        with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
+        with cell_plate(x.shape[0], indices, n_obs):
             cell_type = pyro.sample("cell_type", dist.Categorical(pi))
             # with enumeration cell_type has shape (n_types, 1): one hypothesis per type, broadcast
             mu = torch.exp(base + (self.rho * delta).T[cell_type])

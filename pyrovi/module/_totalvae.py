@@ -40,9 +40,19 @@ from torch import nn
 
 from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
-from ._vae import Normalization, _check_choice, _check_extra_kwargs, _check_sizes, logistic_normal_transform
-from .base import CELL_PLATE, BaseModuleClass, GlobalGuide, make_global_guide, materialise_guide
-from .distributions import COUNT_LIKELIHOODS, negative_binomial
+from ._arguments import check_extra_kwargs, check_option, check_sizes
+from ._vae import Normalization, logistic_normal_transform
+from .base import (
+    BaseModuleClass,
+    GlobalGuide,
+    cell_plate,
+    library_prior,
+    make_global_guide,
+    materialise_guide,
+    observed_library,
+    register_library_prior,
+)
+from .distributions import LikelihoodInputs, gene_likelihood, negative_binomial
 from .nn import Encoder, FCLayers
 from .priors import LatentPrior, StandardNormal, check_latent_prior
 
@@ -175,20 +185,20 @@ class TOTALVAE(BaseModuleClass):
         objective: Objective = "elbo",
     ):
         super().__init__()
-        _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder,
+        check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder,
                      n_layers_decoder=n_layers_decoder)  # fmt: skip
         for name, rate in (("dropout_rate_encoder", dropout_rate_encoder), ("dropout_rate_decoder", dropout_rate_decoder)):
             check_number(name, rate, 0.0, 1.0, high_open=True)
         for name, flag in (("log_variational", log_variational), ("encode_covariates", encode_covariates),
                            ("use_observed_lib_size", use_observed_lib_size), ("use_size_factor_key", use_size_factor_key)):
             check_bool(name, flag)
-        _check_choice("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
-        _check_choice("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
-        _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb"))
-        _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
-        _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
-        _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
-        _check_choice("objective", objective, ("elbo", "scvi-tools"))
+        check_option("gene_dispersion", gene_dispersion, ("gene", "gene-batch", "gene-label"))
+        check_option("protein_dispersion", protein_dispersion, ("protein", "protein-batch", "protein-label"))
+        check_option("gene_likelihood", gene_likelihood, ("nb", "zinb"))
+        check_option("latent_distribution", latent_distribution, ("normal", "ln"))
+        check_option("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
+        check_option("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
+        check_option("objective", objective, ("elbo", "scvi-tools"))
         if latent_distribution == "ln" and n_latent < 2:
             raise ValueError(f"latent_distribution='ln' needs n_latent >= 2 (got {n_latent}).")
         decoder_options = dict(extra_decoder_kwargs or {})
@@ -196,7 +206,7 @@ class TOTALVAE(BaseModuleClass):
         if unknown:
             raise ValueError(f"extra_decoder_kwargs has arguments {unknown}; TOTALVAE takes 'activation_function_bg'.")
         activation_bg = decoder_options.get("activation_function_bg", "softplus")
-        _check_choice("activation_function_bg", activation_bg, tuple(_BACKGROUND_SCALE_ACTIVATIONS))
+        check_option("activation_function_bg", activation_bg, tuple(_BACKGROUND_SCALE_ACTIVATIONS))
         self.activation_function_bg = activation_bg
         self.latent_distribution = latent_distribution
         self.n_latent_base = n_latent - 1 if latent_distribution == "ln" else n_latent
@@ -213,10 +223,7 @@ class TOTALVAE(BaseModuleClass):
         self.n_cats_per_cov = list(n_cats_per_cov or [])
 
         if not use_observed_lib_size:
-            if library_log_means is None or library_log_vars is None:
-                raise ValueError("a latent library needs library_log_means and library_log_vars.")
-            self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float().reshape(-1))
-            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float().reshape(-1))
+            register_library_prior(self, library_log_means, library_log_vars)
 
         shape = (n_batch, n_input_proteins)
         mean = np.zeros(shape) if protein_background_prior_mean is None else protein_background_prior_mean
@@ -242,7 +249,7 @@ class TOTALVAE(BaseModuleClass):
             "n_hidden": n_hidden, "dropout_rate": dropout_rate_encoder, "log1p_input": log_variational,
             "use_batch_norm": use_batch_norm in ("encoder", "both"),
             "use_layer_norm": use_layer_norm in ("encoder", "both"),
-            **_check_extra_kwargs(
+            **check_extra_kwargs(
                 "extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__,
                 ("n_input", "n_output", "n_cat_list", "n_cont", "n_layers", "n_hidden"),
             ),
@@ -302,7 +309,7 @@ class TOTALVAE(BaseModuleClass):
             self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
         )
         library_scale, protein_scale = self._objective_scales(kl_weight)
-        with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
+        with cell_plate(x.shape[0], indices, n_obs):
             measured = self.protein_batch_mask[batch_index]
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", p_z)
@@ -324,7 +331,7 @@ class TOTALVAE(BaseModuleClass):
             rho = torch.softmax(self.rho_logits(h), -1)
             pyro.deterministic("rho", rho, event_dim=1)
             theta = self._per_cell(self.log_theta, self.gene_dispersion, batch_index, labels).exp()
-            rna = COUNT_LIKELIHOODS[self.gene_likelihood](library * rho, theta, self.zi_logits(h))
+            rna = gene_likelihood(self.gene_likelihood, LikelihoodInputs(library, rho, theta, self.zi_logits(h)))
             pyro.sample("x", rna.to_event(1), obs=x)
 
             # proteins: a background/foreground mixture, masked where a protein is missing from the batch
@@ -363,7 +370,7 @@ class TOTALVAE(BaseModuleClass):
         xy = torch.cat([x, y * measured], -1)
         enc_cats = (batch_index, *cat_covs) if self.encode_covariates else ()
         enc_cont = cont_covs if self.encode_covariates else None
-        with pyro.plate(CELL_PLATE, n_obs if n_obs is not None else x.shape[0], subsample=indices, dim=-1):
+        with cell_plate(x.shape[0], indices, n_obs):
             with poutine.scale(scale=kl_weight):
                 z_loc, z_scale = self.z_encoder(xy, *enc_cats, cont=enc_cont)
                 z = pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
@@ -441,11 +448,8 @@ class TOTALVAE(BaseModuleClass):
 
     def _library(self, x: torch.Tensor, size_factor: torch.Tensor | None, batch_index: torch.Tensor) -> torch.Tensor:
         if self.use_observed_lib_size:
-            library = size_factor if size_factor is not None else x.sum(-1)
-            return library.reshape(-1, 1)
-        loc = self.library_log_means[batch_index].unsqueeze(-1)
-        scale = self.library_log_vars[batch_index].sqrt().unsqueeze(-1)
-        return pyro.sample("log_library", dist.Normal(loc, scale).to_event(1)).exp()
+            return observed_library(x, size_factor)
+        return pyro.sample("log_library", library_prior(self, batch_index)).exp()
 
     def _global_model(self) -> None:
         self.prior(2, **self._example_covariates(2, self.device))

@@ -24,7 +24,6 @@ live in a subsampled plate, so a minibatch's ELBO estimates the full-data ELBO.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Union
@@ -38,10 +37,21 @@ from torch import nn
 
 from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
-from .base import CELL_PLATE, BaseModuleClass, EmbeddingModuleMixin, GlobalGuide, make_global_guide, materialise_guide
-from .distributions import COUNT_LIKELIHOODS
+from ._arguments import check_extra_kwargs, check_option, check_sizes
+from .base import (
+    BaseModuleClass,
+    EmbeddingModuleMixin,
+    GlobalGuide,
+    cell_plate,
+    check_global_guide,
+    library_prior,
+    make_global_guide,
+    materialise_guide,
+    observed_library,
+    register_library_prior,
+)
+from .distributions import COUNT_LIKELIHOODS, LikelihoodInputs, gene_likelihood
 from .nn import DecoderSCVI, Encoder, VarActivation
-from .base._global_guide import check_global_guide
 from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
@@ -81,31 +91,6 @@ def _check_priors(prior: Any, dispersion_prior: Any, global_guide: Any) -> None:
             f"pyro.distributions.LogNormal(2.0, 1.0)), got {dispersion_prior!r:.80} ({type(dispersion_prior).__name__})."
         )
     check_global_guide(global_guide)
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
-
-
-def _check_sizes(**sizes: Any) -> None:
-    """Layer and latent sizes are positive integers (0 builds empty layers that fail, or train on nothing)."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_extra_kwargs(name: str, kwargs: dict | None, target: Callable, reserved: Sequence[str]) -> dict:
-    """``kwargs`` for ``target``, refusing names it does not take and names the module sets itself."""
-    kwargs = dict(kwargs or {})
-    accepted = set(inspect.signature(target).parameters) - {"self", *reserved}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(
-            f"{name} has arguments {unknown} that {target.__qualname__.split('.')[0]} does not take or that the "
-            f"model sets itself; accepted: {sorted(accepted)}."
-        )
-    return kwargs
 
 
 class VAE(EmbeddingModuleMixin, BaseModuleClass):
@@ -229,22 +214,22 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         global_guide: GlobalGuide = "normal",
     ):
         super().__init__()
-        _check_choice("dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell"))
+        check_option("dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell"))
         if not callable(gene_likelihood) and gene_likelihood not in COUNT_LIKELIHOODS:
             raise ValueError(
                 f"gene_likelihood={gene_likelihood!r} is not one of {sorted(COUNT_LIKELIHOODS)} "
                 "or a callable (mu, theta, zi_logits) -> distribution."
             )
-        _check_choice("latent_distribution", latent_distribution, ("normal", "ln"))
-        _check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
+        check_option("latent_distribution", latent_distribution, ("normal", "ln"))
+        check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers=n_layers)
         check_number("dropout_rate", dropout_rate, 0.0, 1.0, high_open=True)
         for name, flag in (("log_variational", log_variational), ("encode_covariates", encode_covariates),
                            ("deeply_inject_covariates", deeply_inject_covariates),
                            ("use_observed_lib_size", use_observed_lib_size), ("use_size_factor_key", use_size_factor_key)):
             check_bool(name, flag)
-        _check_choice("batch_representation", batch_representation, ("one-hot", "embedding"))
-        _check_choice("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
-        _check_choice("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
+        check_option("batch_representation", batch_representation, ("one-hot", "embedding"))
+        check_option("use_batch_norm", use_batch_norm, ("encoder", "decoder", "none", "both"))
+        check_option("use_layer_norm", use_layer_norm, ("encoder", "decoder", "none", "both"))
         _check_priors(prior, dispersion_prior, global_guide)
         if latent_distribution == "ln" and n_latent < 2:
             raise ValueError(
@@ -266,11 +251,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         self.n_latent_base = n_latent - 1 if latent_distribution == "ln" else n_latent
 
         if not use_observed_lib_size:
-            if library_log_means is None or library_log_vars is None:
-                raise ValueError("a latent library needs library_log_means and library_log_vars.")
-            # buffers, not parameters: the prior comes from the data and is saved with the weights
-            self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float().reshape(-1))
-            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars).float().reshape(-1))
+            register_library_prior(self, library_log_means, library_log_vars)
 
         # Inverse dispersion on the log scale, as in scVI; "gene-cell" is a decoder head instead.
         shapes = {"gene": (n_input,), "gene-batch": (n_batch, n_input), "gene-label": (n_labels, n_input)}
@@ -314,7 +295,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
             "n_cat_list": enc_cats, "n_cont": enc_cont, "n_hidden": n_hidden, "dropout_rate": dropout_rate,
             "use_batch_norm": bn_enc, "use_layer_norm": ln_enc, "inject_covariates": deeply_inject_covariates,
             "var_activation": var_activation, "log1p_input": log_variational,
-            **_check_extra_kwargs("extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__, reserved),
+            **check_extra_kwargs("extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__, reserved),
         }
         self.z_encoder = Encoder(n_input, self.n_latent_base, n_layers=n_layers, **enc_kwargs)
         if not use_observed_lib_size:
@@ -325,7 +306,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
             "dispersion_head": dispersion == "gene-cell" and self._uses_dispersion,
             # a callable likelihood may use the gate logits; of the built-ins only ZINB does
             "zi_head": callable(gene_likelihood) or gene_likelihood == "zinb",
-            **_check_extra_kwargs(
+            **check_extra_kwargs(
                 "extra_decoder_kwargs", extra_decoder_kwargs, DecoderSCVI.__init__,
                 (*reserved, "dispersion_head", "zi_head"),
             ),
@@ -353,8 +334,8 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         return callable(self.gene_likelihood) or self.gene_likelihood != "poisson"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        # Poisson models saved before the unused dispersion was dropped carry it: ignore it, so that those
-        # files still load (strictly) and give the same model.
+        # a Poisson likelihood has no dispersion: dispersion entries of a state dict are ignored, so a file
+        # that holds them loads (strictly) and gives the same model
         if not self._uses_dispersion:
             for key in ("log_theta", "decoder.log_theta.weight", "decoder.log_theta.bias"):
                 state_dict.pop(prefix + key, None)
@@ -427,30 +408,22 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         theta = None
         if self._dispersion_prior_name is not None:
             theta = pyro.sample("dispersion", self._dispersion_prior())
-        with self._cells(x, indices, n_obs):
+        with cell_plate(x.shape[0], indices, n_obs):
+            log_library = None
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", p_z)
                 if self.use_observed_lib_size:
-                    library = self._observed_library(x, size_factor)
+                    library = observed_library(x, size_factor)
                 else:
-                    prior_loc = self.library_log_means[batch_index].unsqueeze(-1)
-                    prior_scale = self.library_log_vars[batch_index].sqrt().unsqueeze(-1)
-                    log_library = pyro.sample("log_library", dist.Normal(prior_loc, prior_scale).to_event(1))
+                    log_library = pyro.sample("log_library", library_prior(self, batch_index))
                     library = log_library.exp()
             # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
             cats, cont = self._network_covariates(batch_index, cat_covs, cont_covs)
             log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, *cats, cont=cont)
             rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
             theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
-            if callable(self.gene_likelihood):
-                likelihood = self.gene_likelihood(library * rho, theta, zi_logits)
-            elif self.gene_likelihood == "normal":
-                # continuous data: the library may be any real total, so the mean is not taken from log space
-                likelihood = COUNT_LIKELIHOODS["normal"](library * rho, theta, None)
-            else:
-                log_mu = log_rho + (log_library if not self.use_observed_lib_size else torch.log(library + 1e-8))
-                likelihood = COUNT_LIKELIHOODS[self.gene_likelihood](None, theta, zi_logits, log_mu=log_mu)
-            pyro.sample("x", likelihood.to_event(1), obs=x)
+            inputs = LikelihoodInputs(library, rho, theta, zi_logits, log_rho=log_rho, log_library=log_library)
+            pyro.sample("x", gene_likelihood(self.gene_likelihood, inputs).to_event(1), obs=x)
 
     def guide(
         self,
@@ -468,7 +441,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         batch_index = self._batch_codes(batch_index, x)
         if self.global_guide is not None:
             self.global_guide()
-        with self._cells(x, indices, n_obs), poutine.scale(scale=kl_weight):
+        with cell_plate(x.shape[0], indices, n_obs), poutine.scale(scale=kl_weight):
             z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
             pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
             if not self.use_observed_lib_size:
@@ -539,17 +512,6 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
 
     # ----------------------------------------------------------------------------------------------
     # helpers
-
-    @staticmethod
-    def _cells(x: torch.Tensor, indices: torch.Tensor | None, n_obs: int | None) -> pyro.plate:
-        """The cell plate: subsampled from ``n_obs`` cells so the ELBO is a full-data estimate."""
-        size = n_obs if n_obs is not None else x.shape[0]
-        return pyro.plate(CELL_PLATE, size, subsample=indices, dim=-1)
-
-    @staticmethod
-    def _observed_library(x: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:
-        library = size_factor if size_factor is not None else x.sum(-1)
-        return library.reshape(-1, 1)
 
     def _theta(
         self,

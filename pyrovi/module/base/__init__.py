@@ -1,8 +1,10 @@
 """The module contract (:class:`BaseModuleClass`) and per-cell quantities read off Pyro traces."""
 
 from ._base_module import BaseModuleClass
+from ._cell_plate import cell_plate
 from ._embedding_mixin import EmbeddingModuleMixin
-from ._global_guide import GlobalGuide, make_global_guide, materialise_guide
+from ._global_guide import GlobalGuide, check_global_guide, make_global_guide, materialise_guide
+from ._library import library_prior, observed_library, register_library_prior
 from ._per_cell import (
     CELL_PLATE,
     cell_plate_dim,
@@ -19,6 +21,7 @@ __all__ = [
     "make_global_guide",
     "materialise_guide",
     "CELL_PLATE",
+    "cell_plate",
     "cell_plate_dim",
     "trace_pair",
     "per_cell_elbo_terms",

@@ -17,6 +17,10 @@ functions on non-zero counts only, see :mod:`._sparse_nb`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Union
+
 import pyro.distributions as dist
 import torch
 
@@ -90,12 +94,88 @@ def normal(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Normal:
     return dist.Normal(mu, sigma)
 
 
-#: gene_likelihood name -> constructor taking ``(mu, theta, zi_logits, log_mu=None)``; unused arguments
-#: are ignored, and ``mu`` may be ``None`` when ``log_mu`` is given.
-COUNT_LIKELIHOODS = {
-    "nb": lambda mu, theta, zi_logits, log_mu=None: negative_binomial(mu, theta, log_mu=log_mu),
-    "zinb": zero_inflated_negative_binomial,
-    "poisson": lambda mu, theta, zi_logits, log_mu=None: poisson(log_mu.exp() if mu is None else mu),
+@dataclass(frozen=True)
+class LikelihoodInputs:
+    """What a decoder gives the likelihood of a minibatch's counts: every tensor ``(n_cells, n_genes)``.
+
+    The mean is offered both ways and computed only when read: :attr:`mu` (``library * rho``) and
+    :attr:`log_mu`, which is exact for tiny means and, when the decoder worked in log space (``log_rho`` is
+    its log-softmax), costs one addition instead of a dense ``log``.
+
+    Parameters
+    ----------
+    library
+        ``(n_cells, 1)`` library sizes (observed, or the exponential of the latent log library).
+    rho
+        Normalised expression: each cell's row sums to 1.
+    theta
+        Inverse dispersion (the standard deviation for ``"normal"``), None for the Poisson.
+    zi_logits
+        Logits of the zero-inflation gate, None when the decoder has no gate.
+    log_rho
+        ``log(rho)`` as the decoder computed it, or None.
+    log_library
+        The latent log library ``(n_cells, 1)``, or None for an observed library.
+
+    Examples
+    --------
+    >>> inputs = LikelihoodInputs(torch.tensor([[10.0]]), torch.tensor([[0.2, 0.8]]), torch.ones(1, 2), None)
+    >>> inputs.mu.tolist()
+    [[2.0, 8.0]]
+    >>> COUNT_LIKELIHOODS["poisson"](inputs).mean.round().tolist()
+    [[2.0, 8.0]]
+    """
+
+    library: torch.Tensor
+    rho: torch.Tensor
+    theta: torch.Tensor | None
+    zi_logits: torch.Tensor | None
+    log_rho: torch.Tensor | None = None
+    log_library: torch.Tensor | None = None
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """The mean ``library * rho``."""
+        return self.library * self.rho
+
+    @property
+    def log_mu(self) -> torch.Tensor:
+        """The log mean: ``log_rho + log library`` from log space, else ``log(mu + eps)``."""
+        if self.log_rho is None:
+            return torch.log(self.mu + _EPS)
+        log_library = self.log_library if self.log_library is not None else torch.log(self.library + _EPS)
+        return self.log_rho + log_library
+
+
+#: a user's gene likelihood: ``(mu, theta, zi_logits) -> distribution`` with batch shape ``(n_cells, n_genes)``
+LikelihoodFn = Callable[[torch.Tensor, Union[torch.Tensor, None], Union[torch.Tensor, None]], dist.Distribution]
+
+#: gene_likelihood name -> constructor of the distribution from :class:`LikelihoodInputs`. The count
+#: likelihoods read the log mean (exact, and one addition from a log-space decoder); the Normal of
+#: continuous data reads the mean itself, since its library may be any real total.
+COUNT_LIKELIHOODS: dict[str, Callable[[LikelihoodInputs], dist.Distribution]] = {
+    "nb": lambda p: negative_binomial(None, p.theta, log_mu=p.log_mu),
+    "zinb": lambda p: zero_inflated_negative_binomial(None, p.theta, p.zi_logits, log_mu=p.log_mu),
+    "poisson": lambda p: poisson(p.log_mu.exp()),
     # not a count model: theta is the standard deviation of continuous data (e.g. log-normalised expression)
-    "normal": lambda mu, theta, zi_logits, log_mu=None: normal(log_mu.exp() if mu is None else mu, theta),
+    "normal": lambda p: normal(p.mu, p.theta),
 }
+
+
+def gene_likelihood(likelihood: str | LikelihoodFn, inputs: LikelihoodInputs) -> dist.Distribution:
+    """The distribution of a minibatch's counts: a built-in by name, or a user's callable.
+
+    A callable is called as documented, ``likelihood(mu, theta, zi_logits)``; a built-in reads
+    :class:`LikelihoodInputs` (the log mean where that is exact and cheaper).
+
+    Examples
+    --------
+    >>> inputs = LikelihoodInputs(torch.tensor([[10.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2), None)
+    >>> gene_likelihood("nb", inputs).mean.tolist()
+    [[5.0, 5.0]]
+    >>> gene_likelihood(lambda mu, theta, zi_logits: dist.Poisson(mu), inputs).mean.tolist()
+    [[5.0, 5.0]]
+    """
+    if callable(likelihood):
+        return likelihood(inputs.mu, inputs.theta, inputs.zi_logits)
+    return COUNT_LIKELIHOODS[likelihood](inputs)

@@ -140,8 +140,8 @@ class _ZINBLogProb(torch.autograd.Function):
     With ``s = softplus(l)``, the NB log-density at zero ``a = -theta s`` and ``d = gate - a``, the density
     is ``x (l - s) + a - softplus(gate)`` plus, at the zeros, ``softplus(d)`` and, elsewhere, the Gamma
     terms: ``softplus(d)`` is added densely and taken back at the (few) non-zeros, so no ``where`` or mask
-    multiply over the dense matrix is needed (a data-dependent select is several times slower than
-    arithmetic on the CPU). With ``r = [x = 0] sigmoid(d)``, the posterior probability of a gate zero,
+    multiply over the dense matrix is needed (a data-dependent select costs more than dense arithmetic
+    on the CPU). With ``r = [x = 0] sigmoid(d)``, the posterior probability of a gate zero,
     the gradients are ``d/dl = x - sigmoid(l) (x + (1 - r) theta)``, ``d/dgate = r - sigmoid(gate)`` and
     ``d/dtheta = -(1 - r) s + [x > 0] (digamma(x + theta) - digamma(theta))``.
     """

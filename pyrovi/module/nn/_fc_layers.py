@@ -114,10 +114,10 @@ class FCLayers(nn.Module):
         """The first block on a sparse CSR ``x`` (cells x features), without densifying ``x``.
 
         ``x @ W.T`` is a weighted sum, per cell, of the weight columns of its non-zero features: exactly
-        what ``embedding_bag`` computes from CSR's row offsets, column indices and values (5-6x faster
-        than a sparse-dense ``addmm`` on the CPU at 2,000 genes and 13% non-zero). The covariates'
-        columns of the weight multiply the (dense) covariates separately, which equals the product with
-        the concatenated input.
+        what ``embedding_bag`` computes from CSR's row offsets, column indices and values, reading only
+        the weight rows of the non-zero features (cheaper than a sparse-dense ``addmm`` on the CPU; see
+        ``benchmarks/README.md``). The covariates' columns of the weight multiply the (dense) covariates
+        separately, which equals the product with the concatenated input.
         """
         if x.dim() != 2:
             raise ValueError(f"a sparse input must be a 2-D (cells x features) CSR tensor, got {x.dim()} dims.")
@@ -125,7 +125,7 @@ class FCLayers(nn.Module):
         linear = block[0]
         n_x = x.shape[-1]
         h = F.embedding_bag(
-            # embedding_bag reads weight rows: a strided (transposed) view is about 30x slower than a copy
+            # embedding_bag reads whole weight rows: contiguous ones, not the strided rows of a transposed view
             x.col_indices(), linear.weight[:, :n_x].t().contiguous(), x.crow_indices(), mode="sum",
             per_sample_weights=x.values(), include_last_offset=True,
         ) + linear.bias
