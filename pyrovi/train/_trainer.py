@@ -6,8 +6,6 @@ import contextlib
 import logging
 import signal
 import threading
-import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -22,8 +20,10 @@ from .._settings import settings
 from .._errors import NumericalFaultError
 from .._pyro_lock import _pyro_global_state, _restore_pyro_global_state
 from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _LastEpochState, _PackHistory
-from ._checkpoint import SafeCheckpointIO, _last_checkpoint, _RandomState
+from ._checkpoint import SafeCheckpointIO
+from ._checkpoint_callbacks import RandomGeneratorStates, last_checkpoint_callback
 from ._trainer_checks import check_checkpoint_dir, check_trainer_arguments, no_cuda_error, normalise_trainer_kwargs
+from ._warning_filters import lightning_warnings_ignored
 
 
 class Trainer(pl.Trainer):
@@ -158,14 +158,14 @@ class Trainer(pl.Trainer):
                 )
             )
         if checkpoint_dir is not None:
-            callbacks.append(_last_checkpoint(checkpoint_dir))
+            callbacks.append(last_checkpoint_callback(checkpoint_dir))
             enable_checkpointing = True  # with this callback in place of Lightning's default one
         elif enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(monitor=checkpointing_monitor, mode="min"))
         if learning_rate_monitor and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor())
         callbacks.append(_PackHistory(self.history_logger))
-        callbacks.append(_RandomState())
+        callbacks.append(RandomGeneratorStates())
         # first, so that its copy at an epoch's start comes before any callback's work there (CellAssign's E-step)
         self._last_epoch = _LastEpochState(self.history_logger)
         callbacks.insert(0, self._last_epoch)
@@ -223,7 +223,7 @@ class Trainer(pl.Trainer):
         pyro_state = _pyro_global_state()
         self.stopped_by = None
         try:
-            with _lightning_warnings_ignored(resuming=kwargs.get("ckpt_path") is not None):
+            with lightning_warnings_ignored(resuming=kwargs.get("ckpt_path") is not None):
                 super().fit(*args, **kwargs)
         except _Interrupted as err:
             interrupt = err.interrupt
@@ -310,71 +310,6 @@ class _Interrupted(Exception):
     def __init__(self, interrupt: KeyboardInterrupt):
         super().__init__("training interrupted (KeyboardInterrupt)")
         self.interrupt = interrupt
-
-
-# Warning filters of a fit. warnings.catch_warnings saves and restores the whole filter list, which is not safe when
-# two threads train at once (one thread's exit would drop the other's filters, or leave its own in place for good):
-# each filter is added once, counted, and removed by itself when the last fit using it ends.
-_IGNORED_WARNINGS = (
-    # Minibatches are indexed whole in the main process, so worker processes would not help.
-    ".*does not have many workers.*",
-    # Raised inside Lightning for newer torch releases; nothing a user can act on.
-    ".*isinstance.treespec, LeafSpec.*",
-    # The plan moves its flat minibatch dicts itself (TrainingPlan.transfer_batch_to_device).
-    ".*overridden `transfer_batch_to_device`.*",
-    # Step-level logging is opt-in (plan_kwargs={"on_step": True}); short epochs are no mistake.
-    ".*smaller than the logging interval.*",
-)
-_IGNORED_WHEN_RESUMING = (
-    # Resuming into the checkpoint's own directory, or without writing further checkpoints, is what resume_from
-    # is for, not a mistake.
-    ".*Checkpoint directory .* exists and is not empty.*",
-    ".*callbacks used to create the checkpoint need to be.*",
-)
-_FILTERS_LOCK = threading.Lock()
-_FILTER_USERS: dict[str, list] = {}  # message -> [fits using it, position of an identical filter set before]
-
-
-def _ignore_filter(message: str) -> tuple:
-    return next(
-        (entry for entry in warnings.filters
-         if entry[0] == "ignore" and getattr(entry[1], "pattern", None) == message and entry[2] is Warning
-         and entry[3] is None and entry[4] == 0),
-        None,
-    )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _lightning_warnings_ignored(resuming: bool) -> Iterator[None]:
-    messages = _IGNORED_WARNINGS + (_IGNORED_WHEN_RESUMING if resuming else ())
-    with _FILTERS_LOCK:
-        for message in messages:
-            users = _FILTER_USERS.setdefault(message, [0, None])
-            if users[0] == 0:
-                # always in front: a filter added later (e.g. "error" in a test) would otherwise take precedence
-                # over an identical one set earlier. filterwarnings moves an identical entry to the front, so its
-                # old position is kept to put it back.
-                entry = _ignore_filter(message)
-                users[1] = None if entry is None else warnings.filters.index(entry)
-                warnings.filterwarnings("ignore", message=message)
-            users[0] += 1
-    try:
-        yield
-    finally:
-        with _FILTERS_LOCK:
-            for message in reversed(messages):  # undo in reverse, so each old filter returns to its place
-                users = _FILTER_USERS[message]
-                users[0] -= 1
-                if users[0]:
-                    continue
-                entry = _ignore_filter(message)
-                if entry is not None:
-                    warnings.filters.remove(entry)
-                    if users[1] is not None:  # the identical filter that was there before goes back in its place
-                        warnings.filters.insert(min(users[1], len(warnings.filters)), entry)
-            mutated = getattr(warnings, "_filters_mutated", None) or getattr(warnings, "_filters_mutated_lock_held", None)
-            if mutated is not None:
-                mutated()
 
 
 def _as_list(value: Any) -> list:

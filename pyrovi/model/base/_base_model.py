@@ -23,7 +23,7 @@ from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
-from ...train._checkpoint import _expect_checkpoint_of
+from ...train._checkpoint import expect_checkpoint_of
 from ...train._trainer_checks import check_checkpoint_dir, check_device
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import _unknown_to_model
@@ -595,7 +595,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             **trainer_kwargs,
         )
         # checkpoints record whose they are; one read back must be of this model and architecture
-        _expect_checkpoint_of(trainer, type(self).__name__, plan, resume_from)
+        expect_checkpoint_of(trainer, type(self).__name__, plan, resume_from)
         with pyro_lock():  # no query of this model is running (queries hold the lock), and none starts until the end
             _claim_training(self)  # refuses a model that another thread (or this one, re-entered) is training
             # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
