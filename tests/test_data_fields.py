@@ -194,13 +194,13 @@ def test_validation_in_small_blocks_counts_all_and_finds_the_first_cell(fmt, mon
 
 def test_coo_matrices_are_validated_without_conversion():
     # AnnData itself stores only CSR/CSC, but obsm-like inputs or callers may hand the checker COO.
-    from pyrovi.data.fields._validation import _validate_values
+    from pyrovi.data.fields._validation import validate_values
 
     counts = _counts(14)
     counts[6, 2] = -1.0
     names = [f"c{i}" for i in range(N_CELLS)], [f"g{j}" for j in range(N_GENES)]
     with pytest.raises(ValueError, match=r"negative.*'c6'.*'g2'"):
-        _validate_values(sparse.coo_matrix(counts), *names, "m", is_count_data=True, hint="")
+        validate_values(sparse.coo_matrix(counts), *names, "m", is_count_data=True, hint="")
 
 
 def test_bad_counts_in_layer_give_a_layer_hint():

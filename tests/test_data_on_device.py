@@ -80,9 +80,9 @@ def _splitter_under(device: str, load_data_on_device):
 def test_automatic_choice_puts_the_data_on_a_gpu_only_when_it_fits(monkeypatch):
     # load_data_on_device=None (model.train's default): on a CUDA device, when the registered arrays take
     # less than a quarter of its free memory; never on the CPU. torch.cuda.mem_get_info is stubbed.
-    from pyrovi.dataloaders._minibatch_dataset import _device_nbytes
+    from pyrovi.dataloaders._minibatch_dataset import device_nbytes
 
-    needed = sum(_device_nbytes(a) for a in SCVI(_setup()).adata_manager.get_arrays().values())
+    needed = sum(device_nbytes(a) for a in SCVI(_setup()).adata_manager.get_arrays().values())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * needed + 8, 100 * needed))
     assert _splitter_under("cuda:0", None)._device() == {"device": torch.device("cuda:0")}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * needed - 8, 100 * needed))

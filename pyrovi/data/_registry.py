@@ -57,7 +57,7 @@ def read_registry(adata: AnnData) -> dict[str, Any] | None:
     return registry
 
 
-def _write_registry(adata: AnnData, registry: dict[str, Any]) -> dict[str, Any]:
+def write_registry(adata: AnnData, registry: dict[str, Any]) -> dict[str, Any]:
     """Store ``registry`` in ``adata.uns`` and return it as read back, so memory and file always agree."""
     text = json.dumps(registry)
     adata.uns[UNS_REGISTRY_KEY] = text

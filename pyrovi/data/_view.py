@@ -10,7 +10,7 @@ from .fields import BaseField
 _NAME_WIDTH = 28
 
 
-def _format_registry(registry: dict[str, Any], fields: Sequence[BaseField], hide_states: bool = False) -> str:
+def format_registry(registry: dict[str, Any], fields: Sequence[BaseField], hide_states: bool = False) -> str:
     """The registry as readable text, one ``name  value`` line per entry (only sources with ``hide_states``)."""
     stats = registry["summary_stats"]
     lines = [

@@ -15,8 +15,8 @@ from pyrovi._checks import check_bool, check_int
 from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
 
-from ._ann_dataloader import AnnDataLoader, _n_cells
-from ._minibatch_dataset import _device_nbytes
+from ._ann_dataloader import AnnDataLoader, manager_n_cells
+from ._minibatch_dataset import device_nbytes
 
 #: Smallest training minibatch that is kept. BatchNorm in training mode needs more than one value per
 #: channel to estimate a variance (one cell raises an error) and two give a very noisy estimate.
@@ -211,7 +211,7 @@ class DataSplitter(LightningDataModule):
         self.loader_kwargs = loader_kwargs
         self.load_data_on_device = load_data_on_device
 
-        n_cells = _n_cells(adata_manager)
+        n_cells = manager_n_cells(adata_manager)
         if external_indexing is not None:
             if train_idx is not None or val_idx is not None or test_idx is not None:
                 raise ValueError("Pass either external_indexing or train_idx/val_idx/test_idx, not both.")
@@ -298,7 +298,7 @@ class DataSplitter(LightningDataModule):
                 return {}
             free, _ = torch.cuda.mem_get_info(device)
             arrays = self.adata_manager.get_arrays()
-            if sum(_device_nbytes(array) for array in arrays.values()) > free / 4:
+            if sum(device_nbytes(array) for array in arrays.values()) > free / 4:
                 return {}
         return {"device": device}
 
@@ -420,7 +420,7 @@ class SemiSupervisedDataSplitter(DataSplitter):
 
 def _unlabeled_mask(adata_manager: Any) -> np.ndarray:
     """Which cells carry the registered unlabeled category (all False without one)."""
-    n_cells = _n_cells(adata_manager)
+    n_cells = manager_n_cells(adata_manager)
     try:
         state = adata_manager.get_state(REGISTRY_KEYS.LABELS_KEY)
     except (AttributeError, KeyError):

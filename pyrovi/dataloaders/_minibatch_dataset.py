@@ -50,7 +50,7 @@ def _prepare(key: str, array: object) -> np.ndarray | sp.csr_matrix:
     return np.ascontiguousarray(array, dtype=_target_dtype(key, array))
 
 
-class _MinibatchDataset(Dataset):
+class MinibatchDataset(Dataset):
     """Registry arrays of a set of cells, served a whole minibatch at a time.
 
     ``dataset[positions]`` takes the positions (into ``indices``) of every cell of a minibatch at once and
@@ -186,7 +186,7 @@ def _to_device(array: np.ndarray | sp.csr_matrix, rows: np.ndarray, device: torc
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
-def _device_nbytes(array: object) -> int:
+def device_nbytes(array: object) -> int:
     """Bytes an array takes once moved to a device (COO sparse: values plus two int64 indices)."""
     if isinstance(array, BackedRows):
         return 0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import UnseenCategoryError
-from ._lookup import _format_names
+from ._lookup import format_names
 
 
 def _check_no_missing(column: pd.Series, source: str) -> None:
@@ -99,7 +99,7 @@ def _merge_labels(
     return codes, distinct, [groups[label][0] for label in distinct]
 
 
-def _factorize(column: pd.Series, source: str, warn: bool = True) -> tuple[np.ndarray, list[str]]:
+def factorize(column: pd.Series, source: str, warn: bool = True) -> tuple[np.ndarray, list[str]]:
     """Per-cell codes into ``labels``, and ``labels``: the categories of a column being registered.
 
     A pandas Categorical keeps the order of its declared categories but only those some cell has: unused
@@ -116,7 +116,7 @@ def _factorize(column: pd.Series, source: str, warn: bool = True) -> tuple[np.nd
             if warn:
                 warnings.warn(
                     f"{source} declares {len(unused)} categor{'ies' if len(unused) > 1 else 'y'} that no cell has "
-                    f"({_format_names(unused, 5)}); {'they are' if len(unused) > 1 else 'it is'} left out, so the "
+                    f"({format_names(unused, 5)}); {'they are' if len(unused) > 1 else 'it is'} left out, so the "
                     f"model has {int(used.sum())} categor{'ies' if used.sum() > 1 else 'y'} (those of the cells). "
                     "To silence this, drop them first: adata.obs[key] = adata.obs[key].cat.remove_unused_categories().",
                     UserWarning,
@@ -177,7 +177,7 @@ def _match_by_value(labels: list[str], values: list[Any], categories: list[str])
     return matches
 
 
-def _encode(
+def encode_categories(
     column: pd.Series, categories: list[str], source: str, extend_categories: bool = False, warn: bool = False
 ) -> tuple[np.ndarray, list[str]]:
     """Codes of ``column`` under the registered ``categories``, and the categories used.
@@ -197,7 +197,7 @@ def _encode(
     if unseen and not extend_categories:
         raise UnseenCategoryError(
             f"{source} has {len(unseen)} categor{'ies' if len(unseen) > 1 else 'y'} not seen when the model "
-            f"was set up: {_format_names(unseen)}. Registered categories: {_format_names(categories)}. Pass "
+            f"was set up: {format_names(unseen)}. Registered categories: {format_names(categories)}. Pass "
             "extend_categories=True to append the new categories (e.g. query data with new batches), or map "
             "the values to registered categories.",
             source,

@@ -10,13 +10,13 @@ import pandas as pd
 from scipy import sparse
 
 from ._backed import BackedRows, is_backed_matrix
-from ._lookup import _format_names
+from ._lookup import format_names
 
 # A numpy array or any scipy sparse matrix/array (a string, so that it is never evaluated).
 Matrix = "np.ndarray | sparse.spmatrix | BackedRows"
 
 
-def _check_matrix(matrix: Any, source: str) -> Matrix:
+def check_matrix(matrix: Any, source: str) -> Matrix:
     """``matrix`` as a 2-D numpy array or scipy sparse matrix; other types get a clear error."""
     if matrix is None:
         raise ValueError(f"{source} is empty (None); store the data there or set the field up from another place.")
@@ -39,16 +39,16 @@ def _check_matrix(matrix: Any, source: str) -> Matrix:
     )
 
 
-def _unique_names(index: pd.Index, source: str, fix: str) -> list[str]:
+def unique_names(index: pd.Index, source: str, fix: str) -> list[str]:
     """The names of ``index`` as plain strings; duplicates get an error with the ``fix``."""
     names = [str(n) for n in index]
     if len(set(names)) != len(names):
         duplicated = pd.Index(names)[pd.Index(names).duplicated()].unique()
-        raise ValueError(f"{source} are not unique (e.g. {_format_names(duplicated)}); {fix}")
+        raise ValueError(f"{source} are not unique (e.g. {format_names(duplicated)}); {fix}")
     return names
 
 
-def _column_indexer(
+def column_indexer(
     target_names: Sequence[str], registered_names: Sequence[str], source: str, what: str
 ) -> np.ndarray | None:
     """Positions in ``target_names`` of ``registered_names``, or None when they are already identical.
@@ -65,7 +65,7 @@ def _column_indexer(
     if len(missing):
         raise ValueError(
             f"{len(missing)} of the {len(registered)} {what} the model was set up with are missing from "
-            f"{source}: {_format_names(missing)}. The data must contain every registered {what[:-1]} (in any "
+            f"{source}: {format_names(missing)}. The data must contain every registered {what[:-1]} (in any "
             f"order; extra ones are ignored): add the missing ones (e.g. as all-zero columns) or set the model "
             f"up on the shared {what} only."
         )
@@ -73,7 +73,7 @@ def _column_indexer(
         duplicated = target[target.duplicated() & target.isin(registered)].unique()
         if len(duplicated):
             raise ValueError(
-                f"{source} holds some registered {what} more than once ({_format_names(duplicated)}); make the "
+                f"{source} holds some registered {what} more than once ({format_names(duplicated)}); make the "
                 "names unique (e.g. adata.var_names_make_unique())."
             )
         # Only unregistered names repeat: look the registered ones up among the first occurrences.
@@ -83,7 +83,7 @@ def _column_indexer(
     return target.get_indexer(registered)
 
 
-def _select_columns(matrix: Matrix, columns: np.ndarray | None) -> Matrix:
+def select_columns(matrix: Matrix, columns: np.ndarray | None) -> Matrix:
     """The columns ``columns`` of ``matrix`` (all of them, uncopied, when None); sparse stays sparse."""
     if columns is None:
         return matrix
@@ -96,7 +96,7 @@ def _select_columns(matrix: Matrix, columns: np.ndarray | None) -> Matrix:
     return matrix[:, columns]
 
 
-def _to_float32(matrix: Matrix) -> np.ndarray | sparse.csr_matrix:
+def to_float32(matrix: Matrix) -> np.ndarray | sparse.csr_matrix:
     """``matrix`` as a float32 numpy array or float32 CSR matrix, copying only what must change.
 
     A dense result that still shares memory with ``matrix`` is a read-only view, so that a loader cannot

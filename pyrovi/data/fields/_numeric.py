@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 
-def _numeric_values(column: pd.Series, source: str, positive: bool = False) -> np.ndarray:
+def numeric_values(column: pd.Series, source: str, positive: bool = False) -> np.ndarray:
     """``column`` as float32 of shape ``(n_cells,)``; non-finite (or, if ``positive``, non-positive) values fail.
 
     The checks run on the float32 values, so values that overflow or underflow in float32 are caught too.

@@ -8,9 +8,9 @@ import numpy as np
 from anndata import AnnData
 
 from ._base import BaseField
-from ._encoding import _encode, _factorize
-from ._lookup import _get_obs_column, _obs_source
-from ._numeric import _numeric_values
+from ._encoding import encode_categories, factorize
+from ._lookup import get_obs_column, obs_source
+from ._numeric import numeric_values
 
 #: The single category of a :class:`CategoricalObsField` set up without an obs column: every cell has code 0.
 CONSTANT_CATEGORY = "0"
@@ -69,7 +69,7 @@ class CategoricalObsField(BaseField):
 
     def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "categorical_mapping": _typed_categories(state["categories"]),
+            "categorical_mapping": typed_categories(state["categories"]),
             "original_key": state["obs_key"],
         }
 
@@ -79,7 +79,7 @@ class CategoricalObsField(BaseField):
     def register(self, adata: AnnData) -> dict[str, Any]:
         if self.obs_key is None:
             return {"obs_key": None, "categories": [CONSTANT_CATEGORY]}
-        _, categories = _factorize(_get_obs_column(adata, self.obs_key), _obs_source(self.obs_key))
+        _, categories = factorize(get_obs_column(adata, self.obs_key), obs_source(self.obs_key))
         return {"obs_key": self.obs_key, "categories": categories}
 
     def transfer(
@@ -89,8 +89,8 @@ class CategoricalObsField(BaseField):
         obs_key = state["obs_key"]
         if obs_key is None:
             return {"obs_key": None, "categories": list(state["categories"])}
-        column = _get_obs_column(adata_target, obs_key)
-        _, categories = _encode(column, state["categories"], _obs_source(obs_key), extend_categories)
+        column = get_obs_column(adata_target, obs_key)
+        _, categories = encode_categories(column, state["categories"], obs_source(obs_key), extend_categories)
         return {"obs_key": obs_key, "categories": categories}
 
     def summary(self, state: dict[str, Any]) -> dict[str, int]:
@@ -100,14 +100,14 @@ class CategoricalObsField(BaseField):
         obs_key = state["obs_key"]
         if obs_key is None:
             return np.zeros(adata.n_obs, dtype=np.int64)
-        codes, _ = _encode(_get_obs_column(adata, obs_key), state["categories"], _obs_source(obs_key))
+        codes, _ = encode_categories(get_obs_column(adata, obs_key), state["categories"], obs_source(obs_key))
         return codes
 
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         obs_key = state["obs_key"]
-        source = "constant (no obs column)" if obs_key is None else _obs_source(obs_key)
+        source = "constant (no obs column)" if obs_key is None else obs_source(obs_key)
         rows = [("source", source), (self.summary_key, str(len(state["categories"])))]
-        return rows + _category_rows(state["categories"])
+        return rows + category_rows(state["categories"])
 
     def __repr__(self) -> str:
         return (
@@ -162,7 +162,7 @@ class NumericalObsField(BaseField):
         return {"original_key": state.get("obs_key")}
 
     def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
-        column = _get_obs_column(adata, state["obs_key"])
+        column = get_obs_column(adata, state["obs_key"])
         self.get_array(adata, state)  # validated as the loader reads it
         return column.to_numpy().reshape(-1, 1)
 
@@ -191,7 +191,7 @@ class NumericalObsField(BaseField):
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         if not state:
             return [("source", "not set up")]
-        return [("source", _obs_source(state["obs_key"])), ("positive", str(self.positive))]
+        return [("source", obs_source(state["obs_key"])), ("positive", str(self.positive))]
 
     def __repr__(self) -> str:
         return (
@@ -200,10 +200,10 @@ class NumericalObsField(BaseField):
         )
 
     def _values(self, adata: AnnData, obs_key: str) -> np.ndarray:
-        return _numeric_values(_get_obs_column(adata, obs_key), _obs_source(obs_key), self.positive)
+        return numeric_values(get_obs_column(adata, obs_key), obs_source(obs_key), self.positive)
 
 
-def _typed_categories(categories: list[str]) -> np.ndarray:
+def typed_categories(categories: list[str]) -> np.ndarray:
     """The categories as an array, as integers when every one is an integer written out (``"6"`` -> 6).
 
     Registries keep categories as strings (they survive JSON unchanged); scvi-tools' mappings keep the
@@ -218,7 +218,7 @@ def _typed_categories(categories: list[str]) -> np.ndarray:
     return np.asarray(categories, dtype=object)
 
 
-def _category_rows(categories: list[str], prefix: str = "") -> list[tuple[str, str]]:
+def category_rows(categories: list[str], prefix: str = "") -> list[tuple[str, str]]:
     """``(code, category)`` rows of a category mapping; long mappings end with a count of the rest."""
     rows = [(f"{prefix}{code}", category) for code, category in enumerate(categories[:_MAX_VIEW_CATEGORIES])]
     if len(categories) > _MAX_VIEW_CATEGORIES:

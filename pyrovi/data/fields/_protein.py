@@ -12,7 +12,7 @@ from ._base import BaseField
 from ._obsm import ObsmField
 
 
-def _batch_mask(matrix: Any, codes: np.ndarray, categories: list[str]) -> dict[str, list[bool]] | None:
+def batch_mask(matrix: Any, codes: np.ndarray, categories: list[str]) -> dict[str, list[bool]] | None:
     """``{batch: [measured per column]}``, a column unmeasured in a batch when it is zero in all its cells.
 
     None when every batch measured every column (no mask needed).
@@ -51,7 +51,7 @@ class _ProteinMaskMixin:
         batch_state = self.batch_field.register(adata)
         codes = self.batch_field.get_array(adata, batch_state)
         matrix = self.get_field_data(adata, state)  # type: ignore[attr-defined]
-        mask = _batch_mask(matrix, np.asarray(codes).reshape(-1), batch_state["categories"])
+        mask = batch_mask(matrix, np.asarray(codes).reshape(-1), batch_state["categories"])
         return {**state, "protein_batch_mask": mask}
 
     def _mask_state_registry(self, state: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ _NONINTEGER = "non-integer"
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def _summed_duplicates(matrix: Matrix) -> Matrix:
+def summed_duplicates(matrix: Matrix) -> Matrix:
     """``matrix`` with duplicate sparse entries summed: the values every reader of it sees.
 
     A CSR/CSC/COO matrix may store one cell and gene more than once (e.g. built from ``(data, (row, col))``
@@ -128,7 +128,7 @@ def _first_dense(matrix: np.ndarray, kind: str) -> tuple[int, int, int, float] |
     return count, first[0], first[1], float(matrix[first])
 
 
-def _validate_values(
+def validate_values(
     matrix: Matrix,
     obs_names: Sequence[str],
     col_names: Sequence[str],
@@ -143,7 +143,7 @@ def _validate_values(
     finite. The message names the kind of problem, how many entries have it, and the first one's cell,
     column and value.
     """
-    matrix = _summed_duplicates(matrix)
+    matrix = summed_duplicates(matrix)
     dense = not sparse.issparse(matrix)
     for kind in _problem_kinds(matrix.dtype, is_count_data):
         found = _first_dense(matrix, kind) if dense else _first_sparse(matrix, kind)
@@ -166,7 +166,7 @@ def _validate_values(
         raise ValueError(f"{source} has {count} {kind} value{plural}; {where}. Replace or remove them.")
 
 
-def _nonzero_lines(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
+def nonzero_lines(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks of the rows and of the columns of ``matrix`` that hold at least one non-zero value.
 
     Scanned a block at a time (like the value checks) and never summed, so no total can overflow a narrow
@@ -199,7 +199,7 @@ def _nonzero_lines(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def _warn_empty(cells_with_counts: np.ndarray, genes_with_counts: np.ndarray | None, source: str) -> None:
+def warn_empty(cells_with_counts: np.ndarray, genes_with_counts: np.ndarray | None, source: str) -> None:
     """Warn about cells (and, unless ``genes_with_counts`` is None, genes) whose counts are all zero."""
     n_empty = int(np.count_nonzero(~cells_with_counts))
     if n_empty:
@@ -227,13 +227,13 @@ def _warn_empty(cells_with_counts: np.ndarray, genes_with_counts: np.ndarray | N
 _EXACT_INTEGER = {np.dtype(np.float16): 2**11, np.dtype(np.float32): 2**24}
 
 
-def _max_value(matrix: Matrix) -> float:
+def largest_value(matrix: Matrix) -> float:
     """The largest stored value of ``matrix`` (0 for an empty one)."""
     values = matrix.data if sparse.issparse(matrix) else matrix
     return float(values.max()) if values.size else 0.0
 
 
-def _warn_count_dtype(dtype: np.dtype, max_value: float, source: str) -> None:
+def warn_count_dtype(dtype: np.dtype, max_value: float, source: str) -> None:
     """Warn when the dtype of a count matrix may have lost counts, or when float32 cannot hold them exactly.
 
     Narrow integers wrap around (or clip) counts they cannot hold when data is converted to them, which no
