@@ -14,20 +14,20 @@ from scipy import sparse
 from .. import __version__
 from ..utils import attrdict
 from ._constants import (
-    _DATA_REGISTRY_KEY,
-    _FIELD_REGISTRIES_KEY,
-    _MODEL_NAME_KEY,
-    _SETUP_ARGS_KEY,
-    _STATE_REGISTRY_KEY,
-    _SUMMARY_STATS_KEY,
+    DATA_REGISTRY_KEY,
+    FIELD_REGISTRIES_KEY,
+    MODEL_NAME_KEY,
+    SETUP_ARGS_KEY,
+    STATE_REGISTRY_KEY,
+    SUMMARY_STATS_KEY,
 )
 from ._errors import RegisteredDataChangedError
 from ._fingerprint import data_fingerprint
-from ._registry import _write_registry, read_registry
-from ._view import _format_registry
+from ._registry import write_registry, read_registry
+from ._view import format_registry
 from .fields import BaseField
-from .fields._lookup import _format_names
-from .fields._mudata import _is_mudata, _MuDataField
+from .fields._lookup import format_names
+from .fields._mudata import _is_mudata, MuDataField
 
 # Statistics every model may read; 0 when no field provides them (n_cells and n_vars come from the data).
 _DEFAULT_SUMMARY_KEYS = ("n_batch", "n_labels", "n_extra_categorical_covs", "n_extra_continuous_covs")
@@ -170,7 +170,7 @@ class AnnDataManager:
             "summary_stats": self._summary_stats(adata, field_states),
         }
         # Written only once every field has validated, so a failed setup leaves the AnnData untouched.
-        self._registry = json.loads(json.dumps(registry)) if read_only else _write_registry(adata, registry)
+        self._registry = json.loads(json.dumps(registry)) if read_only else write_registry(adata, registry)
         self._adata = adata
         self._fingerprint = data_fingerprint(adata, self._fields, field_states)
         return self
@@ -241,7 +241,7 @@ class AnnDataManager:
             states[field.registry_key] = state
         self._fields = self._fields + fields
         new = {**registry, "field_states": states, "summary_stats": self._summary_stats(self._adata, states)}
-        self._registry = _write_registry(self._adata, new)
+        self._registry = write_registry(self._adata, new)
         self._fingerprint = data_fingerprint(self._adata, self._fields, states)
 
     def validate(self) -> None:
@@ -328,16 +328,16 @@ class AnnDataManager:
         """
         if not isinstance(setup_method_args, dict):
             raise TypeError(f"setup_method_args must be a dict, got {type(setup_method_args).__name__}.")
-        update = setup_method_args.get(_SETUP_ARGS_KEY, setup_method_args)
+        update = setup_method_args.get(SETUP_ARGS_KEY, setup_method_args)
         for name, value in update.items():
             _check_json({name: value}, f"The setup argument {name!r}")
         self._setup_args = _json_copy({**self._setup_args, **update})
         if self._registry is not None:
-            self._registry = _write_registry(self._adata, {**self._registry, "setup_args": self._setup_args})
+            self._registry = write_registry(self._adata, {**self._registry, "setup_args": self._setup_args})
 
     def _get_setup_method_args(self) -> dict[str, Any]:
         """``{"model_name": ..., "setup_args": ...}``, as scvi-tools' managers give it."""
-        return {_MODEL_NAME_KEY: self._model_name, _SETUP_ARGS_KEY: self.setup_args}
+        return {MODEL_NAME_KEY: self._model_name, SETUP_ARGS_KEY: self.setup_args}
 
     # Read access.
 
@@ -536,7 +536,7 @@ class AnnDataManager:
           n_batch                     2
         ...
         """
-        print(_format_registry(self._require_registry(), self._fields, hide_state_registries))
+        print(format_registry(self._require_registry(), self._fields, hide_state_registries))
 
     read_registry = staticmethod(read_registry)
 
@@ -580,7 +580,7 @@ class _Registry(dict):
         self._manager = manager
 
     def __missing__(self, key: str) -> Any:
-        if key != _FIELD_REGISTRIES_KEY:
+        if key != FIELD_REGISTRIES_KEY:
             raise KeyError(key)
         manager = self._manager
         states = self["field_states"]
@@ -588,9 +588,9 @@ class _Registry(dict):
         for field in manager.fields:
             state = states[field.registry_key]
             value[field.registry_key] = {
-                _DATA_REGISTRY_KEY: field.data_registry(state) if not field.is_empty else {},
-                _STATE_REGISTRY_KEY: field.state_registry(state),
-                _SUMMARY_STATS_KEY: field.summary(state),
+                DATA_REGISTRY_KEY: field.data_registry(state) if not field.is_empty else {},
+                STATE_REGISTRY_KEY: field.state_registry(state),
+                SUMMARY_STATS_KEY: field.summary(state),
             }
         self[key] = value
         return value
@@ -604,9 +604,9 @@ def _split_setup_method_args(
         return {}, model_name or "unknown"
     if not isinstance(setup_method_args, dict):
         raise TypeError(f"setup_method_args must be a dict, got {type(setup_method_args).__name__}.")
-    if _SETUP_ARGS_KEY in setup_method_args and isinstance(setup_method_args[_SETUP_ARGS_KEY], dict):
-        name = setup_method_args.get(_MODEL_NAME_KEY, model_name)
-        return dict(setup_method_args[_SETUP_ARGS_KEY]), str(name or "unknown")
+    if SETUP_ARGS_KEY in setup_method_args and isinstance(setup_method_args[SETUP_ARGS_KEY], dict):
+        name = setup_method_args.get(MODEL_NAME_KEY, model_name)
+        return dict(setup_method_args[SETUP_ARGS_KEY]), str(name or "unknown")
     return setup_method_args, model_name or "unknown"
 
 
@@ -622,7 +622,7 @@ def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: b
     if not isinstance(adata, AnnData) and not is_mudata:
         raise TypeError(f"Expected an AnnData (or a MuData for MuData fields), got {type(adata).__name__}.")
     if is_mudata:
-        anndata_fields = [f.registry_key for f in fields if not f.is_empty and not isinstance(f, _MuDataField)]
+        anndata_fields = [f.registry_key for f in fields if not f.is_empty and not isinstance(f, MuDataField)]
         if anndata_fields:
             raise TypeError(
                 f"Got a MuData, but the field(s) {anndata_fields} read an AnnData. Set a MuData up with the "
@@ -645,7 +645,7 @@ def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: b
         # name a cell would be ambiguous.
         warnings.warn(
             f"adata.obs_names holds {len(duplicated)} cell name(s) more than once (e.g. "
-            f"{_format_names(duplicated, 5)}); results indexed by cell name and error messages naming a cell "
+            f"{format_names(duplicated, 5)}); results indexed by cell name and error messages naming a cell "
             "would be ambiguous. Make them unique with adata.obs_names_make_unique().",
             UserWarning,
             stacklevel=4,
@@ -668,17 +668,17 @@ def _check_mudata_names(mdata: Any, fields: Sequence[BaseField]) -> None:
         if not names.is_unique:
             duplicated = names[names.duplicated()].unique()
             raise ValueError(
-                f"{source} holds {len(duplicated)} cell name(s) more than once ({_format_names(duplicated, 5)}); "
+                f"{source} holds {len(duplicated)} cell name(s) more than once ({format_names(duplicated, 5)}); "
                 f"a MuData pairs the cells of its modalities by name, so duplicated names pair the wrong cells. {fix}"
             )
-    read = {f.mod_key for f in fields if not f.is_empty and isinstance(f, _MuDataField) and f.mod_key is not None}
+    read = {f.mod_key for f in fields if not f.is_empty and isinstance(f, MuDataField) and f.mod_key is not None}
     for name in sorted(read):
         mod = mdata.mod[name] if name in mdata.mod else None
         if mod is not None and not mod.var_names.is_unique:
             duplicated = mod.var_names[mod.var_names.duplicated()].unique()
             raise ValueError(
                 f"mdata.mod[{name!r}].var_names holds {len(duplicated)} name(s) more than once "
-                f"({_format_names(duplicated, 5)}); genes and proteins are matched by name, so each must be "
+                f"({format_names(duplicated, 5)}); genes and proteins are matched by name, so each must be "
                 f"unique. Make them unique, e.g. mdata.mod[{name!r}].var_names_make_unique(), then mdata.update()."
             )
 

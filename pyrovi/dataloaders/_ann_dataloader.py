@@ -14,7 +14,7 @@ from torch.utils.data.distributed import DistributedSampler
 from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
 
-from ._minibatch_dataset import _MinibatchDataset
+from ._minibatch_dataset import MinibatchDataset
 
 # The loader builds its own sampler and collation around whole-minibatch access; these would undo it.
 _RESERVED_KWARGS = ("batch_sampler", "collate_fn", "generator")
@@ -25,7 +25,7 @@ def _to_numpy(batch: dict[str, Any]) -> dict[str, Any]:
     return {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
-def _n_cells(adata_manager: Any) -> int:
+def manager_n_cells(adata_manager: Any) -> int:
     try:
         return int(adata_manager.summary_stats["n_cells"])
     except (AttributeError, KeyError, TypeError) as err:
@@ -237,7 +237,7 @@ class AnnDataLoader(DataLoader):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         seed = settings.seed if seed is None else seed
 
-        n_cells = _n_cells(adata_manager)
+        n_cells = manager_n_cells(adata_manager)
         self.indices = _resolve_indices(indices, n_cells)
         self.n_obs = len(self.indices)
         self.seed = int(seed)
@@ -248,7 +248,7 @@ class AnnDataLoader(DataLoader):
             sparse_keys = list(sparse_keys) + [
                 key for key, array in arrays.items() if sp.issparse(array) and key not in sparse_keys
             ]
-        dataset = _MinibatchDataset(arrays, self.indices, device=device, sparse_keys=sparse_keys)
+        dataset = MinibatchDataset(arrays, self.indices, device=device, sparse_keys=sparse_keys)
         if iter_ndarray:
             kwargs["collate_fn"] = _to_numpy
         if distributed_sampler:

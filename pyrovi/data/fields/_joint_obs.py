@@ -10,10 +10,10 @@ import pandas as pd
 from anndata import AnnData
 
 from ._base import BaseField
-from ._encoding import _encode, _factorize
-from ._lookup import _check_key_list, _get_obs_column, _obs_source
-from ._numeric import _numeric_values
-from ._obs import _category_rows, _typed_categories
+from ._encoding import encode_categories, factorize
+from ._lookup import _check_key_list, get_obs_column, obs_source
+from ._numeric import numeric_values
+from ._obs import category_rows, typed_categories
 
 
 class CategoricalJointObsField(BaseField):
@@ -65,7 +65,7 @@ class CategoricalJointObsField(BaseField):
         if not state:
             return {"mappings": {}, "field_keys": [], "n_cats_per_key": []}
         return {
-            "mappings": {key: _typed_categories(state["categories"][key]) for key in state["obs_keys"]},
+            "mappings": {key: typed_categories(state["categories"][key]) for key in state["obs_keys"]},
             "field_keys": list(state["obs_keys"]),
             "n_cats_per_key": list(state["n_cats_per_key"]),
         }
@@ -77,7 +77,7 @@ class CategoricalJointObsField(BaseField):
         if self.is_empty:
             return {}
         categories = {
-            key: _factorize(_get_obs_column(adata, key), _obs_source(key))[1] for key in self.obs_keys
+            key: factorize(get_obs_column(adata, key), obs_source(key))[1] for key in self.obs_keys
         }
         return _joint_state(self.obs_keys, categories)
 
@@ -88,7 +88,7 @@ class CategoricalJointObsField(BaseField):
         if self.is_empty:
             return {}
         categories = {
-            key: _encode(_get_obs_column(adata_target, key), state["categories"][key], _obs_source(key),
+            key: encode_categories(get_obs_column(adata_target, key), state["categories"][key], obs_source(key),
                          extend_categories)[1]
             for key in state["obs_keys"]
         }
@@ -99,7 +99,7 @@ class CategoricalJointObsField(BaseField):
 
     def get_array(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
         columns = [
-            _encode(_get_obs_column(adata, key), state["categories"][key], _obs_source(key))[0]
+            encode_categories(get_obs_column(adata, key), state["categories"][key], obs_source(key))[0]
             for key in state["obs_keys"]
         ]
         return np.stack(columns, axis=1).astype(np.int64, copy=False)
@@ -107,9 +107,9 @@ class CategoricalJointObsField(BaseField):
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         if not state:
             return [("source", "not set up")]
-        rows = [("source", ", ".join(_obs_source(key) for key in state["obs_keys"]))]
+        rows = [("source", ", ".join(obs_source(key) for key in state["obs_keys"]))]
         for key in state["obs_keys"]:
-            rows += _category_rows(state["categories"][key], prefix=f"{key}: ")
+            rows += category_rows(state["categories"][key], prefix=f"{key}: ")
         return rows
 
     def __repr__(self) -> str:
@@ -185,13 +185,13 @@ class NumericalJointObsField(BaseField):
         return {"n_extra_continuous_covs": len(state.get("obs_keys", []))}
 
     def get_array(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
-        columns = [_numeric_values(_get_obs_column(adata, key), _obs_source(key)) for key in state["obs_keys"]]
+        columns = [numeric_values(get_obs_column(adata, key), obs_source(key)) for key in state["obs_keys"]]
         return np.stack(columns, axis=1)
 
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         if not state:
             return [("source", "not set up")]
-        return [("source", ", ".join(_obs_source(key) for key in state["obs_keys"]))]
+        return [("source", ", ".join(obs_source(key) for key in state["obs_keys"]))]
 
     def __repr__(self) -> str:
         return f"NumericalJointObsField(registry_key={self.registry_key!r}, obs_keys={self.obs_keys!r})"

@@ -9,8 +9,8 @@ from anndata import AnnData
 
 from .._errors import MissingKeyError
 from ._base import BaseField
-from ._encoding import _encode, _factorize
-from ._lookup import _did_you_mean, _format_names, _get_obs_column, _obs_source
+from ._encoding import encode_categories, factorize
+from ._lookup import _did_you_mean, format_names, get_obs_column, obs_source
 from ._obs import CategoricalObsField
 
 
@@ -59,7 +59,7 @@ class LabelsWithUnlabeledObsField(CategoricalObsField):
         if self.obs_key is None:
             categories = [self.unlabeled_category]
         else:
-            _, categories = _factorize(_get_obs_column(adata, self.obs_key), _obs_source(self.obs_key))
+            _, categories = factorize(get_obs_column(adata, self.obs_key), obs_source(self.obs_key))
         return self._state(self.obs_key, categories)
 
     def transfer(
@@ -69,8 +69,8 @@ class LabelsWithUnlabeledObsField(CategoricalObsField):
         obs_key = state["obs_key"]
         if obs_key is None or obs_key not in adata_target.obs.columns:
             return dict(state)
-        column = _get_obs_column(adata_target, obs_key)
-        _, categories = _encode(column, state["categories"], _obs_source(obs_key), extend_categories)
+        column = get_obs_column(adata_target, obs_key)
+        _, categories = encode_categories(column, state["categories"], obs_source(obs_key), extend_categories)
         return self._state(obs_key, categories)
 
     def get_array(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray:
@@ -78,7 +78,7 @@ class LabelsWithUnlabeledObsField(CategoricalObsField):
         unlabeled = state["categories"].index(state["unlabeled_category"])
         if obs_key is None or obs_key not in adata.obs.columns:
             return np.full(adata.n_obs, unlabeled, dtype=np.int64)
-        codes, _ = _encode(_get_obs_column(adata, obs_key), state["categories"], _obs_source(obs_key))
+        codes, _ = encode_categories(get_obs_column(adata, obs_key), state["categories"], obs_source(obs_key))
         return codes
 
     def state_registry(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class StringUnsField(BaseField):
                 return None
             raise MissingKeyError(
                 f"adata.uns has no entry {self.uns_key!r}.{_did_you_mean(self.uns_key, adata.uns.keys())} "
-                f"Available entries: {_format_names(adata.uns.keys(), 50)}."
+                f"Available entries: {format_names(adata.uns.keys(), 50)}."
             )
         value = adata.uns[self.uns_key]
         if not isinstance(value, str):

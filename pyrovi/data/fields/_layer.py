@@ -12,15 +12,15 @@ from scipy import sparse
 from .._errors import MissingKeyError
 from ._backed import BackedRows
 from ._base import BaseField
-from ._lookup import _did_you_mean, _format_names
-from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
+from ._lookup import _did_you_mean, format_names
+from ._matrix import Matrix, check_matrix, column_indexer, select_columns, to_float32, unique_names
 from ._validation import (
-    _max_value,
-    _nonzero_lines,
-    _summed_duplicates,
-    _validate_values,
-    _warn_count_dtype,
-    _warn_empty,
+    largest_value,
+    nonzero_lines,
+    summed_duplicates,
+    validate_values,
+    warn_count_dtype,
+    warn_empty,
 )
 
 
@@ -107,8 +107,8 @@ class LayerField(BaseField):
     def get_field_data(self, adata: AnnData, state: dict[str, Any]) -> Any:
         """The matrix as stored (dtype and sparsity kept), with the registered genes in their order."""
         matrix = self._get_matrix(adata, state["layer"])
-        columns = _column_indexer(adata.var_names, state["var_names"], "adata.var_names", "genes")
-        matrix = _select_columns(matrix, columns)
+        columns = column_indexer(adata.var_names, state["var_names"], "adata.var_names", "genes")
+        matrix = select_columns(matrix, columns)
         if isinstance(matrix, BackedRows):
             return matrix[np.arange(matrix.shape[0])]
         return matrix
@@ -119,7 +119,7 @@ class LayerField(BaseField):
 
     def register(self, adata: AnnData) -> dict[str, Any]:
         matrix = self._get_matrix(adata, self.layer)
-        var_names = _unique_names(
+        var_names = unique_names(
             adata.var_names, "adata.var_names", fix="make them unique with adata.var_names_make_unique()."
         )
         counts = self._validate(matrix, adata, var_names, self.layer, warn_empty_genes=True)
@@ -134,10 +134,10 @@ class LayerField(BaseField):
         self._check_state_matches(state, "layer", self.layer)
         layer = state["layer"]
         matrix = self._get_matrix(adata_target, layer)
-        columns = _column_indexer(adata_target.var_names, state["var_names"], "adata.var_names", "genes")
+        columns = column_indexer(adata_target.var_names, state["var_names"], "adata.var_names", "genes")
         # Only the registered genes reach the model, so only they are validated.
         counts = state.get("is_count_data", True) if self.is_count_data == "infer" else None
-        self._validate(_select_columns(matrix, columns), adata_target, state["var_names"], layer, is_count_data=counts)
+        self._validate(select_columns(matrix, columns), adata_target, state["var_names"], layer, is_count_data=counts)
         out = {"layer": layer, "var_names": list(state["var_names"]), "n_vars": int(state["n_vars"])}
         if "is_count_data" in state:
             out["is_count_data"] = bool(state["is_count_data"])
@@ -148,8 +148,8 @@ class LayerField(BaseField):
 
     def get_array(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray | sparse.csr_matrix:
         matrix = self._get_matrix(adata, state["layer"])
-        columns = _column_indexer(adata.var_names, state["var_names"], "adata.var_names", "genes")
-        return _to_float32(_select_columns(matrix, columns))
+        columns = column_indexer(adata.var_names, state["var_names"], "adata.var_names", "genes")
+        return to_float32(select_columns(matrix, columns))
 
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         names = state["var_names"]
@@ -164,13 +164,13 @@ class LayerField(BaseField):
 
     def _get_matrix(self, adata: AnnData, layer: str | None) -> Matrix:
         if layer is None:
-            return _check_matrix(adata.X, "adata.X")
+            return check_matrix(adata.X, "adata.X")
         if layer not in adata.layers:
             raise MissingKeyError(
                 f"adata.layers has no layer {layer!r}.{_did_you_mean(layer, adata.layers.keys())} Available "
-                f"layers: {_format_names(adata.layers.keys())}; pass one of them, or layer=None to use adata.X."
+                f"layers: {format_names(adata.layers.keys())}; pass one of them, or layer=None to use adata.X."
             )
-        return _check_matrix(adata.layers[layer], _layer_source(layer))
+        return check_matrix(adata.layers[layer], _layer_source(layer))
 
     def _validate(
         self,
@@ -226,17 +226,17 @@ class LayerField(BaseField):
         cells, genes, max_value = [], np.zeros(len(var_names), dtype=bool), 0.0
         for start, block in blocks:
             # duplicate sparse entries are read as their sum, so they are checked (and counted) summed
-            block = _summed_duplicates(block)
+            block = summed_duplicates(block)
             obs_names = adata.obs_names[start : start + block.shape[0]]
-            _validate_values(block, obs_names, var_names, source, counts, hint)
+            validate_values(block, obs_names, var_names, source, counts, hint)
             if counts:
-                block_cells, block_genes = _nonzero_lines(block)
+                block_cells, block_genes = nonzero_lines(block)
                 cells.append(block_cells)
                 genes |= block_genes
-                max_value = max(max_value, _max_value(block))
+                max_value = max(max_value, largest_value(block))
         if counts:
-            _warn_count_dtype(matrix.dtype, max_value, source)
-            _warn_empty(np.concatenate(cells), genes if warn_empty_genes else None, source)
+            warn_count_dtype(matrix.dtype, max_value, source)
+            warn_empty(np.concatenate(cells), genes if warn_empty_genes else None, source)
         return bool(counts)
 
 

@@ -12,7 +12,7 @@ from anndata import AnnData
 from .._errors import MissingKeyError
 
 
-def _format_names(names: Iterable[Any], max_items: int = 10) -> str:
+def format_names(names: Iterable[Any], max_items: int = 10) -> str:
     """``'a', 'b', ... (+n more)``: enough names to recognise the problem without flooding the message."""
     names = list(names)
     shown = ", ".join(repr(str(n)) for n in names[:max_items])
@@ -29,16 +29,16 @@ def _did_you_mean(key: str, available: Iterable[Any]) -> str:
     return f" Did you mean {' or '.join(repr(name) for name in close)}?"
 
 
-def _obs_source(obs_key: str) -> str:
+def obs_source(obs_key: str) -> str:
     return f"adata.obs[{obs_key!r}]"
 
 
-def _get_obs_column(adata: AnnData, obs_key: str) -> pd.Series:
+def get_obs_column(adata: AnnData, obs_key: str) -> pd.Series:
     """The column ``adata.obs[obs_key]``; a clear error lists the columns when it is absent."""
     if obs_key not in adata.obs.columns:
         raise MissingKeyError(
             f"adata.obs has no column {obs_key!r}.{_did_you_mean(obs_key, adata.obs.columns)} Available columns: "
-            f"{_format_names(adata.obs.columns, 50)}; pass one of them, or add the column to adata.obs."
+            f"{format_names(adata.obs.columns, 50)}; pass one of them, or add the column to adata.obs."
         )
     column = adata.obs[obs_key]
     if isinstance(column, pd.DataFrame):
@@ -47,12 +47,12 @@ def _get_obs_column(adata: AnnData, obs_key: str) -> pd.Series:
     return column
 
 
-def _get_obsm(adata: AnnData, obsm_key: str) -> Any:
+def get_obsm(adata: AnnData, obsm_key: str) -> Any:
     """The entry ``adata.obsm[obsm_key]``; a clear error lists the entries when it is absent."""
     if obsm_key not in adata.obsm:
         raise MissingKeyError(
             f"adata.obsm has no entry {obsm_key!r}.{_did_you_mean(obsm_key, adata.obsm.keys())} Available "
-            f"entries: {_format_names(adata.obsm.keys(), 50)}; pass one of them, or store the matrix in adata.obsm."
+            f"entries: {format_names(adata.obsm.keys(), 50)}; pass one of them, or store the matrix in adata.obsm."
         )
     return adata.obsm[obsm_key]
 
@@ -70,5 +70,5 @@ def _check_key_list(keys: Sequence[str] | None, argument: str) -> list[str]:
             raise TypeError(f"{argument} must contain strings, got {key!r}.")
     duplicated = sorted({k for k in keys if keys.count(k) > 1})
     if duplicated:
-        raise ValueError(f"{argument} names the same column more than once: {_format_names(duplicated)}.")
+        raise ValueError(f"{argument} names the same column more than once: {format_names(duplicated)}.")
     return keys

@@ -18,10 +18,10 @@ from anndata import AnnData
 from ._base import BaseField
 from ._joint_obs import CategoricalJointObsField, NumericalJointObsField
 from ._layer import LayerField
-from ._lookup import _format_names
+from ._lookup import format_names
 from ._obs import CategoricalObsField, NumericalObsField
 from ._obsm import ObsmField
-from ._protein import _batch_mask
+from ._protein import batch_mask
 
 
 class MuDataRequiredError(TypeError, AssertionError):
@@ -60,7 +60,7 @@ def _require_mudata(data: Any, field: BaseField) -> None:
     )
 
 
-class _MuDataField(BaseField):
+class MuDataField(BaseField):
     """An AnnData field applied to one modality of a MuData (or to the MuData's ``obs`` without mod_key)."""
 
     def __init__(self, inner: BaseField, mod_key: str | None, mod_required: bool):
@@ -110,7 +110,7 @@ class _MuDataField(BaseField):
         if mod_key not in mdata.mod:
             raise ValueError(
                 f"Field {self.registry_key!r} reads the modality {mod_key!r}, which the MuData does not have; its "
-                f"modalities are {_format_names(mdata.mod.keys())}. Pass the right modality name."
+                f"modalities are {format_names(mdata.mod.keys())}. Pass the right modality name."
             )
         mod = mdata.mod[mod_key]
         if mod.is_view and not allow_view:
@@ -130,7 +130,7 @@ class _MuDataField(BaseField):
         if (rows < 0).any() or not mod.obs_names.is_unique:
             raise ValueError(
                 f"The cells of the modality {mod_key!r} are not those of the MuData (e.g. "
-                f"{_format_names(mdata.obs_names[rows < 0][:5])} are missing from it); call mdata.update() after "
+                f"{format_names(mdata.obs_names[rows < 0][:5])} are missing from it); call mdata.update() after "
                 "changing a modality, and make the cell names unique."
             )
         return mod, rows
@@ -191,7 +191,7 @@ class _MuDataField(BaseField):
         return f"{type(self).__name__}({self._inner!r}, mod_key={self._mod_key!r})"
 
 
-class MuDataLayerField(_MuDataField):
+class MuDataLayerField(MuDataField):
     """:class:`LayerField` of one modality of a MuData (e.g. the RNA counts).
 
     Parameters
@@ -223,7 +223,7 @@ class MuDataLayerField(_MuDataField):
         super().__init__(inner, mod_key, mod_required)
 
 
-class MuDataCategoricalObsField(_MuDataField):
+class MuDataCategoricalObsField(MuDataField):
     """:class:`CategoricalObsField` of a modality's ``obs`` (or the MuData's ``obs`` when ``mod_key`` is None).
 
     Examples
@@ -242,7 +242,7 @@ class MuDataCategoricalObsField(_MuDataField):
         super().__init__(CategoricalObsField(registry_key, attr_key, summary_key), mod_key, mod_required)
 
 
-class MuDataNumericalObsField(_MuDataField):
+class MuDataNumericalObsField(MuDataField):
     """:class:`NumericalObsField` of a modality's ``obs`` (or the MuData's ``obs``), e.g. size factors.
 
     Examples
@@ -262,7 +262,7 @@ class MuDataNumericalObsField(_MuDataField):
         super().__init__(NumericalObsField(registry_key, attr_key, positive, required), mod_key, mod_required)
 
 
-class MuDataCategoricalJointObsField(_MuDataField):
+class MuDataCategoricalJointObsField(MuDataField):
     """:class:`CategoricalJointObsField` of a modality's ``obs`` (extra categorical covariates).
 
     Examples
@@ -280,7 +280,7 @@ class MuDataCategoricalJointObsField(_MuDataField):
         super().__init__(CategoricalJointObsField(registry_key, attr_keys), mod_key, mod_required)
 
 
-class MuDataNumericalJointObsField(_MuDataField):
+class MuDataNumericalJointObsField(MuDataField):
     """:class:`NumericalJointObsField` of a modality's ``obs`` (extra continuous covariates).
 
     Examples
@@ -298,7 +298,7 @@ class MuDataNumericalJointObsField(_MuDataField):
         super().__init__(NumericalJointObsField(registry_key, attr_keys), mod_key, mod_required)
 
 
-class MuDataObsmField(_MuDataField):
+class MuDataObsmField(MuDataField):
     """:class:`ObsmField` of a modality's ``obsm`` (or the MuData's ``obsm``).
 
     Examples
@@ -385,7 +385,7 @@ class _ProteinLayerField(BaseField):
         return self._layer.view_rows(self._to_layer_state(state))
 
 
-class MuDataProteinLayerField(_MuDataField):
+class MuDataProteinLayerField(MuDataField):
     """Protein counts in ``X`` or a layer of a MuData modality, with the per-batch panel mask (TOTALVI).
 
     The proteins are the modality's ``var_names``. With ``use_batch_mask`` the state records, per batch
@@ -445,4 +445,4 @@ class MuDataProteinLayerField(_MuDataField):
         batch_state = self.batch_field.register(mdata)
         codes = np.asarray(self.batch_field.get_array(mdata, batch_state)).reshape(-1)
         matrix = self.get_field_data(mdata, state)
-        return {**state, "protein_batch_mask": _batch_mask(matrix, codes, batch_state["categories"])}
+        return {**state, "protein_batch_mask": batch_mask(matrix, codes, batch_state["categories"])}

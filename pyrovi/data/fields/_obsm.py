@@ -11,9 +11,9 @@ from scipy import sparse
 
 from .._errors import MissingKeyError
 from ._base import BaseField
-from ._lookup import _did_you_mean, _format_names, _get_obsm
-from ._matrix import Matrix, _check_matrix, _column_indexer, _select_columns, _to_float32, _unique_names
-from ._validation import _validate_values
+from ._lookup import _did_you_mean, format_names, get_obsm
+from ._matrix import Matrix, check_matrix, column_indexer, select_columns, to_float32, unique_names
+from ._validation import validate_values
 
 
 class ObsmField(BaseField):
@@ -108,7 +108,7 @@ class ObsmField(BaseField):
         return {f"n_{self.registry_key}": len(state.get("column_names", []))}
 
     def get_array(self, adata: AnnData, state: dict[str, Any]) -> np.ndarray | sparse.csr_matrix:
-        return _to_float32(self._aligned(adata, state))
+        return to_float32(self._aligned(adata, state))
 
     def view_rows(self, state: dict[str, Any]) -> list[tuple[str, str]]:
         if not state:
@@ -130,17 +130,17 @@ class ObsmField(BaseField):
     def _read(self, adata: AnnData, obsm_key: str) -> tuple[Matrix, list[str], bool]:
         """The matrix, its column names, and whether the names came from the data (not defaults)."""
         source = _obsm_source(obsm_key)
-        value = _get_obsm(adata, obsm_key)
+        value = get_obsm(adata, obsm_key)
         if isinstance(value, pd.DataFrame):
             # names first: with a repeated name, value[name] is a DataFrame, not a column
-            names = _unique_names(value.columns, f"The column names of {source}", fix="rename them.")
+            names = unique_names(value.columns, f"The column names of {source}", fix="rename them.")
             non_numeric = [c for c, dtype in value.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
             if non_numeric:
-                raise TypeError(f"{source} must hold numbers, but columns {_format_names(non_numeric)} do not.")
+                raise TypeError(f"{source} must hold numbers, but columns {format_names(non_numeric)} do not.")
             # float64 holds any numeric column exactly enough, and turns nullable missing values into NaN.
             dense = value.to_numpy(dtype=np.float64, na_value=np.nan)
-            return _check_matrix(dense, source), names, True
-        matrix = _check_matrix(value, source)
+            return check_matrix(dense, source), names, True
+        matrix = check_matrix(value, source)
         n_cols = matrix.shape[1]
         if self.colnames_uns_key is None:
             return matrix, [str(i) for i in range(n_cols)], False
@@ -148,9 +148,9 @@ class ObsmField(BaseField):
             raise MissingKeyError(
                 f"adata.uns has no entry {self.colnames_uns_key!r} with the column names of {source}."
                 f"{_did_you_mean(self.colnames_uns_key, adata.uns.keys())} Available entries: "
-                f"{_format_names(adata.uns.keys(), 50)}."
+                f"{format_names(adata.uns.keys(), 50)}."
             )
-        names = _unique_names(
+        names = unique_names(
             pd.Index(list(adata.uns[self.colnames_uns_key])),
             f"The column names in adata.uns[{self.colnames_uns_key!r}]",
             fix="rename them.",
@@ -169,8 +169,8 @@ class ObsmField(BaseField):
         if not named and len(names) == len(registered):
             # Without its own names, the data can only be taken to be in the registered order.
             return matrix
-        columns = _column_indexer(names, registered, f"the columns of {_obsm_source(obsm_key)}", "columns")
-        return _select_columns(matrix, columns)
+        columns = column_indexer(names, registered, f"the columns of {_obsm_source(obsm_key)}", "columns")
+        return select_columns(matrix, columns)
 
     def _validate(self, matrix: Matrix, adata: AnnData, names: list[str], obsm_key: str) -> None:
         if matrix.shape[1] == 0:
@@ -179,7 +179,7 @@ class ObsmField(BaseField):
                 "per cell there (e.g. one column per protein)."
             )
         hint = "Pass the obsm entry that holds the raw counts."
-        _validate_values(
+        validate_values(
             matrix, adata.obs_names, names, _obsm_source(obsm_key), self.is_count_data, hint, col_label="column"
         )
 
