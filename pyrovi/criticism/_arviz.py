@@ -11,8 +11,8 @@ from anndata import AnnData
 
 from .. import __version__
 from .._checks import check_int
-from ._data import _check_models, _model_genes, _resolve_cells
-from ._likelihood import _iter_draws
+from ._data import check_models, model_genes, resolve_cells
+from ._likelihood import iter_draws
 
 
 def _require_arviz() -> Any:
@@ -66,13 +66,13 @@ def to_arviz(
     arviz_base = _require_arviz()
     check_int("n_samples", n_samples)
     check_int("batch_size", batch_size, allow_none=True)
-    _check_models({"model": model})
+    check_models({"model": model})
     if adata is not None and not isinstance(adata, AnnData):
         raise TypeError(f"adata must be an AnnData or None, got {type(adata).__name__}.")
     data = model.adata if adata is None else adata
-    cells = _resolve_cells(indices, data.n_obs)
+    cells = resolve_cells(indices, data.n_obs)
     observed, log_liks, replicates = [], [], []
-    for draws in _iter_draws(model, adata, cells, int(n_samples), batch_size, pointwise=True, replicate=True):
+    for draws in iter_draws(model, adata, cells, int(n_samples), batch_size, pointwise=True, replicate=True):
         observed.append(draws.observed)
         log_liks.append(draws.log_likelihood)
         replicates.append(draws.replicates)
@@ -83,7 +83,7 @@ def to_arviz(
     replicates_np = torch.cat(replicates, dim=1).cpu().numpy().astype(np.int32)
     coords = {
         "cell": np.asarray(data.obs_names[cells], dtype=str),
-        "gene": np.asarray(_model_genes(model), dtype=str),
+        "gene": np.asarray(model_genes(model), dtype=str),
     }
     return arviz_base.from_dict(
         {

@@ -26,7 +26,7 @@ SPLITS = (IN_SAMPLE, HELD_OUT)
 FEATURE_DIMS = {"rna": "genes", "protein": "proteins"}
 
 
-def _model_genes(model: Any) -> list[str]:
+def model_genes(model: Any) -> list[str]:
     """The genes of ``model`` in its registered order."""
     return list(model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
 
@@ -35,7 +35,7 @@ def _model_layer(model: Any) -> str | None:
     return model.adata_manager.get_state(REGISTRY_KEYS.X_KEY)["layer"]
 
 
-def _check_modality(modality: str) -> str:
+def check_modality(modality: str) -> str:
     if modality not in FEATURE_DIMS:
         raise ValueError(f"modality must be one of {list(FEATURE_DIMS)}, got {modality!r}.")
     return modality
@@ -43,10 +43,10 @@ def _check_modality(modality: str) -> str:
 
 def _model_features(model: Any, modality: str) -> list[str]:
     """The genes (``"rna"``) or proteins (``"protein"``) of ``model`` in its registered order."""
-    return _model_genes(model) if modality == "rna" else list(model.protein_names)
+    return model_genes(model) if modality == "rna" else list(model.protein_names)
 
 
-def _check_models(models: Mapping[str, Any], modality: str = "rna") -> dict[str, Any]:
+def check_models(models: Mapping[str, Any], modality: str = "rna") -> dict[str, Any]:
     """Check the ``{name: model}`` mapping: non-empty, string names, models with a posterior predictive
     (and proteins, for the ``"protein"`` modality)."""
     if not isinstance(models, Mapping):
@@ -72,7 +72,7 @@ def _check_models(models: Mapping[str, Any], modality: str = "rna") -> dict[str,
     return dict(models)
 
 
-def _shared_features(models: Mapping[str, Any], modality: str = "rna") -> list[str]:
+def shared_features(models: Mapping[str, Any], modality: str = "rna") -> list[str]:
     """The features every model shares, in the first model's order; an error names the mismatch."""
     kind = FEATURE_DIMS[modality]
     names = list(models)
@@ -90,7 +90,7 @@ def _shared_features(models: Mapping[str, Any], modality: str = "rna") -> list[s
     return reference
 
 
-def _resolve_layer(models: Mapping[str, Any], layer: str | None) -> str | None:
+def resolve_layer(models: Mapping[str, Any], layer: str | None) -> str | None:
     """The layer holding the observed counts: the one given, else the one the models were set up with."""
     if layer is not None:
         return layer
@@ -103,7 +103,7 @@ def _resolve_layer(models: Mapping[str, Any], layer: str | None) -> str | None:
     return next(iter(layers.values()))
 
 
-def _resolve_cells(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
+def resolve_cells(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
     """Row positions (int64) of the cells to check; all when ``indices`` is None."""
     if indices is None:
         return np.arange(n_obs, dtype=np.int64)
@@ -121,7 +121,7 @@ def _resolve_cells(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np
     return indices.astype(np.int64)
 
 
-def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells: np.ndarray) -> np.ndarray:
+def read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells: np.ndarray) -> np.ndarray:
     """Dense float32 counts of ``cells`` x ``genes`` (in that gene order) from ``X`` or a layer."""
     if layer is None:
         matrix, source = adata.X, "adata.X"
@@ -142,7 +142,7 @@ def _read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells:
     return block.astype(np.float32, copy=False)
 
 
-def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
+def protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
     """``adata``'s protein counts (cells x the model's proteins) and batch codes, as the model reads them.
 
     Read once per model and check: for data other than the model's own, this validates the data again.
@@ -155,7 +155,7 @@ def _protein_arrays(model: Any, adata: AnnData) -> tuple[np.ndarray | sparse.spm
     return proteins, codes
 
 
-def _read_proteins(
+def read_proteins(
     model: Any, matrix: np.ndarray | sparse.spmatrix, proteins: Sequence[str], cells: np.ndarray
 ) -> np.ndarray:
     """Dense float32 counts of ``cells`` x ``proteins`` (in that order) from ``matrix``, ``model``'s protein counts."""
@@ -165,10 +165,10 @@ def _read_proteins(
     return block.astype(np.float32, copy=False)
 
 
-def _measured_proteins(model: Any, codes: np.ndarray, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
+def measured_proteins(model: Any, codes: np.ndarray, proteins: Sequence[str], cells: np.ndarray) -> np.ndarray:
     """For each of ``proteins``: whether ``model`` holds it measured in the batch of every one of ``cells``.
 
-    ``codes`` are the batch codes of all cells, as from :func:`_protein_arrays`.
+    ``codes`` are the batch codes of all cells, as from :func:`protein_arrays`.
 
     A protein missing from a batch's panel (all zeros there at setup) has no observed counts in that
     batch's cells; the model imputes it, so comparing such zeros with replicates would be meaningless.
@@ -178,7 +178,7 @@ def _measured_proteins(model: Any, codes: np.ndarray, proteins: Sequence[str], c
     return measured[feature_positions(model.protein_names, proteins, "proteins")]
 
 
-def _held_out_cells(model: Any, adata: AnnData) -> np.ndarray | None:
+def held_out_cells(model: Any, adata: AnnData) -> np.ndarray | None:
     """The model's validation cells as rows of ``adata``, or None when it has none or ``adata`` is other data.
 
     Validation indices are rows of the training AnnData, so they only mean something for that AnnData
@@ -193,7 +193,7 @@ def _held_out_cells(model: Any, adata: AnnData) -> np.ndarray | None:
     return np.asarray(cells, dtype=np.int64)
 
 
-def _name_models(model_or_models: Any) -> dict[str, Any]:
+def name_models(model_or_models: Any) -> dict[str, Any]:
     """``{name: model}`` from a mapping, a single model or a sequence of models (named by class)."""
     if isinstance(model_or_models, Mapping):
         return dict(model_or_models)

@@ -44,7 +44,7 @@ def _axis(axis: object, array: np.ndarray) -> int:
     return int(axis)
 
 
-def _check_levels(levels: object) -> list[float]:
+def check_levels(levels: object) -> list[float]:
     """Nominal levels: a non-empty sequence of numbers in (0, 1)."""
     if isinstance(levels, (str, bytes)) or not isinstance(levels, (Sequence, np.ndarray)) or len(levels) == 0:
         raise TypeError(f"levels must be a non-empty list of levels in (0, 1), e.g. [0.5, 0.9], got {levels!r:.80}.")
@@ -212,7 +212,7 @@ def interval_coverage(observed: np.ndarray, replicates: np.ndarray, levels: Sequ
     >>> np.round(interval_coverage(y, y_rep, [0.5, 0.9]), 2)
     array([0.5, 0.9])
     """
-    levels = _check_levels(levels)
+    levels = check_levels(levels)
     lower, upper = pit_interval(observed, replicates)
     return np.array([pit_coverage(lower, upper, level) for level in levels])
 
@@ -298,7 +298,7 @@ def posterior_predictive_pvalue(
     return np.asarray(np.where(np.isnan(observed_stat) | (n_defined == 0), np.nan, p_value))
 
 
-def _nanmean(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+def quiet_nanmean(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:
     """``np.nanmean`` without the warning for all-NaN slices (they are NaN, which is the answer)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

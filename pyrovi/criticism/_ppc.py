@@ -12,33 +12,33 @@ import pandas as pd
 from anndata import AnnData
 
 from .._checks import check_bool, check_int
-
 from ._data import (
     FEATURE_DIMS,
     HELD_OUT,
     IN_SAMPLE,
-    _check_modality,
-    _check_models,
-    _held_out_cells,
-    _measured_proteins,
-    _model_genes,
-    _protein_arrays,
-    _read_counts,
-    _read_proteins,
-    _resolve_cells,
-    _resolve_layer,
-    _shared_features,
+    check_modality,
+    check_models,
+    held_out_cells,
+    measured_proteins,
+    model_genes,
+    protein_arrays,
+    read_counts,
+    read_proteins,
+    resolve_cells,
+    resolve_layer,
+    shared_features,
 )
-from ._likelihood import _log_predictive_density
+from ._likelihood import per_cell_log_predictive_density
 from ._metrics import (
-    _check_levels,
-    _nanmean,
+    check_levels,
     coefficient_of_variation,
     pit_coverage,
     pit_interval,
     posterior_predictive_pvalue,
+    quiet_nanmean,
     zero_fraction,
 )
+from ._rng import replaying, rng_state
 
 logger = logging.getLogger("pyrovi")
 
@@ -149,9 +149,9 @@ class PosteriorPredictiveCheck:
             raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
         check_ppc_arguments(n_samples, held_out, batch_size, layer)
         self.adata = adata
-        self.modality = _check_modality(modality)
+        self.modality = check_modality(modality)
         self.feature_dim = FEATURE_DIMS[self.modality]
-        self.models = _check_models(models, self.modality)
+        self.models = check_models(models, self.modality)
         self.n_samples = int(n_samples)
         self.batch_size = batch_size
         if self.modality == "protein" and layer is not None:
@@ -159,21 +159,21 @@ class PosteriorPredictiveCheck:
                 f"layer={layer!r} names RNA counts, but modality='protein' checks the proteins the models were set "
                 "up with; leave layer=None."
             )
-        self.layer = _resolve_layer(self.models, layer) if self.modality == "rna" else None
-        features = _shared_features(self.models, self.modality)
+        self.layer = resolve_layer(self.models, layer) if self.modality == "rna" else None
+        features = shared_features(self.models, self.modality)
         for name, model in self.models.items():
             if not getattr(model, "is_trained", True):
                 logger.warning("Model %r is not trained; its posterior predictive is the initial network's.", name)
 
-        in_sample = _resolve_cells(indices, adata.n_obs)
+        in_sample = resolve_cells(indices, adata.n_obs)
         plan: list[tuple[Key, np.ndarray]] = []
         for name, model in self.models.items():
             plan.append(((name, IN_SAMPLE), in_sample))
-            held = _held_out_cells(model, adata) if held_out else None
+            held = held_out_cells(model, adata) if held_out else None
             if held is not None:
                 plan.append(((name, HELD_OUT), held))
         # each model's protein counts and batch codes, read once for every split
-        proteins = {n: _protein_arrays(m, adata) for n, m in self.models.items()} if self.modality == "protein" else {}
+        proteins = {n: protein_arrays(m, adata) for n, m in self.models.items()} if self.modality == "protein" else {}
         if self.modality == "protein":
             features = self._measured_everywhere(features, plan, {n: codes for n, (_, codes) in proteins.items()})
         self.feature_names = pd.Index(features, name=self._feature)
@@ -183,22 +183,54 @@ class PosteriorPredictiveCheck:
         self.keys: list[Key] = [key for key, _ in plan]
         self.cells: dict[Key, np.ndarray] = dict(plan)
         self.observed: dict[Key, np.ndarray] = {}
-        self.replicates: dict[Key, np.ndarray] = {}
         self.metrics: dict[str, pd.DataFrame] = {}
         # Randomised-PIT intervals per (model, split), computed once, reused for every level.
         self._pit: dict[Key, tuple[np.ndarray, np.ndarray]] = {}
+        # Replicates are drawn by draw(), on first use, from the random state of this moment: the same
+        # draws as at construction, and building a check costs no posterior sampling.
+        self._features = features
+        self._rng_state = rng_state()
+        self._replicates: dict[Key, np.ndarray] | None = None
 
         if self.modality == "rna":
-            shared_observed = _read_counts(adata, self.layer, features, in_sample)
+            shared_observed = read_counts(adata, self.layer, features, in_sample)
         for (name, split), cells in plan:
             model = self.models[name]
             if self.modality == "protein":  # read as each model was set up (their protein keys may differ)
-                self.observed[(name, split)] = _read_proteins(model, proteins[name][0], features, cells)
+                self.observed[(name, split)] = read_proteins(model, proteins[name][0], features, cells)
             else:
                 self.observed[(name, split)] = (
-                    shared_observed if split == IN_SAMPLE else _read_counts(adata, self.layer, features, cells)
+                    shared_observed if split == IN_SAMPLE else read_counts(adata, self.layer, features, cells)
                 )
-            self.replicates[(name, split)] = self._replicate(model, cells, features)
+
+    # ----------------------------------------------------------------------------------------------
+    # replicates
+
+    def draw(self) -> PosteriorPredictiveCheck:
+        """Draw the replicates of every model and split; once (later calls return at once). Returns the check.
+
+        Every metric calls it on first use, so calling it yourself only chooses when the sampling time is
+        spent. The draws are those of the random state at construction (``pyrovi.settings.seed`` set before
+        building the check fixes them), whatever ran in between.
+
+        Examples
+        --------
+        >>> ppc.draw().replicates[("NB", "in-sample")].shape  # doctest: +SKIP
+        (500, 100, 30)
+        """
+        if self._replicates is None:
+            with replaying(self._rng_state):
+                replicates = {
+                    key: self._replicate(self.models[key[0]], self.cells[key], self._features) for key in self.keys
+                }
+            self._replicates = replicates
+        return self
+
+    @property
+    def replicates(self) -> dict[Key, np.ndarray]:
+        """``{(model, split): replicates (n_cells, n_genes, n_samples) float32}``, drawn on first use (:meth:`draw`)."""
+        self.draw()
+        return self._replicates
 
     # ----------------------------------------------------------------------------------------------
     # summary statistics
@@ -364,9 +396,11 @@ class PosteriorPredictiveCheck:
         """
         check_int("n_samples", n_samples, allow_none=True)
         n_draws = self.n_samples if n_samples is None else int(n_samples)
+        # the replicates are drawn first, so a seed gives the same densities whichever metric comes first
+        self.draw()
         rows, cells = [], []
         for key in self.keys:
-            per_cell = _log_predictive_density(
+            per_cell = per_cell_log_predictive_density(
                 self.models[key[0]], self.adata, self.cells[key], n_draws, self.batch_size, site=self._site
             )
             rows.append(
@@ -556,7 +590,7 @@ class PosteriorPredictiveCheck:
         """
         keep = np.ones(len(proteins), dtype=bool)
         for (name, _), cells in plan:
-            keep &= _measured_proteins(self.models[name], codes[name], proteins, cells)
+            keep &= measured_proteins(self.models[name], codes[name], proteins, cells)
         if not keep.any():
             raise ValueError(
                 "No protein is measured in the batches of all the checked cells (each batch's panel lacks some); "
@@ -580,7 +614,7 @@ class PosteriorPredictiveCheck:
             replicates = replicates["protein"]
         else:
             # Ask for genes by name only when this model's order differs from the reference.
-            gene_list = None if _model_genes(model) == features else features
+            gene_list = None if model_genes(model) == features else features
             if hasattr(model, "protein_names"):  # a model of RNA and proteins: no protein replicates
                 kwargs["protein_list"] = []
             replicates = model.posterior_predictive_sample(self.adata, gene_list=gene_list, **kwargs)
@@ -617,7 +651,7 @@ class PosteriorPredictiveCheck:
         frames, errors = [], []
         for key in self.keys:
             observed = fn(self.observed[key], axis=axis)
-            replicated = _nanmean(fn(self.replicates[key], axis=axis), axis=-1)
+            replicated = quiet_nanmean(fn(self.replicates[key], axis=axis), axis=-1)
             labels = self.feature_names if dim == self.feature_dim else self._cell_names(key)
             frame = pd.DataFrame(
                 {column: labels, "observed": observed, "replicated": replicated,
@@ -625,7 +659,7 @@ class PosteriorPredictiveCheck:
             )
             frames.append(_with_key(frame, key))
             errors.append(
-                {"model": key[0], "split": key[1], "mae": _nanmean(frame["abs_error"].to_numpy()),
+                {"model": key[0], "split": key[1], "mae": quiet_nanmean(frame["abs_error"].to_numpy()),
                  f"n_{dim}": int(frame["abs_error"].notna().sum())}  # fmt: skip
             )
         return self._store(metric, pd.concat(frames, ignore_index=True), pd.DataFrame(errors))
@@ -637,7 +671,7 @@ class PosteriorPredictiveCheck:
         return self._pit[key]
 
     def _calibration_table(self, levels: Sequence[float]) -> pd.DataFrame:
-        levels = _check_levels([levels] if isinstance(levels, (int, float, np.number)) else levels)
+        levels = check_levels([levels] if isinstance(levels, (int, float, np.number)) else levels)
         rows = []
         for key in self.keys:
             lower, upper = self._pit_bounds(key)

@@ -15,7 +15,7 @@ from anndata import AnnData
 
 from .. import __version__
 from .._checks import check_bool
-from ._data import _check_modality, _check_models, _name_models
+from ._data import check_modality, check_models, name_models
 from ._ppc import PosteriorPredictiveCheck, check_ppc_arguments
 
 # Per-gene tables can be long: they go to CSV files, the model-level tables into metrics.json.
@@ -111,13 +111,13 @@ def report(
     check_ppc_arguments(n_samples, held_out, batch_size, layer)
     out = _output_directory(out_dir)
     if plots:
-        from .plots import _require_matplotlib
+        from .plots import require_matplotlib
 
-        _require_matplotlib()
-    models = _name_models(model_or_models)
+        require_matplotlib()
+    models = name_models(model_or_models)
     if not models:
         raise ValueError("model_or_models is empty; pass a fitted model, a list of models or a dict {name: model}.")
-    models = _check_models(models, _check_modality(modality))
+    models = check_models(models, check_modality(modality))
     if adata is None:
         adata = next(iter(models.values())).adata
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ _MAX_DEFAULT_COUNT = 100
 CURVE_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
-def _require_matplotlib() -> Any:
+def require_matplotlib() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -61,7 +61,7 @@ def _notebook_figure(Figure: type) -> type:  # noqa: N803 - the class it extends
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
-    figure = _require_matplotlib()(figsize=figsize, layout="constrained")
+    figure = require_matplotlib()(figsize=figsize, layout="constrained")
     return figure, figure.add_subplot()
 
 
@@ -338,7 +338,7 @@ def plot_rootogram(
         raise ValueError(f"max_count must be a positive integer, got {max_count!r}.")
     max_count = int(max_count)
 
-    Figure = _require_matplotlib()
+    Figure = require_matplotlib()
     figure = Figure(figsize=(4.0 * len(keys), 3.6), layout="constrained")
     axes = figure.subplots(1, len(keys), sharey=True, squeeze=False)[0]
     counts = np.arange(max_count + 1)
