@@ -44,7 +44,7 @@ def _pointwise(fn: Distribution) -> Distribution:
 
 
 @torch.inference_mode()
-def _iter_draws(
+def iter_draws(
     model: Any,
     adata: AnnData | None,
     indices: np.ndarray,
@@ -81,7 +81,7 @@ def _iter_draws(
         yield _Draws(observed, torch.stack(log_liks), torch.stack(replicates) if replicate else None)
 
 
-def _log_predictive_density(
+def per_cell_log_predictive_density(
     model: Any,
     adata: AnnData | None,
     indices: np.ndarray,
@@ -94,6 +94,6 @@ def _log_predictive_density(
     ``x`` is the observed ``site`` (default: the model's first). A masked site (proteins missing from a
     cell's batch) contributes its unmasked entries only.
     """
-    draws_of = _iter_draws(model, adata, indices, n_samples, batch_size, pointwise=False, replicate=False, site=site)
+    draws_of = iter_draws(model, adata, indices, n_samples, batch_size, pointwise=False, replicate=False, site=site)
     per_cell = [torch.logsumexp(draws.log_likelihood.double(), 0) - math.log(n_samples) for draws in draws_of]
     return torch.cat(per_cell).cpu().numpy()
