@@ -444,7 +444,7 @@ class DEMixin(_Host):
         >>> corr = model.get_feature_correlation_matrix(n_samples=5, correlation_type="pearson")  # doctest: +SKIP
         >>> corr.loc["CD3D", "CD3E"]  # doctest: +SKIP
         """
-        _check_positive_int(n_samples, "n_samples")
+        check_int("n_samples", n_samples, expected="a positive integer")
         check_library_size(rna_size_factor, "rna_size_factor", allow_latent=False)
         check_choice("correlation_type", correlation_type, ("spearman", "pearson"))
         manager = self._validate_anndata(adata)
@@ -486,11 +486,6 @@ def _check_test_options(test_mode: Any, change_fn: Any, m1_domain_fn: Any, cred_
             )
         for level in cred_interval_lvls:
             check_number("each of cred_interval_lvls", level, 0.0, 1.0, low_open=True, high_open=True)
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def _comparisons(
@@ -537,7 +532,7 @@ def _samples_per_group(n_samples_overall: int | None, n_samples: int | None) -> 
             "pass one of them."
         )
     total = n_samples_overall if n_samples_overall is not None else n_samples if n_samples is not None else 5000
-    _check_positive_int(total, "n_samples_overall" if n_samples is None else "n_samples")
+    check_int("n_samples_overall" if n_samples is None else "n_samples", total, expected="a positive integer")
     return int(total)
 
 

@@ -26,7 +26,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ..._checks import check_bool
+from ..._checks import check_bool, check_int
 from ..._pyro_lock import serialised_query
 from ...module.base import cell_plate_dim, trace_pair
 
@@ -93,11 +93,6 @@ def _parse_summary(summary: Sequence[str]) -> dict[str, float | None]:
             raise ValueError(f"Unknown summary statistic {name!r}: use {_VALID_STATS}.")
         stats[name] = float(match.group(1)) / 100
     return stats
-
-
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def _select_sites(probe: _Probe, return_sites: Sequence[str] | None) -> list[str]:
@@ -400,8 +395,8 @@ class PosteriorSamplingMixin(_Host):
         >>> draws["z"].shape  # doctest: +SKIP
         (400, 100, 10)
         """
-        _check_positive("num_samples", num_samples)
-        _check_positive("sample_chunk_size", sample_chunk_size)
+        check_int("num_samples", num_samples, allow_none=True, expected="a positive integer")
+        check_int("sample_chunk_size", sample_chunk_size, allow_none=True, expected="a positive integer")
         check_bool("return_samples", return_samples)
         stats = _parse_summary(summary)
         keep_draws = return_samples or any(level is not None for level in stats.values())
