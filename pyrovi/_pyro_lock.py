@@ -57,7 +57,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
-def _refuse_if_training_elsewhere(
+def refuse_if_training_elsewhere(
     model: Any,
     action: str = "querying it",
     why: str = "a query would switch its networks to evaluation mode in the middle of training and read weights "
@@ -85,7 +85,7 @@ def serialised_query(method: _F) -> _F:
     @functools.wraps(method)
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
         with pyro_lock():
-            _refuse_if_training_elsewhere(self)
+            refuse_if_training_elsewhere(self)
             saved = _pyro_global_state()
             try:
                 return method(self, *args, **kwargs)
@@ -97,7 +97,7 @@ def serialised_query(method: _F) -> _F:
     return locked  # type: ignore[return-value]
 
 
-def _claim_training(model: Any) -> None:
+def claim_training(model: Any) -> None:
     """Mark ``model`` as trained by this thread (call with the lock held); refuse one trained already."""
     owner = getattr(model, _TRAINING_THREAD, None)
     if owner is not None:
@@ -109,7 +109,7 @@ def _claim_training(model: Any) -> None:
     setattr(model, _TRAINING_THREAD, threading.get_ident())
 
 
-def _release_training(model: Any) -> None:
+def release_training(model: Any) -> None:
     setattr(model, _TRAINING_THREAD, None)
 
 

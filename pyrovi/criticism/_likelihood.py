@@ -18,7 +18,7 @@ import torch
 from anndata import AnnData
 from torch.distributions import Distribution, Independent
 
-from .._pyro_lock import _refuse_if_training_elsewhere, pyro_lock
+from .._pyro_lock import refuse_if_training_elsewhere, pyro_lock
 from ..module.base import trace_pair
 
 
@@ -63,13 +63,13 @@ def iter_draws(
     site = site or getattr(model, "_observed_sites", ("x",))[0]
     module = model.module
     with pyro_lock():
-        _refuse_if_training_elsewhere(model)
+        refuse_if_training_elsewhere(model)
         module.eval()
     for batch in model._make_data_loader(adata, indices, batch_size):
         args, kwargs = model._fn_args(batch)
         log_liks, replicates, observed = [], [], None
         with pyro_lock():  # Pyro runs, one thread at a time (never held across the yield below)
-            _refuse_if_training_elsewhere(model)
+            refuse_if_training_elsewhere(model)
             for _ in range(n_samples):
                 model_trace, _ = trace_pair(module.model, module.guide, args, kwargs)
                 node = model_trace.nodes[site]

@@ -27,7 +27,7 @@ from ._registry import write_registry, read_registry
 from ._view import format_registry
 from .fields import BaseField
 from .fields._lookup import format_names
-from .fields._mudata import _is_mudata, MuDataField
+from .fields._mudata import is_mudata, MuDataField
 
 # Statistics every model may read; 0 when no field provides them (n_cells and n_vars come from the data).
 _DEFAULT_SUMMARY_KEYS = ("n_batch", "n_labels", "n_extra_categorical_covs", "n_extra_continuous_covs")
@@ -618,10 +618,10 @@ def _check_transfer_kwargs(kwargs: dict[str, Any]) -> None:
 
 
 def _check_adata(adata: AnnData, fields: Sequence[BaseField] = (), allow_view: bool = False) -> None:
-    is_mudata = _is_mudata(adata)
-    if not isinstance(adata, AnnData) and not is_mudata:
+    mudata_given = is_mudata(adata)
+    if not isinstance(adata, AnnData) and not mudata_given:
         raise TypeError(f"Expected an AnnData (or a MuData for MuData fields), got {type(adata).__name__}.")
-    if is_mudata:
+    if mudata_given:
         anndata_fields = [f.registry_key for f in fields if not f.is_empty and not isinstance(f, MuDataField)]
         if anndata_fields:
             raise TypeError(

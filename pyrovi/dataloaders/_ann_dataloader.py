@@ -35,7 +35,7 @@ def manager_n_cells(adata_manager: Any) -> int:
         ) from err
 
 
-def _resolve_indices(indices: Sequence[int] | np.ndarray | None, n_cells: int) -> np.ndarray:
+def resolve_indices(indices: Sequence[int] | np.ndarray | None, n_cells: int) -> np.ndarray:
     """Check user indices and return them as int64 row positions."""
     if indices is None:
         return np.arange(n_cells, dtype=np.int64)
@@ -238,7 +238,7 @@ class AnnDataLoader(DataLoader):
         seed = settings.seed if seed is None else seed
 
         n_cells = manager_n_cells(adata_manager)
-        self.indices = _resolve_indices(indices, n_cells)
+        self.indices = resolve_indices(indices, n_cells)
         self.n_obs = len(self.indices)
         self.seed = int(seed)
         self.minibatch_size = int(batch_size)

@@ -15,12 +15,12 @@ from .._checks import check_bool, check_choice, check_int
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField, NumericalObsField
-from ..data.fields._lookup import _check_key_list, _did_you_mean
+from ..data.fields._lookup import check_key_list, did_you_mean
 from ..module import CellAssignModule
 from ..module._cellassign import check_cellassign_priors
 from ..train import ExpectationMaximization, ExpectationStep
 from .base import BaseModelClass
-from .base._posterior_sampling import _parse_summary
+from .base._posterior_sampling import parse_summary
 from .base._queries import check_library_size
 
 OTHER = "other"
@@ -144,7 +144,7 @@ class CellAssign(BaseModelClass):
             raise ValueError(
                 f"{len(missing)} marker genes are not in the AnnData: {missing[:10]}"
                 + (" ..." if len(missing) > 10 else "")
-                + f".{_did_you_mean(str(missing[0]), var_names)} Use gene names from adata.var_names (same "
+                + f".{did_you_mean(str(missing[0]), var_names)} Use gene names from adata.var_names (same "
                 "spelling and case), or drop those rows from cell_type_markers."
             )
         self.cell_type_markers = markers
@@ -203,8 +203,8 @@ class CellAssign(BaseModelClass):
                 "size_factor_key": size_factor_key,
                 "batch_key": batch_key,
                 "layer": layer,
-                "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
-                "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
+                "categorical_covariate_keys": check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+                "continuous_covariate_keys": check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
             },
         )
 
@@ -452,7 +452,7 @@ class CellAssign(BaseModelClass):
         """
         check_int("num_samples", num_samples)
         check_bool("return_samples", return_samples)
-        stats = _parse_summary(summary)
+        stats = parse_summary(summary)
         if isinstance(return_sites, str):
             return_sites = [return_sites]
         sites = list(return_sites) if return_sites is not None else list(self.module.global_sites)

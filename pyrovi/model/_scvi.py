@@ -22,8 +22,8 @@ from ..data import (
     NumericalJointObsField,
     NumericalObsField,
 )
-from ..data.fields._lookup import _check_key_list
-from ..dataloaders._ann_dataloader import _resolve_indices
+from ..data.fields._lookup import check_key_list
+from ..dataloaders._ann_dataloader import resolve_indices
 from ..module import VAE, GeneLikelihood
 from ..module.nn import var_activation_name
 from ..module.base import GlobalGuide, trace_pair
@@ -31,8 +31,8 @@ from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._queries import (
-    _cells,
-    _likelihood_mean,
+    selected_cells,
+    likelihood_mean,
     check_library_size,
     check_weights,
     latent_draw,
@@ -211,7 +211,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         n_obs = manager.adata.n_obs
         codes = np.zeros(n_obs, dtype=np.int64) if codes is None else np.asarray(codes).reshape(-1)
         if indices is not None:
-            codes = codes[_resolve_indices(indices, n_obs)]
+            codes = codes[resolve_indices(indices, n_obs)]
         return self.module.compute_embedding(key, torch.as_tensor(codes, dtype=torch.long)).cpu().numpy()
 
     # ----------------------------------------------------------------------------------------------
@@ -254,8 +254,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             "batch_key": batch_key,
             "labels_key": labels_key,
             "size_factor_key": size_factor_key,
-            "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
-            "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
+            "categorical_covariate_keys": check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+            "continuous_covariate_keys": check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
         }
         cls._register(adata, setup_args)
 
@@ -368,7 +368,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         def read(model_trace) -> tuple[torch.Tensor, ...]:
             if library_size == "latent":
-                values = _likelihood_mean(model_trace.nodes["x"]["fn"])
+                values = likelihood_mean(model_trace.nodes["x"]["fn"])
             else:
                 values = model_trace.nodes["rho"]["value"] * library_size
             values = values if gene_idx is None else values[..., gene_idx]
@@ -380,7 +380,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
                 raise ValueError("n_samples_overall draws from cells of adata; it cannot be used with a dataloader.")
             if n_samples != 1:
                 raise ValueError("n_samples_overall sets the number of draws itself; leave n_samples at 1.")
-            cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
+            cells = selected_cells(self._validate_anndata(adata).adata.n_obs, indices)
             if not importance:
                 picks = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]
                 (values,) = self._decode_draws(adata, picks, 1, batch_size, transform_batch, read)

@@ -30,8 +30,8 @@ from ..data import (
     NumericalObsField,
     ObsmField,
 )
-from ..data.fields._lookup import _check_key_list
-from ..data.fields._mudata import _is_mudata
+from ..data.fields._lookup import check_key_list
+from ..data.fields._mudata import is_mudata
 from ..module import TOTALVAE
 from ..module.base import GlobalGuide
 from ..module.priors import LatentPrior
@@ -40,7 +40,7 @@ from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._differential import raw_count_statistics
 from .base._features import feature_positions
-from .base._queries import _cells, _likelihood_mean, check_library_size, latent_library_size
+from .base._queries import selected_cells, likelihood_mean, check_library_size, latent_library_size
 
 #: Options of the shared differential expression that TOTALVI's takes through **kwargs, with their defaults.
 _DE_DEFAULTS = {
@@ -214,8 +214,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
                 "batch_key": batch_key,
                 "layer": layer,
                 "size_factor_key": size_factor_key,
-                "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
-                "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
+                "categorical_covariate_keys": check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+                "continuous_covariate_keys": check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
             },
         )
 
@@ -261,7 +261,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         ... )  # doctest: +SKIP
         >>> model = TOTALVI(mdata)  # doctest: +SKIP
         """
-        if not _is_mudata(mdata):
+        if not is_mudata(mdata):
             raise TypeError(
                 f"setup_mudata takes a mudata.MuData, got {type(mdata).__name__}. For an AnnData with the proteins "
                 "in obsm use TOTALVI.setup_anndata(adata, protein_expression_obsm_key=...)."
@@ -271,8 +271,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             "protein_layer": protein_layer,
             "batch_key": batch_key,
             "size_factor_key": size_factor_key,
-            "categorical_covariate_keys": _check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
-            "continuous_covariate_keys": _check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
+            "categorical_covariate_keys": check_key_list(categorical_covariate_keys, "categorical_covariate_keys") or None,
+            "continuous_covariate_keys": check_key_list(continuous_covariate_keys, "continuous_covariate_keys") or None,
         }
         setup_args["modalities"] = _resolve_modalities(mdata, modalities, setup_args)
         cls._register(mdata, setup_args)
@@ -490,12 +490,12 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             return_numpy=return_numpy, silent=silent,
         )  # fmt: skip
         if n_samples_overall is not None:
-            cells = _cells(self._validate_anndata(adata).adata.n_obs, indices)
+            cells = selected_cells(self._validate_anndata(adata).adata.n_obs, indices)
             indices = cells[torch.randint(cells.size, (n_samples_overall,)).numpy()]
 
         def read(trace):
             if library_size == "latent":
-                rho = _likelihood_mean(trace.nodes["x"]["fn"])
+                rho = likelihood_mean(trace.nodes["x"]["fn"])
             else:
                 rho = trace.nodes["rho"]["value"] * library_size
             pi = torch.sigmoid(trace.nodes["protein_background_logits"]["value"])

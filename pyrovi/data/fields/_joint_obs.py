@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from ._base import BaseField
 from ._encoding import encode_categories, factorize
-from ._lookup import _check_key_list, get_obs_column, obs_source
+from ._lookup import check_key_list, get_obs_column, obs_source
 from ._numeric import numeric_values
 from ._obs import category_rows, typed_categories
 
@@ -46,7 +46,7 @@ class CategoricalJointObsField(BaseField):
 
     def __init__(self, registry_key: str, attr_keys: Sequence[str] | None = None):
         super().__init__(registry_key)
-        self.obs_keys = _check_key_list(attr_keys, "attr_keys")
+        self.obs_keys = check_key_list(attr_keys, "attr_keys")
 
     attr_name = "obs"
 
@@ -144,7 +144,7 @@ class NumericalJointObsField(BaseField):
 
     def __init__(self, registry_key: str, attr_keys: Sequence[str] | None = None):
         super().__init__(registry_key)
-        self.obs_keys = _check_key_list(attr_keys, "attr_keys")
+        self.obs_keys = check_key_list(attr_keys, "attr_keys")
 
     attr_name = "obs"
 

@@ -10,7 +10,7 @@ from anndata import AnnData
 from .._errors import MissingKeyError
 from ._base import BaseField
 from ._encoding import encode_categories, factorize
-from ._lookup import _did_you_mean, format_names, get_obs_column, obs_source
+from ._lookup import did_you_mean, format_names, get_obs_column, obs_source
 from ._obs import CategoricalObsField
 
 
@@ -137,7 +137,7 @@ class StringUnsField(BaseField):
             if not self.required:
                 return None
             raise MissingKeyError(
-                f"adata.uns has no entry {self.uns_key!r}.{_did_you_mean(self.uns_key, adata.uns.keys())} "
+                f"adata.uns has no entry {self.uns_key!r}.{did_you_mean(self.uns_key, adata.uns.keys())} "
                 f"Available entries: {format_names(adata.uns.keys(), 50)}."
             )
         value = adata.uns[self.uns_key]

@@ -12,7 +12,7 @@ from scipy import sparse
 from .._errors import MissingKeyError
 from ._backed import BackedRows
 from ._base import BaseField
-from ._lookup import _did_you_mean, format_names
+from ._lookup import did_you_mean, format_names
 from ._matrix import Matrix, check_matrix, column_indexer, select_columns, to_float32, unique_names
 from ._validation import (
     largest_value,
@@ -167,7 +167,7 @@ class LayerField(BaseField):
             return check_matrix(adata.X, "adata.X")
         if layer not in adata.layers:
             raise MissingKeyError(
-                f"adata.layers has no layer {layer!r}.{_did_you_mean(layer, adata.layers.keys())} Available "
+                f"adata.layers has no layer {layer!r}.{did_you_mean(layer, adata.layers.keys())} Available "
                 f"layers: {format_names(adata.layers.keys())}; pass one of them, or layer=None to use adata.X."
             )
         return check_matrix(adata.layers[layer], _layer_source(layer))

@@ -21,7 +21,7 @@ def format_names(names: Iterable[Any], max_items: int = 10) -> str:
     return f"[{shown}]"
 
 
-def _did_you_mean(key: str, available: Iterable[Any]) -> str:
+def did_you_mean(key: str, available: Iterable[Any]) -> str:
     """`` Did you mean 'x'?`` naming the available names closest to a mistyped ``key`` ('' when none is close)."""
     close = difflib.get_close_matches(str(key), [str(name) for name in available], n=3, cutoff=0.6)
     if not close:
@@ -37,7 +37,7 @@ def get_obs_column(adata: AnnData, obs_key: str) -> pd.Series:
     """The column ``adata.obs[obs_key]``; a clear error lists the columns when it is absent."""
     if obs_key not in adata.obs.columns:
         raise MissingKeyError(
-            f"adata.obs has no column {obs_key!r}.{_did_you_mean(obs_key, adata.obs.columns)} Available columns: "
+            f"adata.obs has no column {obs_key!r}.{did_you_mean(obs_key, adata.obs.columns)} Available columns: "
             f"{format_names(adata.obs.columns, 50)}; pass one of them, or add the column to adata.obs."
         )
     column = adata.obs[obs_key]
@@ -51,13 +51,13 @@ def get_obsm(adata: AnnData, obsm_key: str) -> Any:
     """The entry ``adata.obsm[obsm_key]``; a clear error lists the entries when it is absent."""
     if obsm_key not in adata.obsm:
         raise MissingKeyError(
-            f"adata.obsm has no entry {obsm_key!r}.{_did_you_mean(obsm_key, adata.obsm.keys())} Available "
+            f"adata.obsm has no entry {obsm_key!r}.{did_you_mean(obsm_key, adata.obsm.keys())} Available "
             f"entries: {format_names(adata.obsm.keys(), 50)}; pass one of them, or store the matrix in adata.obsm."
         )
     return adata.obsm[obsm_key]
 
 
-def _check_key_list(keys: Sequence[str] | None, argument: str) -> list[str]:
+def check_key_list(keys: Sequence[str] | None, argument: str) -> list[str]:
     """``keys`` as a list of distinct strings (``[]`` for None)."""
     if keys is None:
         return []

@@ -36,7 +36,7 @@ class MuDataRequiredError(TypeError, AssertionError):
     """
 
 
-def _is_mudata(data: Any) -> bool:
+def is_mudata(data: Any) -> bool:
     try:
         from mudata import MuData
     except ImportError:
@@ -45,7 +45,7 @@ def _is_mudata(data: Any) -> bool:
 
 
 def _require_mudata(data: Any, field: BaseField) -> None:
-    if _is_mudata(data):
+    if is_mudata(data):
         return
     try:
         import mudata  # noqa: F401

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .._errors import MissingKeyError
 from ._base import BaseField
-from ._lookup import _did_you_mean, format_names, get_obsm
+from ._lookup import did_you_mean, format_names, get_obsm
 from ._matrix import Matrix, check_matrix, column_indexer, select_columns, to_float32, unique_names
 from ._validation import validate_values
 
@@ -147,7 +147,7 @@ class ObsmField(BaseField):
         if self.colnames_uns_key not in adata.uns:
             raise MissingKeyError(
                 f"adata.uns has no entry {self.colnames_uns_key!r} with the column names of {source}."
-                f"{_did_you_mean(self.colnames_uns_key, adata.uns.keys())} Available entries: "
+                f"{did_you_mean(self.colnames_uns_key, adata.uns.keys())} Available entries: "
                 f"{format_names(adata.uns.keys(), 50)}."
             )
         names = unique_names(

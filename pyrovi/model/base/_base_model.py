@@ -17,7 +17,7 @@ from anndata import AnnData
 from ..._checks import check_bool, check_int, check_path
 from ..._constants import UNS_UUID_KEY
 from ..._errors import ModelFileError, NumericalFaultError
-from ..._pyro_lock import _claim_training, _refuse_if_training_elsewhere, _release_training, pyro_lock
+from ..._pyro_lock import claim_training, refuse_if_training_elsewhere, release_training, pyro_lock
 from ..._settings import settings
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
@@ -26,7 +26,7 @@ from ...train import Trainer, TrainingPlan
 from ...train._checkpoint import expect_checkpoint_of
 from ...train._trainer_checks import check_checkpoint_dir, check_device
 from ._posterior_sampling import PosteriorSamplingMixin
-from ._query_errors import _unknown_to_model
+from ._query_errors import unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
 
 if TYPE_CHECKING:  # the mixins' contract this class provides, seen by static checkers only (see _contracts.py)
@@ -430,7 +430,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             # setup the user (or another model) made; and a view (adata[:10]) is read as it is.
             manager = self.adata_manager.transfer_fields(adata, read_only=True)
         except UnseenCategoryError as err:
-            raise _unknown_to_model(err, type(self).__name__) from None
+            raise unknown_to_model(err, type(self).__name__) from None
         self._note_seen(adata)
         if len(self._seen_adatas) > 64:  # forget AnnDatas that no longer exist
             self._seen_adatas = {k: r for k, r in self._seen_adatas.items() if r() is not None}
@@ -597,7 +597,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         # checkpoints record whose they are; one read back must be of this model and architecture
         expect_checkpoint_of(trainer, type(self).__name__, plan, resume_from)
         with pyro_lock():  # no query of this model is running (queries hold the lock), and none starts until the end
-            _claim_training(self)  # refuses a model that another thread (or this one, re-entered) is training
+            claim_training(self)  # refuses a model that another thread (or this one, re-entered) is training
             # Lightning keeps each submodule's train/eval mode; queries left the module in eval mode.
             self.module.train()
         try:
@@ -607,7 +607,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             # last finished epoch (a numerical fault keeps the last finite state): the history, the step count and
             # is_trained follow the finished epochs.
             self.module.eval()
-            _release_training(self)
+            release_training(self)
             self._update_history(trainer.history_logger.history(), replace=resume_from is not None)
             self._n_steps_trained = getattr(self, "_n_steps_trained", 0) + trainer.finished_steps
             self.trainer = trainer
@@ -690,7 +690,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         if isinstance(device, int):
             device = check_device("device", f"cuda:{device}", allow_auto=False)
         with pyro_lock():
-            _refuse_if_training_elsewhere(
+            refuse_if_training_elsewhere(
                 self, "moving it to another device", "training holds its parameters and optimiser state where they are"
             )
             self.module.to(device)
@@ -774,7 +774,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             ``dir_path`` and the cause.
         """
         with pyro_lock():
-            _refuse_if_training_elsewhere(
+            refuse_if_training_elsewhere(
                 self, "saving it", "its weights between two optimiser steps would match no epoch of its history"
             )
         if save_kwargs:

@@ -21,7 +21,7 @@ from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
 from ._differential import (
     Comparison,
-    _change_function,
+    change_function,
     check_test_arguments,
     comparison_from_indices,
     comparisons_from_groups,
@@ -476,7 +476,7 @@ class DEMixin(_Host):
 def _check_test_options(test_mode: Any, change_fn: Any, m1_domain_fn: Any, cred_interval_lvls: Any) -> None:
     """The options of the change test, checked before any draw is made."""
     check_choice("test_mode", test_mode, ("two", "three"))
-    _change_function(change_fn)
+    change_function(change_fn)
     if m1_domain_fn is not None and not callable(m1_domain_fn):
         raise TypeError(f"m1_domain_fn must be a function r -> (up, down) masks or None, got {m1_domain_fn!r:.80}.")
     if cred_interval_lvls is not None:

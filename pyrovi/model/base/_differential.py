@@ -179,7 +179,7 @@ def _default_change(rho1: np.ndarray, rho2: np.ndarray, pseudocounts: float) -> 
     return np.log2(rho1 + pseudocounts) - np.log2(rho2 + pseudocounts)
 
 
-def _change_function(change_fn: Any) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
+def change_function(change_fn: Any) -> Callable[[np.ndarray, np.ndarray, float], np.ndarray]:
     if change_fn is None or change_fn == "log-fold":
         return _default_change
     if not callable(change_fn):
@@ -290,7 +290,7 @@ def de_statistics(
     _check_mode(mode, delta)
     if test_mode not in ("two", "three"):
         raise ValueError(f"test_mode must be 'two' or 'three', got {test_mode!r}.")
-    change = _change_function(change_fn)
+    change = change_function(change_fn)
     if mode == "change" and delta is None and m1_domain_fn is None:
         offset = eps if pseudocounts is None else pseudocounts
         means = np.concatenate(

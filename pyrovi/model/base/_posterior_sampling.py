@@ -71,12 +71,12 @@ class _Probe:
 # arguments
 
 
-def _parse_summary(summary: Sequence[str]) -> dict[str, float | None]:
+def parse_summary(summary: Sequence[str]) -> dict[str, float | None]:
     """Map each statistic's name to its quantile level (``None`` for ``"mean"`` and ``"std"``).
 
     Examples
     --------
-    >>> _parse_summary(["mean", "q05", "q97.5"])
+    >>> parse_summary(["mean", "q05", "q97.5"])
     {'mean': None, 'q05': 0.05, 'q97.5': 0.975}
     """
     if isinstance(summary, str):
@@ -398,7 +398,7 @@ class PosteriorSamplingMixin(_Host):
         check_int("num_samples", num_samples, allow_none=True, expected="a positive integer")
         check_int("sample_chunk_size", sample_chunk_size, allow_none=True, expected="a positive integer")
         check_bool("return_samples", return_samples)
-        stats = _parse_summary(summary)
+        stats = parse_summary(summary)
         keep_draws = return_samples or any(level is not None for level in stats.values())
         model, guide = self.module.model, self.module.guide
         self.module.eval()

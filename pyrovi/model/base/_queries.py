@@ -44,7 +44,7 @@ def check_weights(weights: Any, importance_weighting_kwargs: dict[str, Any]) -> 
             check_int(name, value)
 
 
-def _cells(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
+def selected_cells(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
     """Row positions of the selected cells (all when ``indices`` is None)."""
     cells = np.arange(n_obs) if indices is None else np.asarray(indices)
     if cells.dtype == np.bool_:
@@ -54,7 +54,7 @@ def _cells(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
     return cells.astype(np.int64)
 
 
-def _likelihood_mean(fn: Any) -> torch.Tensor:
+def likelihood_mean(fn: Any) -> torch.Tensor:
     """Mean of the innermost count distribution of an observed site, ``library * rho`` for scVI.
 
     Wrappers are stripped (``.to_event``, ``.mask``, zero inflation), so the zero-inflation gate is left

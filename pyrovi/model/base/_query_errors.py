@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...data import UnseenCategoryError
 
 
-def _unknown_to_model(err: UnseenCategoryError, model_name: str) -> UnseenCategoryError:
+def unknown_to_model(err: UnseenCategoryError, model_name: str) -> UnseenCategoryError:
     """The error for new data with categories a model was not built for, with the fixes a model allows.
 
     A model has one embedding (or one-hot column) per registered category, so it cannot take new ones: the

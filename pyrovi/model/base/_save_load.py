@@ -44,7 +44,7 @@ from ._model_files import (
     read_weights,
 )
 from ._model_dir_writer import write_model_files
-from ._query_errors import _unknown_to_model
+from ._query_errors import unknown_to_model
 
 if TYPE_CHECKING:
     from ._contracts import PersistentModel
@@ -285,7 +285,7 @@ def load_model(
             ) from err
         if isinstance(err, MissingKeyError):
             raise  # the data lacks a column the model was set up with: the data's problem, not the file's
-        raise _unknown_to_model(err, cls.__name__) from None
+        raise unknown_to_model(err, cls.__name__) from None
     except ModelFileError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever a forged registry provokes is the file's problem
