@@ -12,6 +12,9 @@ has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist`` and the models ``
 - ``totalvi`` / ``citeseq``: a TOTALVI and its CITE-seq data; ``cellassign`` / ``markers``: a CellAssign
   and its marker table.
 
+In TOTALVI's and CellAssign's own docstrings ``model`` and ``adata`` are that model and its data, as in
+their guides.
+
 Models are trained once per session and loaded per example, which keeps all the examples together to
 seconds. Each example runs in its own temporary directory, so examples that save files leave none behind.
 """
@@ -91,7 +94,7 @@ class _DoctestObjects:
             import pyrovi
 
             adata = pyrovi.datasets.synthetic_cellassign(n_cells=200, seed=_SEED)
-            pyrovi.model.CellAssign.setup_anndata(adata, size_factor_key="size_factor")
+            pyrovi.model.CellAssign.setup_anndata(adata, size_factor_key="size_factor", batch_key="batch")
             return adata
 
         return self._once("cellassign_adata", build)
@@ -140,14 +143,22 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
                 "SCVI": pyrovi.model.SCVI, "TOTALVI": pyrovi.model.TOTALVI, "CellAssign": pyrovi.model.CellAssign}
     for name, value in notebook.items():
         namespace.setdefault(name, value)
+    # a model's own docstrings call their model and data ``model`` and ``adata``, as its guide does
+    name = request.node.dtest.name
+    if name.startswith("pyrovi.model._totalvi."):
+        adata, load = objects.citeseq, lambda: pyrovi.model.TOTALVI.load(objects.totalvi_dir())
+    elif name.startswith("pyrovi.model._cellassign."):
+        adata, load = objects.cellassign_adata, lambda: pyrovi.model.CellAssign.load(objects.cellassign_dir())
+    else:
+        adata, load = objects.scvi_adata, lambda: pyrovi.model.SCVI.load(objects.scvi_dir())
     if "adata" in used or "manager" in used:
-        namespace["adata"] = objects.scvi_adata().copy()
+        namespace["adata"] = adata().copy()
     if "manager" in used:
         namespace["manager"] = pyrovi.model.SCVI(namespace["adata"], n_hidden=8).adata_manager
     if "mdata" in used:
         namespace["mdata"] = pyrovi.data.synthetic_iid(return_mudata=True, seed=_SEED)
     if "model" in used:
-        namespace["model"] = pyrovi.model.SCVI.load(objects.scvi_dir())
+        namespace["model"] = load()
     if "citeseq" in used:
         namespace["citeseq"] = objects.citeseq().copy()
     if "totalvi" in used:

@@ -86,8 +86,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     >>> adata = pyrovi.datasets.synthetic_iid()
     >>> pyrovi.model.SCVI.setup_anndata(adata, batch_key="batch")
     >>> model = pyrovi.model.SCVI(adata, n_latent=5)
-    >>> model.train(max_epochs=2, progress_bar=False)  # doctest: +SKIP
-    >>> model.get_latent_representation().shape  # doctest: +SKIP
+    >>> model.train(max_epochs=2, progress_bar=False)
+    >>> model.get_latent_representation().shape
     (400, 5)
     """
 
@@ -199,9 +199,9 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model = SCVI(adata, batch_representation="embedding", batch_embedding_kwargs={"embedding_dim": 8})  # doctest: +SKIP
-        >>> model.get_batch_representation().shape  # doctest: +SKIP
-        (400, 8)
+        >>> model = SCVI(adata, batch_representation="embedding", batch_embedding_kwargs={"embedding_dim": 8})
+        >>> model.get_batch_representation().shape
+        (200, 8)
         """
         check_int("batch_size", batch_size, allow_none=True)
         key = REGISTRY_KEYS.BATCH_KEY
@@ -247,7 +247,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> SCVI.setup_anndata(adata, layer="counts", batch_key="sample")  # doctest: +SKIP
+        >>> adata.layers["counts"] = adata.X.copy()
+        >>> SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
         """
         setup_args = {
             "layer": layer,
@@ -353,8 +354,11 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> rho = model.get_normalized_expression(library_size=1e4)  # doctest: +SKIP
-        >>> draws = model.get_normalized_expression(indices=cells, n_samples_overall=1000, weights="importance")  # doctest: +SKIP
+        >>> rho = model.get_normalized_expression(library_size=1e4)
+        >>> rho.shape
+        (200, 50)
+        >>> cells = np.flatnonzero(adata.obs["labels"] == "label_0")
+        >>> draws = model.get_normalized_expression(indices=cells, n_samples_overall=100, weights="importance")
         """
         check_weights(weights, importance_weighting_kwargs)
         check_library_size(library_size)
@@ -447,7 +451,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.get_latent_library_size()[:3]  # doctest: +SKIP
+        >>> model.get_latent_library_size().shape
+        (200, 1)
         """
         return latent_library_size(self, adata, indices, give_mean, batch_size, dataloader, data_loader_kwargs)
 
@@ -485,8 +490,9 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> params = model.get_likelihood_parameters()  # doctest: +SKIP
-        >>> params["mean"].shape  # doctest: +SKIP
+        >>> params = model.get_likelihood_parameters()
+        >>> params["mean"].shape
+        (200, 50)
         """
         check_int("n_samples", n_samples)
         check_bool("give_mean", give_mean)

@@ -91,11 +91,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
     Examples
     --------
-    >>> adata = pyrovi.datasets.synthetic_citeseq()  # doctest: +SKIP
-    >>> TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein_expression", batch_key="batch")  # doctest: +SKIP
-    >>> model = TOTALVI(adata)  # doctest: +SKIP
-    >>> model.train()  # doctest: +SKIP
-    >>> rna, protein = model.get_normalized_expression()  # doctest: +SKIP
+    >>> adata = pyrovi.datasets.synthetic_citeseq(n_cells=200, n_genes=50, n_proteins=8)
+    >>> TOTALVI.setup_anndata(adata, protein_expression_obsm_key="protein_expression", batch_key="batch")
+    >>> model = TOTALVI(adata)
+    >>> model.train(max_epochs=2, enable_progress_bar=False)
+    >>> rna, protein = model.get_normalized_expression()
+    >>> rna.shape, protein.shape
+    ((200, 50), (200, 8))
     """
 
     _observed_sites = ("x", "y")
@@ -204,7 +206,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> TOTALVI.setup_anndata(adata, "protein_expression", batch_key="batch")  # doctest: +SKIP
+        >>> TOTALVI.setup_anndata(adata, "protein_expression", batch_key="batch")
         """
         cls._register(
             adata,
@@ -255,11 +257,13 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> TOTALVI.setup_mudata(
+        >>> TOTALVI.setup_mudata(  # batch_key is a column of the MuData's own obs here
         ...     mdata, batch_key="batch",
-        ...     modalities={"rna_layer": "rna", "protein_layer": "prot", "batch_key": "rna"},
-        ... )  # doctest: +SKIP
-        >>> model = TOTALVI(mdata)  # doctest: +SKIP
+        ...     modalities={"rna_layer": "rna", "protein_layer": "protein_expression"},
+        ... )
+        >>> model = TOTALVI(mdata)
+        >>> model.summary_stats["n_batch"]
+        2
         """
         if not is_mudata(mdata):
             raise TypeError(
@@ -365,8 +369,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.train()  # doctest: +SKIP
-        >>> model.train(max_epochs=200, lr=1e-3, early_stopping=False, enable_progress_bar=False)  # doctest: +SKIP
+        >>> model.train(max_epochs=2, enable_progress_bar=False)
+        >>> model.train(max_epochs=2, plan_kwargs={"lr": 1e-3}, early_stopping=False, enable_progress_bar=False)
         """
         if adversarial_classifier is not None:
             check_bool("adversarial_classifier", adversarial_classifier)  # 'no' would read as True
@@ -479,7 +483,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")  # doctest: +SKIP
+        >>> rna, protein = model.get_normalized_expression(n_samples=10, transform_batch="batch_0")
+        >>> rna.shape, protein.shape
+        ((200, 50), (200, 8))
         """
         check_library_size(library_size)
         check_int("n_samples", n_samples)
@@ -555,7 +561,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> model.get_latent_library_size(indices=[0, 1, 2]).shape  # doctest: +SKIP
+        >>> model.get_latent_library_size(indices=[0, 1, 2]).shape
         (3, 1)
         """
         return latent_library_size(self, adata, indices, give_mean, batch_size, None, None)
@@ -614,7 +620,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> fg = model.get_protein_foreground_probability()  # doctest: +SKIP
+        >>> fg = model.get_protein_foreground_probability()
+        >>> fg.shape
+        (200, 8)
         """
         check_int("n_samples", n_samples)
         _check_flags(return_mean=return_mean, return_numpy=return_numpy, silent=silent, given_counts=given_counts)
@@ -652,7 +660,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> background = model.get_protein_background_mean(n_samples=20)  # doctest: +SKIP
+        >>> background = model.get_protein_background_mean(n_samples=20)
+        >>> background.shape
+        (200, 8)
         """
         check_int("n_samples", n_samples)
         check_bool("return_numpy", return_numpy)
@@ -697,8 +707,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> replicates = model.posterior_predictive_sample(n_samples=5)  # doctest: +SKIP
-        >>> replicates["rna"].shape, replicates["protein"].shape  # doctest: +SKIP
+        >>> replicates = model.posterior_predictive_sample(n_samples=5)
+        >>> replicates["rna"].shape, replicates["protein"].shape
+        ((200, 50, 5), (200, 8, 5))
         """
         # one pass for both sites: a cell's RNA and protein replicates share each posterior draw
         rna, protein = self._predictive_sites(
@@ -760,8 +771,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
         Examples
         --------
-        >>> de = model.differential_expression(groupby="cell_type", group1="B")  # doctest: +SKIP
-        >>> de.loc["CD19_protein", "lfc_mean"]  # doctest: +SKIP
+        >>> de = model.differential_expression(groupby="labels", group1="label_0")
+        >>> "protein_0_protein" in de.index and "gene_0" in de.index  # genes and proteins in one table
+        True
         """
         check_number("protein_prior_count", protein_prior_count, 0.0)
         _check_flags(

@@ -145,10 +145,11 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
     Examples
     --------
-    >>> SCVI.setup_anndata(adata, batch_key="batch")  # doctest: +SKIP
-    >>> model = SCVI(adata)  # doctest: +SKIP
-    >>> model.train(max_epochs=20)  # doctest: +SKIP
-    >>> model.history["elbo_validation"].tail(1)  # doctest: +SKIP
+    >>> SCVI.setup_anndata(adata, batch_key="batch")
+    >>> model = SCVI(adata)
+    >>> model.train(max_epochs=2, enable_progress_bar=False)
+    >>> model.history["elbo_validation"].index.tolist()
+    [0, 1]
     """
 
     _training_plan_cls = TrainingPlan
@@ -166,7 +167,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> sorted(BaseModelClass.known_models())[:3]  # doctest: +SKIP
+        >>> sorted(BaseModelClass.known_models())[:3]
         ['CellAssign', 'SCVI', 'TOTALVI']
         """
         return dict(BaseModelClass._model_classes)
@@ -265,8 +266,9 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.adata = other_adata  # doctest: +SKIP
-        >>> model.get_latent_representation().shape[0] == other_adata.n_obs  # doctest: +SKIP
+        >>> other_adata = pyrovi.datasets.synthetic_iid(n_cells=30, n_genes=50, seed=1)
+        >>> model.adata = other_adata
+        >>> model.get_latent_representation().shape[0] == other_adata.n_obs
         True
         """
         return self._adata
@@ -310,8 +312,9 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> manager = model.get_anndata_manager(adata)  # doctest: +SKIP
-        >>> manager.summary_stats["n_batch"]  # doctest: +SKIP
+        >>> z = model.get_latent_representation(adata)  # the model has now seen adata
+        >>> manager = model.get_anndata_manager(adata)
+        >>> manager.summary_stats["n_batch"]
         2
         """
         check_bool("required", required)
@@ -333,8 +336,10 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> manager = model.transfer_fields(query_adata)  # doctest: +SKIP
-        >>> model.view_anndata_setup(query_adata)  # doctest: +SKIP
+        >>> query_adata = pyrovi.datasets.synthetic_iid(n_cells=30, n_genes=50, seed=1)
+        >>> manager = model.transfer_fields(query_adata)
+        >>> manager.summary_stats["n_cells"]
+        30
         """
         return self._validate_anndata(adata)
 
@@ -347,8 +352,8 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.get_from_registry(adata, pyrovi.REGISTRY_KEYS.BATCH_KEY)[:3]  # doctest: +SKIP
-        array([[0], [0], [1]])
+        >>> model.get_from_registry(adata, pyrovi.REGISTRY_KEYS.BATCH_KEY)[:3]
+        array([[0], [0], [0]])
         """
         manager = self._validate_anndata(adata)
         if registry_key not in {field.registry_key for field in manager.fields if not field.is_empty}:
@@ -368,7 +373,15 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.view_anndata_setup()  # doctest: +SKIP
+        >>> model.view_anndata_setup()
+        Registry of SCVI (pyrovi ...): 200 cells x 50 genes
+        ...
+          batch (CategoricalObsField)
+            source                      adata.obs['batch']
+            n_batch                     2
+            0                           batch_0
+            1                           batch_1
+        ...
         """
         check_bool("hide_state_registries", hide_state_registries)
         manager = self.adata_manager if adata is None else self.get_anndata_manager(adata, required=True)
@@ -383,7 +396,15 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> SCVI.view_setup_args("my_model/")  # doctest: +SKIP
+        >>> model.save("my_model/")
+        >>> SCVI.view_setup_args("my_model/")
+        Setup of a saved SCVI:
+          layer: None
+          batch_key: 'batch'
+          labels_key: 'labels'
+          size_factor_key: None
+          categorical_covariate_keys: None
+          continuous_covariate_keys: None
         """
         registry = load_saved_registry(dir_path, prefix, BaseModelClass.known_models())
         print(f"Setup of a saved {registry.get('model_name', 'model')}:")
@@ -396,8 +417,9 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> SCVI.load_registry("my_model/")["setup_args"]  # doctest: +SKIP
-        {'batch_key': 'batch', ...}
+        >>> model.save("my_model/")
+        >>> SCVI.load_registry("my_model/")["setup_args"]
+        {'layer': None, 'batch_key': 'batch', 'labels_key': 'labels', ...}
         """
         return load_saved_registry(dir_path, prefix, BaseModelClass.known_models())
 
@@ -544,11 +566,12 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.train(max_epochs=400, early_stopping=True, early_stopping_patience=45,
-        ...             check_val_every_n_epoch=1, plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": 20})  # doctest: +SKIP
-        >>> model.train(accelerator="cpu", devices=1, enable_progress_bar=False)  # doctest: +SKIP
-        >>> model.train(max_epochs=100, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt")  # doctest: +SKIP
-        >>> model.train(plan_kwargs={"on_nonfinite": "skip"})  # doctest: +SKIP
+        >>> model.train(max_epochs=5, early_stopping=True, early_stopping_patience=2, enable_progress_bar=False,
+        ...             check_val_every_n_epoch=1, plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": 2})
+        >>> model.train(max_epochs=2, accelerator="cpu", devices=1, enable_progress_bar=False)
+        >>> model.train(max_epochs=2, checkpoint_dir="ckpt/", enable_progress_bar=False)
+        >>> model.train(max_epochs=3, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt", enable_progress_bar=False)
+        >>> model.train(max_epochs=2, plan_kwargs={"on_nonfinite": "skip"}, enable_progress_bar=False)
         """
         check_data = getattr(getattr(self, "adata_manager", None), "check_unchanged", None)
         if check_data is not None:
@@ -684,7 +707,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.to_device("cpu")  # doctest: +SKIP
+        >>> model.to_device("cpu")
         """
         device = check_device("device", device, allow_auto=False)  # a CUDA device without CUDA: a clear error
         if isinstance(device, int):
@@ -759,8 +782,8 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model.save("my_model/", overwrite=True)  # doctest: +SKIP
-        >>> model.save("models/", prefix="pbmc_", overwrite=True)  # doctest: +SKIP
+        >>> model.save("my_model/", overwrite=True)
+        >>> model.save("models/", prefix="pbmc_", overwrite=True)
 
         Raises
         ------
@@ -834,7 +857,10 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
 
         Examples
         --------
-        >>> model = SCVI.load("my_model/", adata)  # doctest: +SKIP
+        >>> model.save("my_model/")
+        >>> model = SCVI.load("my_model/", adata)
+        >>> model.is_trained
+        True
         >>> model = SCVI.load("custom_prior_model/", adata, prior=MyPrior())  # doctest: +SKIP
         """
         if backup_url is not None:
