@@ -9,6 +9,8 @@ has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist`` and the models ``
 - ``mdata``: a fresh synthetic MuData (modalities ``"rna"`` and ``"protein_expression"``);
 - ``model``: an SCVI trained on it for a few epochs (fresh for each example, so an example may train,
   save or move it);
+- ``nb_model`` / ``poisson_model``: SCVIs with negative binomial and Poisson likelihoods, and ``ppc``, a
+  :class:`~pyrovi.criticism.PosteriorPredictiveCheck` of the two on ``adata``;
 - ``totalvi`` / ``citeseq``: a TOTALVI and its CITE-seq data; ``cellassign`` / ``markers``: a CellAssign
   and its marker table.
 
@@ -67,6 +69,15 @@ class _DoctestObjects:
         return self._once(
             "scvi_dir",
             lambda: _trained(pyrovi.model.SCVI, self.scvi_adata().copy(), self._root / "scvi", n_hidden=16),
+        )
+
+    def likelihood_model_dir(self, gene_likelihood: str) -> Path:
+        import pyrovi
+
+        return self._once(
+            f"scvi_{gene_likelihood}",
+            lambda: _trained(pyrovi.model.SCVI, self.scvi_adata().copy(), self._root / f"scvi_{gene_likelihood}",
+                             n_hidden=16, gene_likelihood=gene_likelihood),
         )
 
     def citeseq(self) -> Any:
@@ -151,7 +162,7 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
         adata, load = objects.cellassign_adata, lambda: pyrovi.model.CellAssign.load(objects.cellassign_dir())
     else:
         adata, load = objects.scvi_adata, lambda: pyrovi.model.SCVI.load(objects.scvi_dir())
-    if "adata" in used or "manager" in used:
+    if "adata" in used or "manager" in used or "ppc" in used:
         namespace["adata"] = adata().copy()
     if "manager" in used:
         namespace["manager"] = pyrovi.model.SCVI(namespace["adata"], n_hidden=8).adata_manager
@@ -159,6 +170,13 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
         namespace["mdata"] = pyrovi.data.synthetic_iid(return_mudata=True, seed=_SEED)
     if "model" in used:
         namespace["model"] = load()
+    for name, likelihood in (("nb_model", "nb"), ("poisson_model", "poisson")):
+        if name in used or "ppc" in used:
+            namespace[name] = pyrovi.model.SCVI.load(objects.likelihood_model_dir(likelihood))
+    if "ppc" in used:
+        namespace["ppc"] = pyrovi.criticism.PosteriorPredictiveCheck(
+            namespace["adata"], {"NB": namespace["nb_model"], "Poisson": namespace["poisson_model"]}, n_samples=5
+        )
     if "citeseq" in used:
         namespace["citeseq"] = objects.citeseq().copy()
     if "totalvi" in used:

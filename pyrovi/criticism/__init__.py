@@ -19,9 +19,9 @@ Examples
 --------
 >>> import pyrovi.criticism
 >>> ppc = pyrovi.criticism.PosteriorPredictiveCheck(
-...     adata, {"NB": nb_model, "Poisson": poisson_model})  # doctest: +SKIP
->>> ppc.summary()  # doctest: +SKIP
->>> fig = pyrovi.criticism.plots.plot_calibration(ppc)  # doctest: +SKIP
+...     adata, {"NB": nb_model, "Poisson": poisson_model}, n_samples=5)
+>>> summary = ppc.summary()
+>>> fig = pyrovi.criticism.plots.plot_calibration(ppc)
 """
 
 from . import plots

@@ -142,8 +142,8 @@ def plot_cv(
 
     Examples
     --------
-    >>> fig = pyrovi.criticism.plots.plot_cv(ppc)  # doctest: +SKIP
-    >>> fig.savefig("cv.png")  # doctest: +SKIP
+    >>> fig = pyrovi.criticism.plots.plot_cv(ppc)
+    >>> fig.savefig("cv.png")
     """
     dim = dim or ppc.feature_dim
     table = _metric(ppc, f"cv_{dim}", lambda: ppc.coefficient_of_variation(dim))
@@ -165,7 +165,7 @@ def plot_zero_fraction(
 
     Examples
     --------
-    >>> fig = pyrovi.criticism.plots.plot_zero_fraction(ppc, dim="cells")  # doctest: +SKIP
+    >>> fig = pyrovi.criticism.plots.plot_zero_fraction(ppc, dim="cells")
     """
     dim = dim or ppc.feature_dim
     table = _metric(ppc, f"zero_fraction_{dim}", lambda: ppc.zero_fraction(dim))
@@ -198,7 +198,7 @@ def plot_calibration(
 
     Examples
     --------
-    >>> fig = pyrovi.criticism.plots.plot_calibration(ppc, split="held-out")  # doctest: +SKIP
+    >>> fig = pyrovi.criticism.plots.plot_calibration(ppc, split="held-out")
     """
     keys = _series(ppc, split)
     table = ppc._calibration_table(CURVE_LEVELS if levels is None else levels)
@@ -234,7 +234,7 @@ def plot_mean_variance(
 
     Examples
     --------
-    >>> fig = pyrovi.criticism.plots.plot_mean_variance(ppc)  # doctest: +SKIP
+    >>> fig = pyrovi.criticism.plots.plot_mean_variance(ppc)
     """
     keys = _series(ppc, split)
     table = _metric(ppc, "mean_variance", ppc.mean_variance)
@@ -320,7 +320,7 @@ def plot_rootogram(
 
     Examples
     --------
-    >>> fig = pyrovi.criticism.plots.plot_rootogram(ppc, gene="CD3E", max_count=20)  # doctest: +SKIP
+    >>> fig = pyrovi.criticism.plots.plot_rootogram(ppc, gene="gene_3", max_count=20)
     """
     if split is None:
         raise ValueError("plot_rootogram draws one split; pass split='in-sample' or 'held-out'.")
