@@ -16,9 +16,10 @@ class ModelFileError(ValueError):
     --------
     >>> import pyrovi
     >>> try:
-    ...     pyrovi.model.SCVI.load("no_such_dir/")  # doctest: +SKIP
+    ...     pyrovi.model.SCVI.load("no_such_dir/")
     ... except pyrovi.ModelFileError as err:
-    ...     print(err)  # doctest: +SKIP
+    ...     print(err)
+    no_such_dir: no such directory. Pass the directory that Model.save wrote.
     """
 
 
@@ -41,9 +42,10 @@ class NumericalFaultError(FloatingPointError):
     --------
     >>> import pyrovi
     >>> try:
-    ...     model.train(plan_kwargs={"lr": 1e6})  # doctest: +SKIP
+    ...     model.train(max_epochs=3, plan_kwargs={"lr": 1e6}, enable_progress_bar=False)
     ... except pyrovi.NumericalFaultError as err:
-    ...     print(err.step, err.culprit)  # doctest: +SKIP
+    ...     print(err.culprit)
+    loss
     """
 
     def __init__(self, message: str, step: int, epoch: int, culprit: str):

@@ -77,9 +77,13 @@ def serialised_query(method: _F) -> _F:
 
     Examples
     --------
-    >>> class MyModel(SCVI):  # doctest: +SKIP
+    >>> class MyModel(SCVI):
     ...     @serialised_query
-    ...     def my_query(self, adata=None): ...
+    ...     def n_cells(self, adata=None):
+    ...         return self._validate_anndata(adata).adata.n_obs
+    >>> MyModel.setup_anndata(adata)
+    >>> MyModel(adata).n_cells()
+    200
     """
 
     @functools.wraps(method)
