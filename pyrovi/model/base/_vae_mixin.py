@@ -64,6 +64,13 @@ class VAEMixin(_Host):
     query and the model's arguments of one), ``adata_manager`` and ``_validate_anndata(adata)`` (the setup
     that reads a query's AnnData). A model adapts the queries through the class attributes below (which
     latent site, which observed sites).
+
+    Examples
+    --------
+    >>> isinstance(model, VAEMixin)  # an SCVI
+    True
+    >>> model.get_latent_representation().shape, model.posterior_predictive_sample(n_samples=2).shape
+    ((200, 10), (200, 50, 2))
     """
 
     #: the latent site returned by get_latent_representation
