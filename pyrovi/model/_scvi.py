@@ -31,6 +31,7 @@ from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._queries import (
+    cell_names,
     selected_cells,
     likelihood_mean,
     check_library_size,
@@ -416,8 +417,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         manager = self._validate_anndata(adata)
         var_names = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         columns = var_names if gene_idx is None else var_names[gene_idx]
-        obs_names = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
-        return pd.DataFrame(values, index=obs_names, columns=columns)
+        return pd.DataFrame(values, index=cell_names(manager.adata, indices), columns=columns)
 
     @serialised_query
     @torch.inference_mode()

@@ -40,7 +40,7 @@ from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._differential import raw_count_statistics
 from .base._features import feature_positions
-from .base._queries import selected_cells, likelihood_mean, check_library_size, latent_library_size
+from .base._queries import cell_names, check_library_size, latent_library_size, likelihood_mean, selected_cells
 
 #: Options of the shared differential expression that TOTALVI's takes through **kwargs, with their defaults.
 _DE_DEFAULTS = {
@@ -532,7 +532,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         if return_numpy:
             return rna, protein
         manager = self._validate_anndata(adata)
-        cells = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
+        cells = cell_names(manager.adata, indices)
         genes = np.asarray(manager.get_state(REGISTRY_KEYS.X_KEY)["var_names"])
         proteins = np.asarray(self.protein_names)
         return (
@@ -678,7 +678,7 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         if return_numpy:
             return values
         manager = self._validate_anndata(adata)
-        cells = manager.adata.obs_names if indices is None else manager.adata.obs_names[np.asarray(indices)]
+        cells = cell_names(manager.adata, indices)
         names = np.asarray(self.protein_names)
         return pd.DataFrame(values, index=cells, columns=names if idx is None else names[idx])
 

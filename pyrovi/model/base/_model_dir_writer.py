@@ -110,7 +110,8 @@ def _owned_files(path: Path, prefix: str) -> frozenset[str]:
     """The files of ``path`` that an earlier pyrovi save with ``prefix`` wrote, as its model.json records.
 
     Nothing is owned when there is no model.json, when it is not a regular file, or when it is not the JSON
-    that pyrovi writes. Files saved before ``data_file`` was recorded own both data file names.
+    that pyrovi writes. A model.json without ``data_file`` (an optional field of format version 1) owns both
+    data file names.
     """
     meta_path = path / (prefix + META_FILE)
     if not _is_regular(meta_path) or meta_path.stat().st_size > MAX_META_BYTES:

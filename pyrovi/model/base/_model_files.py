@@ -353,10 +353,10 @@ def read_meta(path: Path, known_models: Mapping[str, type], expected: type | Non
     history_problem = _history_problem(meta.get("history"))
     if history_problem is not None:
         raise _fail(meta_path, f"field 'history' must be a JSON object of epochs and values: {history_problem}.")
-    if "data_file" in meta:  # absent from files saved before it was recorded
+    if "data_file" in meta:  # optional in format version 1
         allowed = (None, prefix + ADATA_FILE, prefix + MDATA_FILE)
         _check_field(meta_path, meta, "data_file", meta["data_file"] in allowed, f"one of {list(allowed)}")
-    if "weights_sha256" in meta:  # absent from files saved before it was recorded
+    if "weights_sha256" in meta:  # optional in format version 1
         digest = meta["weights_sha256"]
         ok = isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
         _check_field(meta_path, meta, "weights_sha256", ok, "64 lowercase hexadecimal digits")

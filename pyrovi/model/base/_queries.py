@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from pyro import poutine
@@ -52,6 +53,17 @@ def selected_cells(n_obs: int, indices: Sequence[int] | None) -> np.ndarray:
     if cells.size == 0:
         raise ValueError("indices selects no cells; pass at least one cell.")
     return cells.astype(np.int64)
+
+
+def cell_names(adata: AnnData, indices: Sequence[int] | np.ndarray | None) -> pd.Index:
+    """The obs names of the cells a query answered for (all cells when ``indices`` is None): a result's row index.
+
+    Examples
+    --------
+    >>> list(cell_names(adata, [2, 0]))
+    ['cell_2', 'cell_0']
+    """
+    return adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
 
 
 def likelihood_mean(fn: Any) -> torch.Tensor:

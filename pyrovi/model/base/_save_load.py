@@ -202,7 +202,7 @@ def resolve_device(accelerator: str, device: int | str | torch.device = "auto") 
 def _check_weights_digest(weights_path: Path, expected: Any) -> None:
     """The weights file is the one its model.json was saved with (files from two saves are never mixed)."""
     if expected is None:
-        return  # saved before the checksum was recorded
+        return  # an optional field of format version 1
     digest = hashlib.sha256()
     with weights_path.open("rb") as handle:
         for block in iter(lambda: handle.read(2**20), b""):
