@@ -90,11 +90,11 @@ def serialised_query(method: _F) -> _F:
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
         with pyro_lock():
             refuse_if_training_elsewhere(self)
-            saved = _pyro_global_state()
+            saved = pyro_global_state()
             try:
                 return method(self, *args, **kwargs)
             except BaseException:  # e.g. a Ctrl-C inside a handler's __enter__: leave no handler behind
-                _restore_pyro_global_state(saved)
+                restore_pyro_global_state(saved)
                 raise
 
     locked._pyrovi_serialised = True  # type: ignore[attr-defined]
@@ -117,7 +117,7 @@ def release_training(model: Any) -> None:
     setattr(model, _TRAINING_THREAD, None)
 
 
-def _pyro_global_state() -> tuple[int, list]:
+def pyro_global_state() -> tuple[int, list]:
     """What a Pyro run may leave behind if interrupted at the wrong instant: the handler stack's depth and the
     plates' dimension allocations."""
     from pyro.poutine import runtime
@@ -126,7 +126,7 @@ def _pyro_global_state() -> tuple[int, list]:
         return len(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack)
 
 
-def _restore_pyro_global_state(saved: tuple[int, list]) -> None:
+def restore_pyro_global_state(saved: tuple[int, list]) -> None:
     """Drop handlers and plate dimensions left over by an interrupted run (a ``KeyboardInterrupt`` that arrived
     inside a handler's ``__enter__``), so that later runs do not inherit them. Holds the lock: another thread's
     run is never in progress while this runs."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import pyrovi
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,3 +83,19 @@ def test_an_import_cycle_in_the_model_package_breaks_the_acyclic_contract(packag
     result = _lint_imports(package_copy)
     assert result.returncode != 0
     assert "No import cycles among the modules of pyrovi.model and pyrovi.model.base BROKEN" in result.stdout, result.stdout
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name starting with '_' is private to its module: shared helpers are public (kept out of __all__)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(pyrovi.__file__).parent
+    offences = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            internal = isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("pyrovi"))
+            if internal:
+                offences += [f"{path.relative_to(package)}: {alias.name}" for alias in node.names
+                             if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert offences == []

@@ -175,7 +175,7 @@ class EpochProgressBar(pl.Callback):
             self._bar = None
 
 
-class _LastEpochState(pl.Callback):
+class LastEpochState(pl.Callback):
     """A copy of the module's parameters and buffers when each epoch starts, put back if training stops inside one.
 
     The weights do not change between the last optimiser step of an epoch and the first of the next, and by the
@@ -237,7 +237,7 @@ class _LastEpochState(pl.Callback):
         return True
 
 
-class _PackHistory(pl.Callback):
+class PackHistory(pl.Callback):
     """On rank 0, put the history into ``callback_metrics`` so that a spawned run can return it.
 
     Also carries the history in checkpoints, so that a resumed run's history starts with the epochs before

@@ -18,8 +18,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .._settings import settings
 from .._errors import NumericalFaultError
-from .._pyro_lock import _pyro_global_state, _restore_pyro_global_state
-from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, _LastEpochState, _PackHistory
+from .._pyro_lock import pyro_global_state, restore_pyro_global_state
+from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, LastEpochState, PackHistory
 from ._checkpoint import SafeCheckpointIO
 from ._checkpoint_callbacks import RandomGeneratorStates, last_checkpoint_callback
 from ._trainer_checks import check_checkpoint_dir, check_trainer_arguments, no_cuda_error, normalise_trainer_kwargs
@@ -164,10 +164,10 @@ class Trainer(pl.Trainer):
             callbacks.append(ModelCheckpoint(monitor=checkpointing_monitor, mode="min"))
         if learning_rate_monitor and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor())
-        callbacks.append(_PackHistory(self.history_logger))
+        callbacks.append(PackHistory(self.history_logger))
         callbacks.append(RandomGeneratorStates())
         # first, so that its copy at an epoch's start comes before any callback's work there (CellAssign's E-step)
-        self._last_epoch = _LastEpochState(self.history_logger)
+        self._last_epoch = LastEpochState(self.history_logger)
         callbacks.insert(0, self._last_epoch)
         #: the exception or interrupt that stopped the last ``fit`` (``None`` when it ran to its end)
         self.stopped_by: BaseException | None = None
@@ -220,7 +220,7 @@ class Trainer(pl.Trainer):
         """
         main = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main else None
-        pyro_state = _pyro_global_state()
+        pyro_state = pyro_global_state()
         self.stopped_by = None
         try:
             with lightning_warnings_ignored(resuming=kwargs.get("ckpt_path") is not None):
@@ -260,7 +260,7 @@ class Trainer(pl.Trainer):
     def _stopped(self, err: BaseException, pyro_state: tuple[int, list]) -> None:
         """Make the model consistent after a fit that did not run to its end."""
         self.stopped_by = err
-        _restore_pyro_global_state(pyro_state)
+        restore_pyro_global_state(pyro_state)
         module = self._last_epoch._module
         if getattr(module, "compiled", False):  # Lightning skips the teardown hooks of a failed run
             with contextlib.suppress(Exception):
