@@ -35,7 +35,9 @@ class Settings:
         Seed of torch, numpy and Pyro's random number generators. Setting it seeds all three at once;
         data splits and minibatch shuffling are derived from it, so a run is reproducible.
     batch_size
-        Default minibatch size of training and of posterior queries.
+        Default minibatch size of training (``SCVI.train`` and every model built on the base ``train``) and
+        of posterior queries: ``train()`` and the queries read it when their ``batch_size`` is not given.
+        TOTALVI's and CellAssign's ``train`` keep their own defaults (256 and 1024, as in scvi-tools).
     encode_batch_size
         Default minibatch size of queries that run the encoder alone (``get_latent_representation``).
         Such a pass holds only a sparse minibatch and the hidden layer, so a large one costs little
@@ -44,7 +46,8 @@ class Settings:
     verbosity
         Logging level of pyrovi (and of Lightning's messages), e.g. ``logging.INFO`` or ``"WARNING"``.
     progress_bar
-        Whether training shows an epoch progress bar.
+        Whether training, and the long checks of :mod:`pyrovi.criticism` (the posterior predictive draws,
+        ``report``), show a progress bar.
 
     Examples
     --------

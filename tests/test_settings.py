@@ -46,3 +46,26 @@ def test_scvi_tools_only_settings_warn_and_change_nothing(name):
 def test_a_misspelt_setting_is_an_error_with_a_suggestion():
     with pytest.raises(AttributeError, match="Did you mean 'batch_size'"):
         pyrovi.settings.batchsize = 64
+
+
+def test_train_reads_settings_batch_size_when_not_given(monkeypatch):
+    """settings.batch_size is the training minibatch unless train(batch_size=...) says otherwise (issue 19)."""
+    seen = []
+
+    class RecordingSplitter(pyrovi.dataloaders.DataSplitter):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["batch_size"])
+            super().__init__(*args, **kwargs)
+
+    adata = pyrovi.datasets.synthetic_iid(n_cells=80, n_genes=10, seed=0)
+    pyrovi.model.SCVI.setup_anndata(adata)
+    model = pyrovi.model.SCVI(adata, n_latent=2, n_hidden=8)
+    monkeypatch.setattr(model, "_data_splitter_cls", RecordingSplitter)
+    old = pyrovi.settings.batch_size
+    try:
+        pyrovi.settings.batch_size = 37
+        model.train(max_epochs=1, accelerator="cpu")
+        model.train(max_epochs=1, accelerator="cpu", batch_size=16)
+    finally:
+        pyrovi.settings.batch_size = old
+    assert seen == [37, 16]

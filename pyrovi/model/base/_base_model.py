@@ -117,7 +117,7 @@ def _check_train_arguments(
     check_bool("early_stopping", early_stopping)
     if load_data_on_device is not None:
         check_bool("load_data_on_device", load_data_on_device)
-    check_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, allow_none=True)
 
 
 class BaseModelClass(PosteriorSamplingMixin, _Provides):
@@ -470,7 +470,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         validation_size: float | None = None,
         shuffle_set_split: bool = True,
         load_sparse_tensor: bool = False,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         early_stopping: bool = False,
         datasplitter_kwargs: dict[str, Any] | None = None,
         plan_config: Any = None,
@@ -505,7 +505,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             Hand sparse counts to the module as sparse tensors (passed to the
             :class:`~pyrovi.dataloaders.DataSplitter`; pyrovi keeps CSR data sparse in any case).
         batch_size
-            Minibatch size.
+            Minibatch size (default ``pyrovi.settings.batch_size``, 128 unless changed).
         early_stopping
             Stop when ``early_stopping_monitor`` (default ``elbo_validation``) stops improving; see the
             ``early_stopping_*`` arguments of :class:`~pyrovi.train.Trainer`. Needs a validation set.
@@ -602,7 +602,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
                 train_size=_train_size(self._data_splitter_cls, train_size),
                 validation_size=validation_size,
                 shuffle_set_split=shuffle_set_split,
-                batch_size=batch_size,
+                batch_size=settings.batch_size if batch_size is None else batch_size,
                 load_data_on_device=load_data_on_device,
                 **splitter_kwargs,
             )
