@@ -134,7 +134,7 @@ def test_protein_check_errors_name_the_problem(fitted):
 @needs_matplotlib
 def test_protein_report_and_plots(fitted, tmp_path):
     adata, _, trained = fitted
-    out = pc.report({"totalVI": trained}, adata, tmp_path, n_samples=3, modality="protein")
+    out = pc.report(adata, {"totalVI": trained}, tmp_path, n_samples=3, modality="protein")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([
         "calibration.png", "cv_proteins.csv", "cv_proteins.png", "mean_variance.csv", "mean_variance.png",

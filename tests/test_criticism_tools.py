@@ -209,8 +209,9 @@ def test_scatter_plots(ppc, tmp_path):
     assert _legend_texts(ax) == ["NB", "Poisson", "y = x"]
     fig.savefig(tmp_path / "cv.png")
     assert (tmp_path / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # shown as a picture in a notebook even before pyplot's inline backend exists (no pyplot figure yet)
-    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.pyplot as plt
+
+    assert fig.number in plt.get_fignums()  # an ordinary pyplot figure: shown inline, saved by plt.savefig
 
     both = pc.plots.plot_zero_fraction(ppc, dim="cells", split=None)
     assert _legend_texts(both.axes[0]) == ["NB", "NB (held-out)", "Poisson", "Poisson (held-out)", "y = x"]
@@ -289,7 +290,7 @@ def test_to_arviz(models):
 @needs_matplotlib
 def test_report_writes_json_csv_and_png(models, tmp_path):
     adata, fitted = models
-    out = pc.report(fitted, adata, tmp_path / "ppc", n_samples=4)
+    out = pc.report(adata, fitted, tmp_path / "ppc", n_samples=4)
     files = out["files"]
     assert set(files) == {
         "metrics", "cv_genes", "zero_fraction_genes", "mean_variance", "cv_genes_plot",
@@ -304,7 +305,7 @@ def test_report_writes_json_csv_and_png(models, tmp_path):
     assert {"calibration", "log_predictive_density", "n_samples"} <= set(metrics)
     assert pd.read_csv(files["cv_genes"]).shape == (4 * N_GENES, 6)
     # a single model, no plots
-    single = pc.report(fitted["NB"], None, tmp_path / "single", n_samples=2, plots=False, held_out=False)
+    single = pc.report(None, fitted["NB"], tmp_path / "single", n_samples=2, plots=False, held_out=False)
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == [
         "cv_genes.csv", "mean_variance.csv", "metrics.json", "zero_fraction_genes.csv",
     ]  # fmt: skip
@@ -312,11 +313,11 @@ def test_report_writes_json_csv_and_png(models, tmp_path):
 
 
 def test_optional_dependencies_fail_with_an_install_hint(ppc, models, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes `import matplotlib.figure` fail
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # makes `import matplotlib.pyplot` fail
     with pytest.raises(ImportError, match=r"pip install 'pyrovi\[plot\]'"):
         pc.plots.plot_cv(ppc)
     with pytest.raises(ImportError, match=r"pip install 'pyrovi\[plot\]'"):
-        pc.report(models[1]["NB"], None, "unused", n_samples=2)
+        pc.report(None, models[1]["NB"], "unused", n_samples=2)
     monkeypatch.setitem(sys.modules, "arviz_base", None)
     with pytest.raises(ImportError, match=r"pip install 'pyrovi\[arviz\]'"):
         pc.to_arviz(models[1]["NB"], n_samples=2)

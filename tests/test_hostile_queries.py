@@ -502,9 +502,9 @@ def test_report_into_an_existing_file_is_refused_before_any_work(scvi, tmp_path,
     target.write_text("mine")
     monkeypatch.setattr(criticism._report, "PosteriorPredictiveCheck", None)  # any work would fail differently
     with pytest.raises(NotADirectoryError, match="out_dir .* is an existing file"):
-        criticism.report(scvi, scvi.adata, target, n_samples=2, plots=False)
+        criticism.report(scvi.adata, scvi, target, n_samples=2, plots=False)
     with pytest.raises(NotADirectoryError, match="lies under"):
-        criticism.report(scvi, scvi.adata, target / "sub", n_samples=2, plots=False)
+        criticism.report(scvi.adata, scvi, target / "sub", n_samples=2, plots=False)
     assert target.read_text() == "mine"
 
 
@@ -516,12 +516,12 @@ def test_report_into_an_existing_file_is_refused_before_any_work(scvi, tmp_path,
         ({"n_samples": 0}, ValueError, "n_samples"),
         ({"out_dir": None}, TypeError, "out_dir must be a directory path"),
         ({"out_dir": 5}, TypeError, "out_dir"),
-        ({"model_or_models": "scvi"}, TypeError, "posterior_predictive_sample"),
-        ({"model_or_models": {}}, ValueError, "empty"),
+        ({"models": "scvi"}, TypeError, "posterior_predictive_sample"),
+        ({"models": {}}, ValueError, "empty"),
     ],
 )
 def test_report_arguments(scvi, tmp_path, kwargs, error, phrase):
-    arguments = {"model_or_models": scvi, "adata": scvi.adata, "out_dir": tmp_path / "out", "n_samples": 2,
+    arguments = {"models": scvi, "adata": scvi.adata, "out_dir": tmp_path / "out", "n_samples": 2,
                  "plots": False, **kwargs}  # fmt: skip
     with pytest.raises(error, match=phrase):
         criticism.report(**arguments)

@@ -38,6 +38,7 @@ from ._metrics import (
     quiet_nanmean,
     zero_fraction,
 )
+from ._progress import progress
 from ._rng import replaying, rng_state
 
 logger = logging.getLogger("pyrovi")
@@ -214,7 +215,8 @@ class PosteriorPredictiveCheck:
         """Draw the replicates of every model and split; once (later calls return at once). Returns the check.
 
         Every metric calls it on first use, so calling it yourself only chooses when the sampling time is
-        spent. The draws are those of the random state at construction (``pyrovi.settings.seed`` set before
+        spent. A progress bar counts the (model, split) pairs drawn (``pyrovi.settings.progress_bar = False``
+        hides it). The draws are those of the random state at construction (``pyrovi.settings.seed`` set before
         building the check fixes them), whatever ran in between.
 
         Examples
@@ -223,10 +225,12 @@ class PosteriorPredictiveCheck:
         (200, 50, 5)
         """
         if self._replicates is None:
-            with replaying(self._rng_state):
-                replicates = {
-                    key: self._replicate(self.models[key[0]], self.cells[key], self._features) for key in self.keys
-                }
+            replicates = {}
+            with replaying(self._rng_state), progress(len(self.keys), "Posterior predictive draws", "split") as bar:
+                for key in self.keys:
+                    bar.set_postfix_str(_label(key), refresh=False)
+                    replicates[key] = self._replicate(self.models[key[0]], self.cells[key], self._features)
+                    bar.update()
             self._replicates = replicates
         return self
 
@@ -704,6 +708,11 @@ class PosteriorPredictiveCheck:
         if errors is not None:
             self.metrics[f"{metric}_error"] = errors
         return table
+
+
+def _label(key: Key) -> str:
+    model, split = key
+    return model if split == IN_SAMPLE else f"{model} ({split})"
 
 
 def check_ppc_arguments(n_samples: Any, held_out: Any, batch_size: Any, layer: Any) -> None:

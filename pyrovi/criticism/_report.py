@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .. import __version__
 from .._checks import check_bool
 from ._data import check_modality, check_models, name_models
 from ._ppc import PosteriorPredictiveCheck, check_ppc_arguments
+from ._progress import progress
 
 # Per-gene tables can be long: they go to CSV files, the model-level tables into metrics.json.
 _JSON_TABLES = ("summary", "calibration", "log_predictive_density", "mean_variance_error")
@@ -58,10 +60,34 @@ def _output_directory(out_dir: Any) -> Path:
     return out
 
 
+def _data_and_models(adata: Any, models: Any, model_or_models: Any) -> tuple[AnnData | None, Any]:
+    """``(adata, models)`` from the documented order, the keyword of before, or the order of before (warned)."""
+    if model_or_models is not None:
+        if models is not None:
+            raise TypeError("report got both models and model_or_models; pass models only.")
+        warnings.warn("report(model_or_models=...) is now report(adata, models, out_dir).", FutureWarning, stacklevel=3)
+        models = model_or_models
+    if adata is not None and not isinstance(adata, AnnData):
+        # report(models, adata, out_dir), the order of earlier releases: the data now come first, as in
+        # PosteriorPredictiveCheck(adata, models)
+        warnings.warn(
+            "report(models, adata, out_dir) is deprecated; pass the data first, as to PosteriorPredictiveCheck: "
+            "report(adata, models, out_dir) (adata may be None for the first model's training data).",
+            FutureWarning,
+            stacklevel=3,
+        )
+        adata, models = models, adata
+    if models is None:
+        raise TypeError("report needs models: a fitted model, a list of models or a dict {name: model}.")
+    if adata is not None and not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData or None, got {type(adata).__name__}.")
+    return adata, models
+
+
 def report(
-    model_or_models: Any,
     adata: AnnData | None,
-    out_dir: str | Path,
+    models: Any = None,
+    out_dir: str | Path | None = None,
     n_samples: int = 30,
     indices: Sequence[int] | np.ndarray | None = None,
     layer: str | None = None,
@@ -69,6 +95,8 @@ def report(
     batch_size: int | None = None,
     plots: bool = True,
     modality: str = "rna",
+    *,
+    model_or_models: Any = None,
 ) -> dict[str, Any]:
     """Run a posterior predictive check and write its metrics and plots to a directory.
 
@@ -83,18 +111,23 @@ def report(
     With ``modality="protein"`` the per-feature files are ``cv_proteins.*`` and
     ``zero_fraction_proteins.*``, and ``metrics.json`` counts ``n_proteins``.
 
+    The arguments come in the order of :class:`~pyrovi.criticism.PosteriorPredictiveCheck`, data first.
+    The order of earlier releases, ``report(models, adata, out_dir)``, still works and warns.
+
     Parameters
     ----------
-    model_or_models
-        A fitted model, a list of models (named by class) or a dict ``{name: model}``.
     adata
-        The observed data (default: the first model's training data).
+        The observed data, or None for the first model's training data.
+    models
+        A fitted model, a list of models (named by class) or a dict ``{name: model}``.
     out_dir
         Directory to write to (created if missing; files in it are overwritten).
     n_samples, indices, layer, held_out, batch_size, modality
         As in :class:`~pyrovi.criticism.PosteriorPredictiveCheck`.
     plots
         Also write the PNG plots.
+    model_or_models
+        The former name of ``models`` (deprecated).
 
     Returns
     -------
@@ -103,10 +136,11 @@ def report(
 
     Examples
     --------
-    >>> out = pyrovi.criticism.report({"NB": nb_model, "Poisson": poisson_model}, adata, "ppc_report/", n_samples=5)
+    >>> out = pyrovi.criticism.report(adata, {"NB": nb_model, "Poisson": poisson_model}, "ppc_report/", n_samples=5)
     >>> sorted(out["metrics"]["summary"][0])[:3]
     ['calibration_error', 'cv_cell_mae', 'cv_gene_mae']
     """
+    adata, models = _data_and_models(adata, models, model_or_models)
     # every argument is checked before the (possibly long) check rather than after it
     check_bool("plots", plots)
     check_ppc_arguments(n_samples, held_out, batch_size, layer)
@@ -115,9 +149,9 @@ def report(
         from .plots import require_matplotlib
 
         require_matplotlib()
-    models = name_models(model_or_models)
+    models = name_models(models)
     if not models:
-        raise ValueError("model_or_models is empty; pass a fitted model, a list of models or a dict {name: model}.")
+        raise ValueError("models is empty; pass a fitted model, a list of models or a dict {name: model}.")
     models = check_models(models, check_modality(modality))
     if adata is None:
         adata = next(iter(models.values())).adata
@@ -126,8 +160,19 @@ def report(
         adata, models, n_samples=n_samples, indices=indices, layer=layer, held_out=held_out, batch_size=batch_size,
         modality=modality,
     )
-    ppc.summary()
+    with progress(total=2 + (5 if plots else 0), desc="Report", unit="step") as bar:
+        ppc.draw()
+        bar.update()
+        ppc.summary()
+        bar.update()
+        metrics, files = _write_report(ppc, out, plots, bar)
+    return {"ppc": ppc, "metrics": metrics, "files": files}
 
+
+def _write_report(
+    ppc: PosteriorPredictiveCheck, out: Path, plots: bool, bar: Any
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write metrics.json, the CSV tables and (with ``plots``) the PNG plots; one ``bar`` step per plot."""
     metrics: dict[str, Any] = {
         "pyrovi_version": __version__,
         "n_samples": ppc.n_samples,
@@ -145,7 +190,9 @@ def report(
 
     if plots:
         from . import plots as ppc_plots
+        from .plots import require_matplotlib
 
+        pyplot = require_matplotlib()
         features = ppc.feature_dim
         figures = {
             f"cv_{features}_plot": (ppc_plots.plot_cv(ppc), f"cv_{features}.png"),
@@ -157,4 +204,6 @@ def report(
         for name, (figure, filename) in figures.items():
             files[name] = out / filename
             figure.savefig(files[name], dpi=100)
-    return {"ppc": ppc, "metrics": metrics, "files": files}
+            pyplot.close(figure)  # written to disk: a report leaves no figures open in the caller's pyplot
+            bar.update()
+    return metrics, files

@@ -1,8 +1,9 @@
 """Plots of a :class:`~pyrovi.criticism.PosteriorPredictiveCheck`, several models overlaid.
 
-Each function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global figure state,
-nothing shown, nothing to close): display it in a notebook, or ``fig.savefig("ppc.png")``. matplotlib is
-imported only when a plot is made (``pip install 'pyrovi[plot]'``).
+Each function draws an ordinary pyplot figure, as scanpy's and matplotlib's own plots do: it is shown
+inline in a notebook, ``plt.savefig("ppc.png")`` (or ``fig.savefig``) saves it, and ``plt.close(fig)``
+frees it. Pass ``ax=`` to draw into axes of your own (a panel of a larger figure); the function then
+returns that axes' figure. matplotlib is imported only when a plot is made (``pip install 'pyrovi[plot]'``).
 
 Series are named ``"<model>"`` for the in-sample split and ``"<model> (held-out)"`` for the held-out
 split; a model keeps its colour across plots, its held-out series is drawn dashed or with hollow markers.
@@ -10,7 +11,6 @@ split; a model keeps its colour across plots, its held-out series is drawn dashe
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,38 +30,21 @@ CURVE_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
 def require_matplotlib() -> Any:
+    """matplotlib's pyplot, or an ImportError that says how to install it."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "pyrovi.criticism's plots need matplotlib: pip install 'pyrovi[plot]'."
         ) from err
-    return _notebook_figure(Figure)
-
-
-@functools.cache
-def _notebook_figure(Figure: type) -> type:  # noqa: N803 - the class it extends
-    class _NotebookFigure(Figure):
-        """A Figure that shows itself as a PNG in Jupyter.
-
-        IPython draws a bare Figure only once pyplot's inline backend has registered its formatter (after
-        the first pyplot figure); before that a pyplot-free Figure would print as ``<Figure ...>``.
-        """
-
-        def _repr_png_(self) -> bytes:
-            import io
-
-            buffer = io.BytesIO()
-            self.savefig(buffer, format="png", bbox_inches="tight")
-            return buffer.getvalue()
-
-    return _NotebookFigure
+    return plt
 
 
 def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.5)) -> tuple[Figure, Axes]:
+    """The given axes and its figure, or a new pyplot figure (so ``plt.savefig`` and inline display see it)."""
     if ax is not None:
         return ax.figure, ax
-    figure = require_matplotlib()(figsize=figsize, layout="constrained")
+    figure = require_matplotlib().figure(figsize=figsize, layout="constrained")
     return figure, figure.add_subplot()
 
 
@@ -294,6 +277,7 @@ def plot_rootogram(
     max_count: int | None = None,
     split: str = IN_SAMPLE,
     style: Literal["hanging", "standing"] = "hanging",
+    ax: Axes | None = None,
 ) -> Figure:
     """Rootogram of count frequencies: observed against each model's expected, on a square-root scale.
 
@@ -317,6 +301,8 @@ def plot_rootogram(
         ``"in-sample"`` or ``"held-out"``.
     style
         ``"hanging"`` or ``"standing"``.
+    ax
+        Axes to draw on when the check has one model (default: a new figure, one panel per model).
 
     Examples
     --------
@@ -338,9 +324,18 @@ def plot_rootogram(
         raise ValueError(f"max_count must be a positive integer, got {max_count!r}.")
     max_count = int(max_count)
 
-    Figure = require_matplotlib()
-    figure = Figure(figsize=(4.0 * len(keys), 3.6), layout="constrained")
-    axes = figure.subplots(1, len(keys), sharey=True, squeeze=False)[0]
+    if ax is not None:
+        if len(keys) != 1:
+            raise ValueError(
+                f"plot_rootogram draws one panel per model ({len(keys)} here); ax= takes one axes, so pass it "
+                "only for a check of one model, or leave ax out for a new figure."
+            )
+        figure, axes = ax.figure, [ax]
+    else:
+        figure, axes = require_matplotlib().subplots(
+            1, len(keys), sharey=True, squeeze=False, figsize=(4.0 * len(keys), 3.6), layout="constrained"
+        )
+        axes = axes[0]
     counts = np.arange(max_count + 1)
     for ax, (model, part) in zip(axes, keys):
         observed = np.sqrt(_frequencies(ppc.observed[(model, part)][:, columns], max_count))
