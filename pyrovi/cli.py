@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+# --help prints it as plain text: no markup
+_DESCRIPTION = "pyrovi: scvi-tools' models as Pyro model/guide pairs. 'pyrovi quickstart' trains SCVI on bundled PBMC data."
 
 def _pca_2d(z):
     """First two principal components of the latent space (numpy only, no extra dependency)."""
@@ -43,10 +45,14 @@ def _plot_latent(z, labels, path: Path) -> bool:
     return True
 
 
-def _check_out(out: Path) -> None:
-    """``--out`` is a directory, or a path where one can be made: checked before minutes of training."""
+def _check_out(out: Path, overwrite: bool = False) -> None:
+    """``--out`` is a new or empty directory (any directory with ``overwrite``), or a path where one can be
+    made: checked before minutes of training."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a directory; pass a directory (it is created if needed).")
+    if out.is_dir() and not overwrite and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} already exists and is not empty; pass --overwrite to write into it "
+                              "(replacing an earlier quickstart's output) or another --out.")  # fmt: skip
     for ancestor in out.absolute().parents:
         if ancestor.exists():
             if not ancestor.is_dir():
@@ -62,13 +68,16 @@ def _check_out(out: Path) -> None:
                                   "Move it away or pass another --out.")  # fmt: skip
 
 
-def quickstart(out: Path, max_epochs: int, seed: int) -> dict:
-    """Train SCVI on the bundled 700-cell PBMC data, save it, and plot its latent space."""
+def quickstart(out: Path, max_epochs: int, seed: int, overwrite: bool = False) -> dict:
+    """Train SCVI on the bundled 700-cell PBMC data, save it, and plot its latent space.
+
+    ``out`` must be a new or empty directory unless ``overwrite`` is set.
+    """
     import pyrovi
 
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ValueError(f"--max-epochs must be a positive integer, got {max_epochs!r}.")
-    _check_out(out)
+    _check_out(out, overwrite)
     pyrovi.settings.seed = seed
     adata = pyrovi.datasets.pbmc68k_reduced()
     print(f"Data: {adata.n_obs} PBMCs x {adata.n_vars} genes (bundled, raw counts).")
@@ -96,20 +105,30 @@ def main(argv: list[str] | None = None) -> int:
 
     Examples
     --------
-    ``pyrovi quickstart --out quickstart_output``
+    >>> from pyrovi.cli import main
+    >>> main(["quickstart", "--max-epochs", "0"])  # a user's mistake: one line on stderr, status 2
+    2
     """
-    parser = argparse.ArgumentParser(prog="pyrovi", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    qs = sub.add_parser("quickstart", help="train SCVI on bundled PBMC data, save it and plot its latent space")
-    qs.add_argument("--out", type=Path, default=Path("quickstart_output"), help="output directory")
-    qs.add_argument("--max-epochs", type=int, default=400, help="training epochs (default 400)")
-    qs.add_argument("--seed", type=int, default=0, help="random seed")
+    from . import __version__
+
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="pyrovi", description=_DESCRIPTION, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"pyrovi {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
+    summary = "train SCVI on bundled PBMC data, save it and plot its latent space"
+    qs = sub.add_parser("quickstart", help=summary, description=f"Quickstart: {summary}.", formatter_class=formatter)
+    qs.add_argument("--out", type=Path, default=Path("quickstart_output"),
+                    help="output directory (new or empty, unless --overwrite)")  # fmt: skip
+    qs.add_argument("--max-epochs", type=int, default=400, help="training epochs (a positive integer)")
+    qs.add_argument("--seed", type=int, default=0, help="random seed (a non-negative integer)")
+    qs.add_argument("--overwrite", action="store_true",
+                    help="write into an existing, non-empty --out, replacing an earlier quickstart's output")  # fmt: skip
     args = parser.parse_args(argv)
     from ._errors import ModelFileError
 
     try:
         if args.command == "quickstart":
-            quickstart(args.out, args.max_epochs, args.seed)
+            quickstart(args.out, args.max_epochs, args.seed, args.overwrite)
     except (ValueError, TypeError, OSError, ModelFileError) as err:
         # a user's mistake (an argument, a path): one line, no traceback; other exceptions are bugs and keep theirs
         print(f"pyrovi {args.command}: error: {err}", file=sys.stderr)
