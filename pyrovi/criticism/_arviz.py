@@ -35,8 +35,9 @@ def to_arviz(
     Each draw ``s`` samples ``z_s ~ q(z | x)`` from the guide, then both the replicated counts
     ``x_rep ~ p(x | z_s)`` and the log-likelihood ``log p(x_ng | z_s)`` of every observed cell-gene
     entry under the same draw, so ArviZ's LOO, LOO-PIT and PPC plots see consistent groups. There is a
-    single chain. Memory is ``2 * n_samples * n_cells * n_genes * 4`` bytes: pass ``indices`` for a
-    subsample of cells on large data.
+    single chain. Memory is ``2 * n_samples * n_cells * n_genes * 4`` bytes (int32 replicates and float32
+    log-likelihoods, written in place, without intermediate copies): pass ``indices`` for a subsample of
+    cells on large data.
 
     Parameters
     ----------
@@ -72,16 +73,21 @@ def to_arviz(
         raise TypeError(f"adata must be an AnnData or None, got {type(adata).__name__}.")
     data = model.adata if adata is None else adata
     cells = resolve_cells(indices, data.n_obs)
-    observed, log_liks, replicates = [], [], []
+    # The outputs are allocated once, in their final dtypes, and each minibatch's draws are written into
+    # them: no list of per-batch tensors, no concatenated copy, no float copy of the integer replicates.
+    n_cells, n_genes = len(cells), len(model_genes(model))
+    observed_np = np.empty((n_cells, n_genes), dtype=np.float32)
+    log_lik_np = np.empty((int(n_samples), n_cells, n_genes), dtype=np.float32)
+    replicates_np = np.empty((int(n_samples), n_cells, n_genes), dtype=np.int32)
+    start = 0
     for draws in iter_draws(model, adata, cells, int(n_samples), batch_size, pointwise=True, replicate=True):
-        observed.append(draws.observed)
-        log_liks.append(draws.log_likelihood)
-        replicates.append(draws.replicates)
-    observed_np = torch.cat(observed).cpu().numpy()
+        stop = start + draws.observed.shape[0]
+        observed_np[start:stop] = draws.observed.cpu().numpy()
+        log_lik_np[:, start:stop] = draws.log_likelihood.cpu().numpy()
+        replicates_np[:, start:stop] = draws.replicates.to(torch.int32).cpu().numpy()
+        start = stop
     if np.array_equal(observed_np, np.round(observed_np)):  # counts: store as integers, like the replicates
         observed_np = observed_np.astype(np.int32)
-    log_lik_np = torch.cat(log_liks, dim=1).cpu().numpy().astype(np.float32, copy=False)
-    replicates_np = torch.cat(replicates, dim=1).cpu().numpy().astype(np.int32)
     coords = {
         "cell": np.asarray(data.obs_names[cells], dtype=str),
         "gene": np.asarray(model_genes(model), dtype=str),
