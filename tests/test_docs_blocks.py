@@ -71,6 +71,17 @@ def test_skip_marks_name_a_reason() -> None:
                 assert first[len(SKIP_MARK) :].strip(), f"{page.name}: '# not run:' without a reason"
 
 
+def test_harness_caps_epochs_and_skips_marked_blocks() -> None:
+    def train(self, max_epochs: int | None = None, lr: float = 1e-3):
+        return max_epochs
+
+    capped = _capped(train, 2)
+    assert capped(None) == 2 and capped(None, 50) == 2 and capped(None, max_epochs=1) == 1
+    assert capped(None, lr=0.1) == 2  # a default of None (the model's own number of epochs) is capped too
+    assert not _runnable("# not run: needs a GPU\nmodel.train()\n") and _runnable("model.train()\n")
+    assert _blocks(ROOT / "README.md"), "README.md has no python block"
+
+
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_blocks_run(page: Path, tmp_path: Path, monkeypatch, short_training) -> None:
     import matplotlib
