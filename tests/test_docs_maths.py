@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG_JS = "javascripts/mathjax.js"
 MATHJAX_JS = "assets/mathjax/tex-svg-full.js"
 # a Markdown page typeset through arithmatex, and a tutorial whose notebook writes $...$ and $$...$$
