@@ -2,8 +2,9 @@
 
 from .._errors import ModelFileError
 from ._cellassign import CellAssign
+from ._label_transfer import transfer_labels
 from ._scvi import SCVI
 from ._totalvi import TOTALVI
 from .base import BaseModelClass, VAEMixin
 
-__all__ = ["SCVI", "TOTALVI", "CellAssign", "BaseModelClass", "VAEMixin", "ModelFileError"]
+__all__ = ["SCVI", "TOTALVI", "CellAssign", "BaseModelClass", "VAEMixin", "ModelFileError", "transfer_labels"]
