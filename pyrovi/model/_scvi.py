@@ -93,6 +93,9 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
     """
 
     _module_cls = VAE
+    # where minify_adata stores the latent posterior (scvi-tools' names)
+    _LATENT_QZM_KEY = "scvi_latent_qzm"
+    _LATENT_QZV_KEY = "scvi_latent_qzv"
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ from ._protein_background import protein_background_prior, protein_batch_mask
 from .base import BaseModelClass, DEMixin, VAEMixin
 from .base._differential import raw_count_statistics
 from .base._features import feature_positions
+from .base._minified_data import minified_fields
 from .base._queries import cell_names, check_library_size, latent_library_size, likelihood_mean, selected_cells
 
 #: Options of the shared differential expression that TOTALVI's takes through **kwargs, with their defaults.
@@ -102,6 +103,9 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
 
     _observed_sites = ("x", "y")
     _reconstruction_error_sites = (("reconst_loss_gene", "x"), ("reconst_loss_protein", "y"))  # scvi-tools' keys
+    # where minify_adata stores the latent posterior (scvi-tools' names); the protein counts are kept, as there
+    _LATENT_QZM_KEY = "totalvi_latent_qzm"
+    _LATENT_QZV_KEY = "totalvi_latent_qzv"
 
     def __init__(
         self,
@@ -282,10 +286,11 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         cls._register(mdata, setup_args)
 
     @classmethod
-    def _manager(cls, setup_args: dict[str, Any]) -> AnnDataManager:
+    def _manager(cls, setup_args: dict[str, Any], adata: Any = None) -> AnnDataManager:
         if "modalities" not in setup_args:
-            return super()._manager(setup_args)
-        return AnnDataManager(_mudata_fields(**setup_args), setup_args, cls.__name__)
+            return super()._manager(setup_args, adata)
+        fields = _mudata_fields(**setup_args) + minified_fields(cls, adata)  # refuses a minified MuData
+        return AnnDataManager(fields, setup_args, cls.__name__)
 
     @classmethod
     def _anndata_fields(

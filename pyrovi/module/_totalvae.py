@@ -42,6 +42,7 @@ from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
 from ._arguments import check_extra_kwargs, check_option, check_sizes
 from ._vae import Normalization, logistic_normal_transform
+from .base._minified import stored_latent_params, stored_posterior_kwargs
 from .base import (
     BaseModuleClass,
     GlobalGuide,
@@ -288,7 +289,8 @@ class TOTALVAE(BaseModuleClass):
     @staticmethod
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
         data = (batch[REGISTRY_KEYS.X_KEY], batch[REGISTRY_KEYS.PROTEIN_EXP_KEY])
-        return data, BaseModuleClass._covariate_kwargs(batch)
+        # a minified minibatch adds its stored posterior and library (see stored_posterior_kwargs)
+        return data, {**BaseModuleClass._covariate_kwargs(batch), **stored_posterior_kwargs(batch)}
 
     def model(
         self,
@@ -302,8 +304,13 @@ class TOTALVAE(BaseModuleClass):
         indices: torch.Tensor | None = None,
         n_obs: int | None = None,
         kl_weight: float = 1.0,
+        latent_qzm: torch.Tensor | None = None,
+        latent_qzv: torch.Tensor | None = None,
     ) -> None:
-        """p(x, y, z, l, beta): the totalVI generative process; ``x`` (RNA) and ``y`` (proteins) observed."""
+        """p(x, y, z, l, beta): the totalVI generative process; ``x`` (RNA) and ``y`` (proteins) observed.
+
+        ``latent_qzm``/``latent_qzv`` (minified data) are the guide's; the model ignores them.
+        """
         batch_index = self._batch_codes(batch_index, x)
         p_z = self._latent(
             self.prior(x.shape[0], batch_index=batch_index, labels=labels, cat_covs=cat_covs, cont_covs=cont_covs)
@@ -359,8 +366,13 @@ class TOTALVAE(BaseModuleClass):
         indices: torch.Tensor | None = None,
         n_obs: int | None = None,
         kl_weight: float = 1.0,
+        latent_qzm: torch.Tensor | None = None,
+        latent_qzv: torch.Tensor | None = None,
     ) -> None:
-        """q(z, l, beta | x, y): encoders of the joint log counts, and q(log beta | z, batch)."""
+        """q(z, l, beta | x, y): encoders of the joint log counts, and q(log beta | z, batch).
+
+        On minified data (``latent_qzm``/``latent_qzv`` given) ``q(u)`` is the stored Gaussian instead.
+        """
         batch_index = self._batch_codes(batch_index, x)
         if self.global_guide is not None:
             self.global_guide()
@@ -372,7 +384,10 @@ class TOTALVAE(BaseModuleClass):
         enc_cont = cont_covs if self.encode_covariates else None
         with cell_plate(x.shape[0], indices, n_obs):
             with poutine.scale(scale=kl_weight):
-                z_loc, z_scale = self.z_encoder(xy, *enc_cats, cont=enc_cont)
+                if latent_qzm is not None:  # minified data: the stored posterior of u
+                    z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
+                else:
+                    z_loc, z_scale = self.z_encoder(xy, *enc_cats, cont=enc_cont)
                 z = pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
                 h = self.background_encoder(z, batch_index, *cat_covs, cont=cont_covs)
                 scale = _BACKGROUND_SCALE_ACTIVATIONS[self.activation_function_bg](self.background_log_scale(h)) + 1e-4

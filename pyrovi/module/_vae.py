@@ -38,6 +38,7 @@ from torch import nn
 from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
 from ._arguments import check_extra_kwargs, check_option, check_sizes
+from .base._minified import stored_latent_params, stored_posterior_kwargs
 from .base import (
     BaseModuleClass,
     EmbeddingModuleMixin,
@@ -382,7 +383,8 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
 
     @staticmethod
     def _get_fn_args_from_batch(batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
-        return (batch[REGISTRY_KEYS.X_KEY],), BaseModuleClass._covariate_kwargs(batch)
+        # a minified minibatch adds its stored posterior and library (see stored_posterior_kwargs)
+        return (batch[REGISTRY_KEYS.X_KEY],), {**BaseModuleClass._covariate_kwargs(batch), **stored_posterior_kwargs(batch)}
 
     # ----------------------------------------------------------------------------------------------
     # the generative model, top to bottom
@@ -398,8 +400,10 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         indices: torch.Tensor | None = None,
         n_obs: int | None = None,
         kl_weight: float = 1.0,
+        latent_qzm: torch.Tensor | None = None,
+        latent_qzv: torch.Tensor | None = None,
     ) -> None:
-        """p(x, z, l): the scVI generative process; ``x`` is observed."""
+        """p(x, z, l): the scVI generative process; ``x`` is observed (``latent_qzm``/``latent_qzv`` are the guide's)."""
         batch_index = self._batch_codes(batch_index, x)
         # global: the prior's hyperpriors (if any), then the dispersion when it has a prior
         p_z = self._latent(
@@ -436,13 +440,21 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         indices: torch.Tensor | None = None,
         n_obs: int | None = None,
         kl_weight: float = 1.0,
+        latent_qzm: torch.Tensor | None = None,
+        latent_qzv: torch.Tensor | None = None,
     ) -> None:
-        """q(z, l | x): amortized Normal posteriors computed by the encoders (z through T for "ln")."""
+        """q(z, l | x): amortized Normal posteriors computed by the encoders (z through T for "ln").
+
+        On minified data (``latent_qzm``/``latent_qzv`` given) ``q(u)`` is the stored Gaussian instead.
+        """
         batch_index = self._batch_codes(batch_index, x)
         if self.global_guide is not None:
             self.global_guide()
         with cell_plate(x.shape[0], indices, n_obs), poutine.scale(scale=kl_weight):
-            z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
+            if latent_qzm is not None:
+                z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
+            else:
+                z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
             pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
             if not self.use_observed_lib_size:
                 cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)

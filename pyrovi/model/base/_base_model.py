@@ -197,7 +197,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         _assign_uuid(adata, overwrite=False)
         self._note_seen(adata)
         try:
-            self.adata_manager = self._manager(registry["setup_args"]).register_fields(
+            self.adata_manager = self._manager(registry["setup_args"], adata).register_fields(
                 adata, source_registry=registry
             )
         except UnseenCategoryError as err:
@@ -228,8 +228,10 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         raise NotImplementedError
 
     @classmethod
-    def _manager(cls, setup_args: dict[str, Any]) -> AnnDataManager:
-        return AnnDataManager(cls._anndata_fields(**setup_args), setup_args, cls.__name__)
+    def _manager(cls, setup_args: dict[str, Any], adata: AnnData | None = None) -> AnnDataManager:
+        # a minified AnnData is read through more fields: its stored latent posterior and library sizes
+        fields = cls._anndata_fields(**setup_args) + minified_fields(cls, adata)
+        return AnnDataManager(fields, setup_args, cls.__name__)
 
     @classmethod
     def _register(cls, adata: AnnData, setup_args: dict[str, Any]) -> None:
@@ -240,7 +242,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             ):
                 what = "a layer name" if "layer" in name else "a single name (a string)"
                 raise TypeError(f"{name} must be {what} or None, got {value!r:.80}.")
-        cls._manager(setup_args).register_fields(adata)
+        cls._manager(setup_args, adata).register_fields(adata)
         _assign_uuid(adata, overwrite=True)
 
     def _record_init_params(self, frame_locals: dict[str, Any]) -> None:
@@ -450,7 +452,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         try:
             # Read only: a query never writes this model's registry into the data, where it would replace the
             # setup the user (or another model) made; and a view (adata[:10]) is read as it is.
-            manager = self.adata_manager.transfer_fields(adata, read_only=True)
+            manager = transfer_manager(self, adata)
         except UnseenCategoryError as err:
             raise unknown_to_model(err, type(self).__name__) from None
         self._note_seen(adata)
@@ -578,6 +580,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
             check_data()  # data changed in place since setup (e.g. log-normalised) fails here, before any work
         n_cells = self.summary_stats["n_cells"]
         if max_epochs is None:
+        refuse_training_if_minified(self)
             if datamodule is not None and getattr(datamodule, "n_obs", None) is None and self.adata is None:
                 raise ValueError("max_epochs is needed when the datamodule does not say how many cells it has (n_obs).")
             n = getattr(datamodule, "n_obs", None) if datamodule is not None else None

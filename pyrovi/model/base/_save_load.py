@@ -44,6 +44,8 @@ from ._model_files import (
     read_weights,
 )
 from ._model_dir_writer import write_model_files
+from ._minified_data import minified_fields
+from ._minified_mixin import check_saved_registry
 from ._query_errors import unknown_to_model
 
 if TYPE_CHECKING:
@@ -268,8 +270,11 @@ def load_model(
         meta = _drop_split_beyond(meta, adata.n_obs, meta_path)
 
     registry = meta["registry"]
+    # minified data the saved model cannot read is the data's problem, said plainly (not a malformed file)
+    check_saved_registry(registry, adata, cls.__name__)
+    minified_fields(cls, adata)
     try:
-        manager = cls._manager(registry["setup_args"])
+        manager = cls._manager(registry["setup_args"], adata)
     except Exception as err:  # noqa: BLE001 - whatever forged setup arguments provoke is the file's problem
         raise ModelFileError(
             f"{meta_path}: the saved AnnData setup (registry) is malformed: its setup_args do not set up a "

@@ -22,6 +22,7 @@ from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
 from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
 from ._features import feature_positions
+from ._minified_mixin import MinifiedModeMixin, refuse_if_minified
 
 if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
     from ._contracts import QueryHost as _Host
@@ -52,7 +53,7 @@ def _as_scalar(values: np.ndarray) -> np.float64:
     return np.float64(np.mean(values, dtype=np.float64))
 
 
-class VAEMixin(_Host):
+class VAEMixin(MinifiedModeMixin, _Host):
     """Latent representation, ELBO, marginal likelihood and posterior predictive sampling.
 
     Sign conventions follow scvi-tools: :meth:`get_elbo` and :meth:`get_marginal_ll` return
@@ -264,6 +265,8 @@ class VAEMixin(_Host):
         True
         """
         _no_module_kwargs(kwargs, "get_elbo")
+        if dataloader is None:
+            refuse_if_minified(self, adata, "get_elbo")
         check_bool("return_mean", return_mean)
         batches = self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
         values = self._per_cell(batches, lambda mt, gt: per_cell_elbo_terms(mt, gt)["elbo"])
@@ -308,6 +311,8 @@ class VAEMixin(_Host):
         True
         """
         _no_module_kwargs(kwargs, "get_reconstruction_error")
+        if dataloader is None:
+            refuse_if_minified(self, adata, "get_reconstruction_error")
         check_bool("return_mean", return_mean)
         keys, sites = zip(*self._reconstruction_error_sites)
 
@@ -366,6 +371,8 @@ class VAEMixin(_Host):
         True
         """
         _no_module_kwargs(kwargs, "get_marginal_ll")
+        if dataloader is None:
+            refuse_if_minified(self, adata, "get_marginal_ll")
         check_bool("return_mean", return_mean)
         check_int("n_mc_samples", n_mc_samples)
         check_int("n_mc_samples_per_pass", n_mc_samples_per_pass)
