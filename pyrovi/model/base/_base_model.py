@@ -25,6 +25,7 @@ from ...module.base import BaseModuleClass
 from ...train import Trainer, TrainingPlan
 from ...train._checkpoint import expect_checkpoint_of
 from ...train._trainer_checks import check_checkpoint_dir, check_device
+from ._arches import ArchesMixin, query_weight_decay
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
@@ -120,7 +121,7 @@ def _check_train_arguments(
     check_int("batch_size", batch_size, allow_none=True)
 
 
-class BaseModelClass(PosteriorSamplingMixin, _Provides):
+class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
     """Base of every pyrovi model: wraps a Pyro module with AnnData setup, training and persistence.
 
     A subclass declares its AnnData fields in :meth:`_anndata_fields`, offers a ``setup_anndata``
@@ -218,6 +219,8 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.test_indices: np.ndarray | None = None
+        #: for a query model (load_query_data), what besides its new categories' weights trains
+        self._query_freezing: Any = None
 
     # ----------------------------------------------------------------------------------------------
     # setup
@@ -593,7 +596,7 @@ class BaseModelClass(PosteriorSamplingMixin, _Provides):
         checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
         if resume_from is not None:
             resume_from = check_path("resume_from", resume_from)
-        plan_kwargs = _merge_kwargs(plan_config, plan_kwargs, "plan")
+        plan_kwargs = query_weight_decay(self, _merge_kwargs(plan_config, plan_kwargs, "plan"))
         trainer_kwargs = {**_merge_kwargs(trainer_config, None, "trainer"), **trainer_kwargs}
         trainer_kwargs.setdefault("early_stopping", early_stopping)
         if datamodule is None:
