@@ -33,6 +33,7 @@ from ._differential import (
     robust_inliers,
 )
 from ._features import feature_positions
+from ._minified_data import counts_dropped
 from ._queries import check_library_size, check_weights, importance_probabilities
 
 if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
@@ -370,6 +371,8 @@ class DEMixin(_Host):
             if all_stats:
                 for cells, suffix in ((cells1, "1"), (cells2, "2")):
                     raw = self._raw_statistics(manager, all_counts, cells, suffix)
+                    if counts_dropped(manager.adata):  # a minified AnnData: no counts to describe
+                        raw = {key: np.full(np.shape(value), np.nan) for key, value in raw.items()}
                     stats.update(raw if gene_positions is None else {k: v[gene_positions] for k, v in raw.items()})
             tables.append(de_table(stats, gene_names, fdr_target, comparison.name1, comparison.name2))
         return pd.concat(tables) if len(tables) > 1 else tables[0]

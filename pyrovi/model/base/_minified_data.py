@@ -135,3 +135,14 @@ def minified_copy(
     mini.obs[library_key] = np.asarray(library, dtype=np.float64).reshape(-1)
     mini.uns[ADATA_MINIFY_TYPE_UNS_KEY] = kind
     return mini
+
+
+def counts_dropped(adata: Any) -> bool:
+    """Whether ``adata`` is minified without its counts (its ``X`` and layers are empty).
+
+    Examples
+    --------
+    >>> counts_dropped(adata)
+    False
+    """
+    return adata_minify_type(adata) == LATENT_POSTERIOR

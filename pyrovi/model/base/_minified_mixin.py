@@ -21,6 +21,7 @@ from ._minified_data import (
     LATENT_POSTERIOR_WITH_COUNTS,
     MINIFIED_TYPES,
     adata_minify_type,
+    counts_dropped,
     minified_copy,
     minified_fields,
     minified_keys,
@@ -172,8 +173,7 @@ def refuse_if_minified(model: Any, adata: Any, query: str) -> None:
 
     ``adata`` is the data the query reads (None: the model's own).
     """
-    data = model.adata if adata is None else adata
-    if adata_minify_type(data) != LATENT_POSTERIOR:
+    if not counts_dropped(model.adata if adata is None else adata):
         return
     name = type(model).__name__
     raise ValueError(
