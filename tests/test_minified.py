@@ -214,3 +214,11 @@ def test_totalvi_minified_queries_equal_the_full_models():
     np.testing.assert_array_equal(predictive_m["rna"], predictive["rna"])
     with pytest.raises(ValueError, match="minified"):
         model.get_reconstruction_error()
+
+
+def test_posterior_predictive_check_refuses_minified_data(scvi_model):
+    from pyrovi.criticism import PosteriorPredictiveCheck
+
+    scvi_model.minify_adata()
+    with pytest.raises(ValueError, match="minified"):
+        PosteriorPredictiveCheck(scvi_model.adata, {"scvi": scvi_model}, n_samples=2)

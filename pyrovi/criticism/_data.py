@@ -16,6 +16,7 @@ from scipy import sparse
 
 from .._constants import REGISTRY_KEYS
 from ..model.base._features import feature_positions
+from ..model.base._minified_data import counts_dropped
 
 #: split of the cells given to the check (by default all cells)
 IN_SAMPLE = "in-sample"
@@ -123,6 +124,11 @@ def resolve_cells(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.
 
 def read_counts(adata: AnnData, layer: str | None, genes: Sequence[str], cells: np.ndarray) -> np.ndarray:
     """Dense float32 counts of ``cells`` x ``genes`` (in that gene order) from ``X`` or a layer."""
+    if counts_dropped(adata):
+        raise ValueError(
+            "This AnnData is minified (model.minify_adata()): its counts were dropped and only the latent posterior "
+            "kept, so there are no observed counts to check replicates against. Pass the full data instead."
+        )
     if layer is None:
         matrix, source = adata.X, "adata.X"
     elif layer in adata.layers:
