@@ -26,6 +26,8 @@ from ...train import Trainer, TrainingPlan
 from ...train._checkpoint import expect_checkpoint_of
 from ...train._trainer_checks import check_checkpoint_dir, check_device
 from ._arches import ArchesMixin, query_weight_decay
+from ._minified_data import minified_fields
+from ._minified_mixin import refuse_training_if_minified, transfer_manager
 from ._posterior_sampling import PosteriorSamplingMixin
 from ._query_errors import unknown_to_model
 from ._save_load import load_model, load_saved_registry, save_model
@@ -578,12 +580,12 @@ class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
         >>> model.train(max_epochs=3, checkpoint_dir="ckpt/", resume_from="ckpt/last.ckpt", enable_progress_bar=False)
         >>> model.train(max_epochs=2, plan_kwargs={"on_nonfinite": "skip"}, enable_progress_bar=False)
         """
+        refuse_training_if_minified(self)
         check_data = getattr(getattr(self, "adata_manager", None), "check_unchanged", None)
         if check_data is not None:
             check_data()  # data changed in place since setup (e.g. log-normalised) fails here, before any work
         n_cells = self.summary_stats["n_cells"]
         if max_epochs is None:
-        refuse_training_if_minified(self)
             if datamodule is not None and getattr(datamodule, "n_obs", None) is None and self.adata is None:
                 raise ValueError("max_epochs is needed when the datamodule does not say how many cells it has (n_obs).")
             n = getattr(datamodule, "n_obs", None) if datamodule is not None else None
