@@ -25,7 +25,7 @@ from ._query_genes import pad_query_genes
 from ._save_load import resolve_device
 
 if TYPE_CHECKING:
-    from ._base_model import BaseModelClass
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 #: cells of the query data lent to a saved reference so that its module can be rebuilt (see _reference_model)
 _SHADOW_CELLS = 64
@@ -38,7 +38,7 @@ class ArchesMixin:
     def prepare_query_anndata(
         cls,
         adata: AnnData,
-        reference_model: str | os.PathLike | BaseModelClass,
+        reference_model: str | os.PathLike | Self,
         return_reference_var_names: bool = False,
         inplace: bool = True,
     ) -> AnnData | pd.Index | None:
@@ -85,7 +85,7 @@ class ArchesMixin:
     def load_query_data(
         cls,
         adata: AnnData | None = None,
-        reference_model: str | os.PathLike | BaseModelClass | None = None,
+        reference_model: str | os.PathLike | Self | None = None,
         registry: dict | None = None,
         inplace_subset_query_vars: bool = False,
         accelerator: str = "auto",
@@ -99,7 +99,7 @@ class ArchesMixin:
         freeze_classifier: bool = True,
         transfer_batch: bool = True,
         datamodule: Any = None,
-    ) -> BaseModelClass:
+    ) -> Self:
         """A model for the query data, starting from a trained reference (scArches' architecture surgery).
 
         The query is set up with the reference's registry: its categories keep their codes and new batches (and
@@ -220,7 +220,7 @@ def _reference_registry(cls: type, reference: Any) -> dict[str, Any]:
     return registry
 
 
-def _reference_model(cls: type, reference: Any, query: AnnData) -> BaseModelClass:
+def _reference_model(cls: type, reference: Any, query: AnnData) -> Any:
     """The reference as a model object. A saved reference is loaded onto a few query cells relabelled with the
     reference's first categories: only its architecture and weights are needed, not its training data."""
     if not isinstance(reference, (str, os.PathLike)):

@@ -5,8 +5,12 @@ trains gets ``requires_grad=False`` (the optimiser never sees it); a parameter t
 first layer's columns of new batches) keeps ``requires_grad`` and a gradient hook that zeroes the frozen
 entries. With a zero gradient from the first step, Adam's moments stay zero and its update is exactly zero,
 so frozen entries stay bitwise equal to the reference's (weight decay would still shrink them: query
-models train with ``weight_decay=0``). A frozen batch normalisation normalises by its minibatch, as in
-training, but stops updating its running statistics.
+models train with ``weight_decay=0``).
+
+Every batch normalisation of a query module normalises by the reference's running statistics, in training as
+at prediction (the ``freeze_batchnorm_*`` flags decide only whether its scale and shift train). Normalising
+by the minibatch would cancel exactly what the query must learn: a query batch's one-hot column adds the
+same vector to every cell of that batch, and a minibatch's mean removes it, so its gradient would be zero.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..._checks import check_bool
@@ -102,11 +107,9 @@ def freeze_for_query(module: nn.Module, new_entries: dict[str, torch.Tensor], op
         if first is not None:
             for local, _ in first.named_parameters(recurse=False):
                 trains[f"{prefix}{_first_linear_path(sub)}.{local}"].fill_(True)
-        if isinstance(sub, nn.BatchNorm1d) and not released:
-            # minibatch statistics still normalise; the running ones (used at prediction) stay the reference's
-            sub.track_running_stats = False
         if isinstance(sub, nn.Dropout) and options.freeze_dropout:
             sub.p = 0.0
+    _normalise_by_running_statistics(module)
     counts = {"trainable": 0, "frozen": 0}
     owners = dict(module.named_modules())
     for name, param in module.named_parameters():
@@ -144,3 +147,23 @@ def _mask_gradient(owner: nn.Module, local: str, param: nn.Parameter, frozen: to
     buffer = f"_frozen_{local}"
     owner.register_buffer(buffer, frozen, persistent=False)
     param.register_hook(lambda grad: grad.masked_fill(getattr(owner, buffer), 0.0))
+
+
+class _RunningStatisticsBatchNorm(nn.BatchNorm1d):
+    """A batch normalisation that always uses its running statistics (and never updates them), as at prediction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _normalise_by_running_statistics(module: nn.Module) -> None:
+    """Replace each ``BatchNorm1d`` by one fixed at its running statistics, keeping its tensors (same state keys)."""
+    swaps = [(name, sub) for name, sub in module.named_modules() if type(sub) is nn.BatchNorm1d and sub.track_running_stats]
+    for name, norm in swaps:
+        fixed = _RunningStatisticsBatchNorm(norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine)
+        fixed.to(norm.running_mean.device)
+        fixed.load_state_dict(norm.state_dict())
+        for local, param in norm.named_parameters(recurse=False):
+            getattr(fixed, local).requires_grad_(param.requires_grad)
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, fixed)
