@@ -19,6 +19,7 @@ from ..._constants import UNS_UUID_KEY
 from ..._errors import ModelFileError, NumericalFaultError
 from ..._pyro_lock import claim_training, refuse_if_training_elsewhere, release_training, pyro_lock
 from ..._settings import settings
+from ...utils import attrdict
 from ...data import AnnDataManager, UnseenCategoryError, read_registry
 from ...dataloaders import AnnDataLoader, DataSplitter
 from ...module.base import BaseModuleClass
@@ -212,7 +213,8 @@ class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
                 err.unseen,
                 err.categories,
             ) from None
-        self.summary_stats: dict[str, int] = dict(self.adata_manager.summary_stats)
+        #: read as a dict or by attribute (`model.summary_stats.n_batch`), as scvi-tools allows
+        self.summary_stats: dict[str, int] = attrdict(self.adata_manager.summary_stats)
         self.module: BaseModuleClass
         self.init_params_: dict[str, Any] = {}
         self.is_trained_ = False
