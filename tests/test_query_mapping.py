@@ -301,3 +301,29 @@ def test_untrained_reference_warns():
         warnings.simplefilter("always")
         SCVI.load_query_data(_query(), SCVI(adata, n_latent=N_LATENT))
     assert any("not trained" in str(w.message) for w in caught)
+
+
+def test_mudata_query_for_a_mudata_reference(tmp_path):
+    mudata = pytest.importorskip("mudata")
+    ref_data = pyrovi.data.synthetic_iid(batch_size=60, n_genes=30, return_mudata=True, seed=0)
+    TOTALVI.setup_mudata(ref_data, batch_key="batch", modalities={"rna_layer": "rna", "protein_layer": "protein_expression"})
+    ref = TOTALVI(ref_data, n_latent=N_LATENT)
+    ref.train(max_epochs=1, **TRAIN)
+    ref.save(tmp_path / "ref")
+    query = pyrovi.data.synthetic_iid(batch_size=40, n_genes=30, return_mudata=True, seed=1)
+    query.obs["batch"] = query.obs["batch"].cat.rename_categories(["batch_2", "batch_3"])
+    query.mod["rna"] = query.mod["rna"][:, 3:].copy()
+    query.update()
+    names = TOTALVI.prepare_query_mudata(None, ref, return_reference_var_names=True)
+    assert list(names["rna"]) == list(ref_data["rna"].var_names)
+    with pytest.raises(ValueError, match="prepare_query_mudata"):
+        TOTALVI.load_query_data(query, ref)
+    with pytest.warns(UserWarning, match="lacks 3"):
+        TOTALVI.prepare_query_mudata(query, tmp_path / "ref")
+    assert isinstance(query, mudata.MuData) and list(query["rna"].var_names) == list(names["rna"])
+    with pytest.raises(TypeError, match="prepare_query_mudata"):
+        TOTALVI.prepare_query_anndata(query["rna"], ref)
+    model = TOTALVI.load_query_data(query, tmp_path / "ref")
+    model.train(max_epochs=1, **TRAIN)
+    assert model.summary_stats.n_batch == 4
+    assert model.get_latent_representation().shape == (80, N_LATENT)

@@ -74,12 +74,72 @@ class ArchesMixin:
         """
         check_bool("return_reference_var_names", return_reference_var_names)
         check_bool("inplace", inplace)
-        genes = pd.Index(_reference_registry(cls, reference_model)["field_states"][REGISTRY_KEYS.X_KEY]["var_names"])
+        features = _reference_features(_reference_registry(cls, reference_model))
+        if None not in features:
+            raise TypeError(
+                f"The reference {cls.__name__} was set up with a MuData: use {cls.__name__}.prepare_query_mudata."
+            )
         if return_reference_var_names:
-            return genes
+            return features[None]
         if not isinstance(adata, AnnData):
             raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
-        return pad_query_genes(adata, genes, inplace)
+        return pad_query_genes(adata, features[None], inplace)
+
+    @classmethod
+    def prepare_query_mudata(
+        cls,
+        mdata: Any,
+        reference_model: str | os.PathLike | Self,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+    ) -> Any:
+        """:meth:`prepare_query_anndata` for a MuData: each modality the reference reads gets its features, in order.
+
+        Parameters
+        ----------
+        mdata
+            Query MuData with the reference's modalities.
+        reference_model
+            The reference model (set up with a MuData), or the directory it was saved to.
+        return_reference_var_names
+            Only return the reference's features, a ``pandas.Index`` per modality.
+        inplace
+            Change ``mdata``'s modalities in place (default); otherwise return a new MuData.
+
+        Returns
+        -------
+        None (in place), the prepared MuData, or the reference's features per modality.
+
+        Examples
+        --------
+        >>> TOTALVI.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "protein_expression"})
+        >>> reference = TOTALVI(mdata)
+        >>> names = TOTALVI.prepare_query_mudata(None, reference, return_reference_var_names=True)
+        >>> sorted(names)
+        ['protein_expression', 'rna']
+        """
+        check_bool("return_reference_var_names", return_reference_var_names)
+        check_bool("inplace", inplace)
+        features = _reference_features(_reference_registry(cls, reference_model))
+        if None in features:
+            raise TypeError(
+                f"The reference {cls.__name__} was set up with an AnnData: use {cls.__name__}.prepare_query_anndata."
+            )
+        if return_reference_var_names:
+            return dict(features)
+        if not _is_mudata(mdata):
+            raise TypeError(f"mdata must be a MuData, got {type(mdata).__name__}.")
+        missing = sorted(set(features) - set(mdata.mod))
+        if missing:
+            raise ValueError(
+                f"The query MuData lacks the reference's modalities {missing} (it has {sorted(mdata.mod)}); name its "
+                "modalities as the reference's were."
+            )
+        out = mdata if inplace else mdata.copy()
+        for mod, names in features.items():
+            pad_query_genes(out.mod[mod], names, inplace=True)
+        out.update()
+        return None if inplace else out
 
     @classmethod
     def load_query_data(
@@ -171,16 +231,17 @@ class ArchesMixin:
             )
         if adata is None:
             raise ValueError("adata is required: the query data, with the reference's genes and obs columns.")
-        if not isinstance(adata, AnnData):
+        if not isinstance(adata, AnnData) and not _is_mudata(adata):
             raise TypeError(
-                f"adata must be an AnnData for {cls.__name__}.load_query_data, got {type(adata).__name__}."
+                f"adata must be an AnnData (or MuData) for {cls.__name__}.load_query_data, got {type(adata).__name__}."
             )
         target = resolve_device(accelerator, device)
         reference_registry = _reference_registry(cls, reference_model)
-        genes = pd.Index(reference_registry["field_states"][REGISTRY_KEYS.X_KEY]["var_names"])
-        if inplace_subset_query_vars:
-            _subset_genes(adata, genes)
-        _check_query_genes(cls.__name__, adata, genes)
+        for mod, names in _reference_features(reference_registry).items():
+            data = adata if mod is None else _modality(adata, mod)
+            if inplace_subset_query_vars:
+                _subset_genes(data, names)
+            _check_query_genes(cls.__name__, data, names, mod)
         manager = cls._manager(reference_registry["setup_args"])
         manager.register_fields(adata, source_registry=reference_registry, extend_categories=True)
         if not transfer_batch:
@@ -220,33 +281,63 @@ def _reference_registry(cls: type, reference: Any) -> dict[str, Any]:
     return registry
 
 
+def _reference_features(registry: dict[str, Any]) -> dict[str | None, pd.Index]:
+    """The features the reference reads, per modality (``None``: the AnnData's own genes)."""
+    features: dict[str | None, pd.Index] = {}
+    for key, state in registry["field_states"].items():
+        names = state.get("var_names") if key == REGISTRY_KEYS.X_KEY else state.get("column_names")
+        mod = state.get("mod_key")
+        if names is not None and (mod is not None or key == REGISTRY_KEYS.X_KEY):
+            features[mod] = pd.Index([str(n) for n in names])
+    return features
+
+
+def _is_mudata(data: Any) -> bool:
+    return type(data).__name__ == "MuData"
+
+
+def _modality(mdata: Any, mod: str) -> AnnData:
+    if not _is_mudata(mdata) or mod not in mdata.mod:
+        where = f"the modalities {sorted(mdata.mod)}" if _is_mudata(mdata) else "an AnnData"
+        raise ValueError(
+            f"The reference reads the modality {mod!r} of a MuData, but the query is {where}. Pass a MuData with the "
+            "reference's modalities (see prepare_query_mudata)."
+        )
+    return mdata.mod[mod]
+
+
 def _reference_model(cls: type, reference: Any, query: AnnData) -> Any:
     """The reference as a model object. A saved reference is loaded onto a few query cells relabelled with the
     reference's first categories: only its architecture and weights are needed, not its training data."""
     if not isinstance(reference, (str, os.PathLike)):
         return reference
     shadow = query[: min(query.n_obs, _SHADOW_CELLS)]
-    shadow = shadow.to_memory() if shadow.isbacked else shadow.copy()
+    shadow = shadow.to_memory() if getattr(shadow, "isbacked", False) else shadow.copy()
     for state in cls.load_registry(reference)["field_states"].values():
-        keys = state.get("obs_keys") or ([state["obs_key"]] if "obs_key" in state else [])
+        keys = state.get("obs_keys") or ([state["obs_key"]] if state.get("obs_key") else [])
         categories = state.get("categories")
+        mod = state.get("mod_key")
+        tables = [shadow.obs] + ([shadow.mod[mod].obs] if mod is not None and _is_mudata(shadow) else [])
         for key in keys:
             known = categories.get(key) if isinstance(categories, dict) else categories
-            if known and key in shadow.obs:
-                shadow.obs[key] = pd.Categorical([known[0]] * shadow.n_obs, categories=known)
+            for obs in tables:
+                if known and key in obs:
+                    obs[key] = pd.Categorical([known[0]] * len(obs), categories=known)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the saved split names cells beyond these few
         return cls.load(reference, adata=shadow, accelerator="cpu")
 
 
-def _check_query_genes(name: str, adata: AnnData, genes: pd.Index) -> None:
+def _check_query_genes(name: str, adata: AnnData, genes: pd.Index, mod: str | None = None) -> None:
     present = pd.Index(adata.var_names.astype(str))
     missing = genes.difference(present, sort=False)
     if len(missing):
+        where, prepare = ("", "prepare_query_anndata(adata") if mod is None else (
+            f" in its modality {mod!r}", "prepare_query_mudata(mdata")
         raise ValueError(
-            f"The query lacks {len(missing)} of the reference model's {len(genes)} genes ({list(missing[:5])}"
-            f"{' ...' if len(missing) > 5 else ''}). Call {name}.prepare_query_anndata(adata, reference_model) "
-            "first: it pads missing genes with zeros and puts them in the reference's order."
+            f"The query lacks {len(missing)} of the reference model's {len(genes)} features{where} "
+            f"({list(missing[:5])}{' ...' if len(missing) > 5 else ''}). Call {name}.{prepare}, reference_model) "
+            "first: it pads missing features with zeros and puts them in the reference's order."
         )
 
 
