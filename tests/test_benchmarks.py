@@ -5,6 +5,7 @@ pyrovi changes (a benchmark that fails on the day it is needed measures nothing)
 installed in CI, so the comparison runs with ``--tools pyrovi``.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,3 +58,24 @@ def test_gpu_benchmark_runs_on_the_cpu_with_the_data_on_the_device():
                               "--epochs", "2", "--likelihoods", "nb", "--batch-sizes", "128"))
     (run,) = figures["runs"]
     assert figures["device"].startswith("CPU") and run["cells_per_s"] > 0 and run["latent_s"] > 0
+
+
+def _query_mapping(*tools: str) -> dict:
+    figures = _json_line(_run("query_mapping.py", "--tools", *tools, "--epochs", "2", "--query-epochs", "2",
+                              "--seeds", "0"))
+    assert set(figures["mean_accuracy"]) == {"cell_type", "louvain"}
+    for accuracy in figures["mean_accuracy"].values():
+        assert set(accuracy) == set(tools) and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    (run, *_) = figures["runs"]
+    assert run["n_reference"] + run["n_query"] == 700 and run["reference_s"] > 0 and run["query_s"] > 0
+    return figures
+
+
+def test_query_mapping_runs_pyrovi_alone():
+    _query_mapping("pyrovi")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scvi") is None, reason="scvi-tools is a benchmark-only extra")
+def test_query_mapping_runs_both_tools_side_by_side():
+    figures = _query_mapping("pyrovi", "scvi-tools")
+    assert [r["tool"] for r in figures["runs"]] == ["pyrovi", "scvi-tools"]
