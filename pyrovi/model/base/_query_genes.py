@@ -49,6 +49,8 @@ def pad_query_genes(adata: AnnData, reference_genes: pd.Index, inplace: bool) ->
             stacklevel=4,
         )
     if len(missing) == 0 and names.equals(reference_genes):
+        if inplace and not _named_by_strings(adata.var_names):
+            adata.var_names = names  # the reference's genes are strings; anndata indexes by them
         return None if inplace else adata
     if adata.isbacked:
         if inplace:
@@ -73,5 +75,13 @@ def _with_genes(adata: AnnData, names: pd.Index, missing: pd.Index, reference_ge
             warnings.simplefilter("ignore", UserWarning)  # anndata's notes about index types of the padding
             adata = anndata.concat([adata, padding], axis=1, join="outer", merge="first", uns_merge="first")
         names = pd.Index(adata.var_names.astype(str))
+    if not _named_by_strings(adata.var_names):
+        # anndata refuses positional indexing of genes named by numbers: name them as matched (strings)
+        adata = adata.copy() if len(missing) == 0 else adata
+        adata.var_names = names
     order = names.get_indexer(reference_genes)
     return adata[:, order].copy()
+
+
+def _named_by_strings(index: pd.Index) -> bool:
+    return index.dtype == object and all(isinstance(name, str) for name in index)
