@@ -129,6 +129,12 @@ class CellAssign(BaseModelClass):
     Name: cell_type, dtype: object
     """
 
+    _QUERY_MAPPING_REFUSAL = (
+        "it has no encoder to map new cells through (each cell's type is computed from its own counts) and its "
+        "design matrix is not laid out per category as the surgery needs. Fit CellAssign on the query itself, "
+        "with the same marker table: CellAssign.setup_anndata(query, ...); CellAssign(query, cell_type_markers)."
+    )
+
     def __init__(
         self,
         adata: AnnData,

@@ -34,6 +34,10 @@ _SHADOW_CELLS = 64
 class ArchesMixin:
     """``prepare_query_anndata`` and ``load_query_data``: mapping query data onto a trained reference."""
 
+    #: Why a model class cannot be mapped (None: it can). The surgery extends an encoder-decoder's
+    #: category-indexed weights; a model without that structure sets this and refuses clearly.
+    _QUERY_MAPPING_REFUSAL: str | None = None
+
     @classmethod
     def prepare_query_anndata(
         cls,
@@ -72,6 +76,7 @@ class ArchesMixin:
         >>> bool((out.var_names == adata.var_names).all()), float(out[:, :5].X.sum())
         (True, 0.0)
         """
+        _refuse_unmappable(cls)
         check_bool("return_reference_var_names", return_reference_var_names)
         check_bool("inplace", inplace)
         features = _reference_features(_reference_registry(cls, reference_model))
@@ -118,6 +123,7 @@ class ArchesMixin:
         >>> sorted(names)
         ['protein_expression', 'rna']
         """
+        _refuse_unmappable(cls)
         check_bool("return_reference_var_names", return_reference_var_names)
         check_bool("inplace", inplace)
         features = _reference_features(_reference_registry(cls, reference_model))
@@ -215,6 +221,7 @@ class ArchesMixin:
         >>> query_model.get_latent_representation().shape
         (60, 10)
         """
+        _refuse_unmappable(cls)
         for name, flag in (("inplace_subset_query_vars", inplace_subset_query_vars), ("transfer_batch", transfer_batch)):
             check_bool(name, flag)
         freezing = QueryFreezing(
@@ -259,7 +266,13 @@ class ArchesMixin:
         query.module.to(target)
         query.module.eval()
         query._query_freezing = freezing
+        query._query_new_entries = new_entries  # saved with the model, so that a loaded query trains alike
         return query
+
+
+def _refuse_unmappable(cls: type) -> None:
+    if cls._QUERY_MAPPING_REFUSAL is not None:
+        raise NotImplementedError(f"{cls.__name__} does not support query mapping: {cls._QUERY_MAPPING_REFUSAL}")
 
 
 def _reference_registry(cls: type, reference: Any) -> dict[str, Any]:
