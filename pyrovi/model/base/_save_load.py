@@ -47,6 +47,7 @@ from ._model_dir_writer import write_model_files
 from ._minified_data import minified_fields
 from ._minified_mixin import check_saved_registry
 from ._query_errors import unknown_to_model
+from ._query_state import query_mapping_state, restore_query_mapping
 
 if TYPE_CHECKING:
     from ._contracts import PersistentModel
@@ -144,6 +145,9 @@ def save_model(
         "data_file": data_file,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
+    query_state = query_mapping_state(model)
+    if query_state is not None:
+        meta["query_mapping"] = query_state
     try:
         meta_text = json.dumps(meta, indent=1, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -321,6 +325,7 @@ def load_model(
     check_state(path / (prefix + WEIGHTS_FILE), state, model.module.state_dict())
     _check_weights_digest(path / (prefix + WEIGHTS_FILE), meta.get("weights_sha256"))
     model.module.load_state_dict(state, strict=True)
+    restore_query_mapping(model, meta.get("query_mapping"), meta_path)
     model.module.to(target)
     model.module.eval()
     split = {
