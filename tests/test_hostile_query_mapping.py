@@ -118,3 +118,23 @@ def test_tampered_query_freezing_is_a_model_file_error(reference, tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="'query_mapping'.*malformed"):
         SCVI.load(tmp_path / "query", adata=query)
+
+
+def test_transfer_labels_on_huge_latents_equals_the_scaled_down_result():
+    """Squared distances of latents near 1e300 overflow; the vote is scale-free, so it must not change."""
+    from pyrovi.model import transfer_labels
+
+    rng = np.random.default_rng(0)
+    reference, query = rng.normal(size=(30, 3)), rng.normal(size=(10, 3))
+    labels = np.resize(["a", "b", "c"], 30)
+    small = transfer_labels(reference, labels, query, n_neighbors=5, return_probabilities=True)
+    huge = transfer_labels(reference * 1e300, labels, query * 1e300, n_neighbors=5, return_probabilities=True)
+    assert huge["predicted_label"].tolist() == small["predicted_label"].tolist()
+    np.testing.assert_allclose(huge[["a", "b", "c"]].to_numpy(), small[["a", "b", "c"]].to_numpy(), rtol=1e-9)
+
+
+def test_transfer_labels_without_reference_cells_says_so():
+    from pyrovi.model import transfer_labels
+
+    with pytest.raises(ValueError, match="reference_latent has no cells"):
+        transfer_labels(np.zeros((0, 3)), [], np.zeros((4, 3)))

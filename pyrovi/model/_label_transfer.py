@@ -125,7 +125,10 @@ def transfer_labels(
             f"reference_latent has {reference.shape[1]} latent dimensions and query_latent {query.shape[1]}: "
             "embed both with models of the same latent space (the query model from load_query_data)."
         )
+    reference, query = _common_scale(reference, query)
     labels = _labels(reference_labels, reference_latent, len(reference))
+    if len(labels) == 0:
+        raise ValueError("reference_latent has no cells: nothing to transfer labels from.")
     index = _query_index(query_index, query_latent, len(query))
     categories = labels.categories
     if _PREDICTED in categories or _UNCERTAINTY in categories:
@@ -185,6 +188,18 @@ def _vote_shares(
                         minlength=len(query) * n_categories)  # fmt: skip
     votes = votes.reshape(len(query), n_categories)
     return votes / votes.sum(axis=1, keepdims=True)
+
+
+def _common_scale(reference: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both latents divided by a common power of two when their squared distances could overflow to inf.
+
+    Neighbours and the shares' weights (distances relative to the nearest) do not change with a common scale.
+    """
+    largest = max(float(np.abs(reference).max(initial=0.0)), float(np.abs(query).max(initial=0.0)))
+    if largest < 1e100:
+        return reference, query
+    scale = 2.0 ** np.ceil(np.log2(largest))
+    return reference / scale, query / scale
 
 
 def _latent(name: str, value: Any) -> np.ndarray:
