@@ -327,3 +327,12 @@ def test_mudata_query_for_a_mudata_reference(tmp_path):
     model.train(max_epochs=1, **TRAIN)
     assert model.summary_stats.n_batch == 4
     assert model.get_latent_representation().shape == (80, N_LATENT)
+
+
+def test_prepare_not_in_place_returns_a_new_anndata_even_when_nothing_changes(reference):
+    query = _query()
+    out = SCVI.prepare_query_anndata(query, reference, inplace=False)
+    assert out is not query
+    SCVI.load_query_data(out, reference)
+    assert out.uns.keys() - query.uns.keys()  # the setup was written into the copy
+    assert not any(key.startswith("_pyrovi") for key in query.uns)  # and not into the user's AnnData

@@ -51,7 +51,13 @@ def pad_query_genes(adata: AnnData, reference_genes: pd.Index, inplace: bool) ->
     if len(missing) == 0 and names.equals(reference_genes):
         if inplace and not _named_by_strings(adata.var_names):
             adata.var_names = names  # the reference's genes are strings; anndata indexes by them
-        return None if inplace else adata
+        if inplace:
+            return None
+        # a new AnnData, as documented: setting it up must not write into the user's
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
+        if not _named_by_strings(adata.var_names):
+            adata.var_names = names
+        return adata
     if adata.isbacked:
         if inplace:
             raise ValueError(
