@@ -136,6 +136,8 @@ def test_every_query_flag_must_be_a_bool(models, cls, method, flag, value):
     required = {"adata": model.adata} if method == "get_anndata_manager" else {}
     if method in ("prepare_query_anndata", "load_query_data"):  # flags are checked before the data is touched
         required = {"adata": model.adata.copy(), "reference_model": model}
+    if method == "prepare_query_mudata":
+        required = {"mdata": model.adata.copy(), "reference_model": model}
     with pytest.raises(TypeError, match=f"{flag} must be True or False"):
         getattr(model, method)(**required, **{flag: value})
 

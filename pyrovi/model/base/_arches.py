@@ -76,9 +76,9 @@ class ArchesMixin:
         >>> bool((out.var_names == adata.var_names).all()), float(out[:, :5].X.sum())
         (True, 0.0)
         """
-        _refuse_unmappable(cls)
         check_bool("return_reference_var_names", return_reference_var_names)
         check_bool("inplace", inplace)
+        _refuse_unmappable(cls)
         features = _reference_features(_reference_registry(cls, reference_model))
         if None not in features:
             raise TypeError(
@@ -123,9 +123,9 @@ class ArchesMixin:
         >>> sorted(names)
         ['protein_expression', 'rna']
         """
-        _refuse_unmappable(cls)
         check_bool("return_reference_var_names", return_reference_var_names)
         check_bool("inplace", inplace)
+        _refuse_unmappable(cls)
         features = _reference_features(_reference_registry(cls, reference_model))
         if None in features:
             raise TypeError(
@@ -221,7 +221,6 @@ class ArchesMixin:
         >>> query_model.get_latent_representation().shape
         (60, 10)
         """
-        _refuse_unmappable(cls)
         for name, flag in (("inplace_subset_query_vars", inplace_subset_query_vars), ("transfer_batch", transfer_batch)):
             check_bool(name, flag)
         freezing = QueryFreezing(
@@ -229,6 +228,7 @@ class ArchesMixin:
             freeze_decoder_first_layer=freeze_decoder_first_layer, freeze_batchnorm_encoder=freeze_batchnorm_encoder,
             freeze_batchnorm_decoder=freeze_batchnorm_decoder, freeze_classifier=freeze_classifier,
         )  # fmt: skip
+        _refuse_unmappable(cls)
         if reference_model is None:
             raise ValueError(f"reference_model is required: a trained {cls.__name__}, or the directory it was saved to.")
         if registry is not None or datamodule is not None:
