@@ -12,7 +12,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from pyrovi._checks import check_bool, check_int
-from pyrovi._constants import REGISTRY_KEYS
 from pyrovi._settings import settings
 
 from ._ann_dataloader import AnnDataLoader, manager_n_cells
@@ -78,8 +77,14 @@ def _check_external_indexing(external_indexing: Any, n_cells: int) -> list[np.nd
     return [_check_explicit(name, part, n_cells) for name, part in zip(("train_idx", "val_idx", "test_idx"), parts)]
 
 
-def _split_sizes(n_cells: int, train_size: float, validation_size: float | None) -> tuple[int, int]:
-    """Numbers of training and validation cells; the remaining cells are the test set."""
+def split_sizes(n_cells: int, train_size: float, validation_size: float | None) -> tuple[int, int]:
+    """Numbers of training and validation cells; the remaining cells are the test set.
+
+    Examples
+    --------
+    >>> split_sizes(10, 0.7, None), split_sizes(10, 0.5, 0.25)
+    ((7, 3), (5, 2))
+    """
     n_train = _round_count(train_size * n_cells, "ceil")
     if validation_size is None:
         return n_train, n_cells - n_train
@@ -241,7 +246,7 @@ class DataSplitter(LightningDataModule):
             )
 
     def _split(self, n_cells: int) -> None:
-        n_train, n_val = _split_sizes(n_cells, self.train_size, self.validation_size)
+        n_train, n_val = split_sizes(n_cells, self.train_size, self.validation_size)
         if self.shuffle_set_split:
             order = np.random.default_rng(self.seed).permutation(n_cells)
         else:
@@ -348,85 +353,3 @@ class DataSplitter(LightningDataModule):
         if self.n_test == 0:
             return []
         return self._loader(self.test_idx, shuffle=False, drop_last=False)
-
-
-class SemiSupervisedDataSplitter(DataSplitter):
-    """A :class:`DataSplitter` that splits labelled and unlabelled cells separately, keeping their ratio.
-
-    The cells whose label is the registered unlabeled category (a
-    :class:`~pyrovi.data.LabelsWithUnlabeledObsField`) and the other cells are each split with
-    ``train_size``/``validation_size``; each set then holds both kinds in the proportions of the data.
-    Without an unlabeled category every cell counts as labelled, and the split is :class:`DataSplitter`'s.
-
-    Parameters
-    ----------
-    adata_manager
-        A registered manager with a ``"labels"`` field.
-    train_size, validation_size, shuffle_set_split, pin_memory, external_indexing
-        As for :class:`DataSplitter`.
-    n_samples_per_label
-        scvi-tools' per-label subsampling of labelled cells in each minibatch; not implemented yet (only
-        None is accepted).
-    **kwargs
-        As for :class:`DataSplitter` (``batch_size``, ``seed``, loader options).
-
-    Examples
-    --------
-    >>> splitter = SemiSupervisedDataSplitter(model.adata_manager, train_size=0.8)
-    >>> splitter.train_idx.size, splitter.val_idx.size
-    (160, 40)
-    """
-
-    def __init__(
-        self,
-        adata_manager: Any,
-        train_size: float | None = 0.9,
-        validation_size: float | None = None,
-        shuffle_set_split: bool = True,
-        n_samples_per_label: int | None = None,
-        pin_memory: bool = False,
-        external_indexing: list[np.ndarray | None] | None = None,
-        **kwargs: Any,
-    ):
-        if n_samples_per_label is not None:
-            raise NotImplementedError(
-                "n_samples_per_label (per-label subsampling of each minibatch) is not implemented in pyrovi yet; "
-                "leave it None: minibatches are drawn uniformly from the training cells."
-            )
-        self._unlabeled = _unlabeled_mask(adata_manager)
-        super().__init__(
-            adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            shuffle_set_split=shuffle_set_split,
-            pin_memory=pin_memory,
-            external_indexing=external_indexing,
-            **kwargs,
-        )
-
-    def _split(self, n_cells: int) -> None:
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for group in (np.flatnonzero(~self._unlabeled), np.flatnonzero(self._unlabeled)):
-            if group.size == 0:
-                continue
-            n_train, n_val = _split_sizes(group.size, self.train_size, self.validation_size)
-            if self.shuffle_set_split:
-                group = group[np.random.default_rng(self.seed).permutation(group.size)]
-            parts.append((group[n_val : n_val + n_train], group[:n_val], group[n_val + n_train :]))
-        self.train_idx, self.val_idx, self.test_idx = (
-            np.concatenate([part[i] for part in parts]).astype(np.int64) for i in range(3)
-        )
-
-
-def _unlabeled_mask(adata_manager: Any) -> np.ndarray:
-    """Which cells carry the registered unlabeled category (all False without one)."""
-    n_cells = manager_n_cells(adata_manager)
-    try:
-        state = adata_manager.get_state(REGISTRY_KEYS.LABELS_KEY)
-    except (AttributeError, KeyError):
-        return np.zeros(n_cells, dtype=bool)
-    unlabeled = state.get("unlabeled_category")
-    if unlabeled is None or unlabeled not in state.get("categories", []):
-        return np.zeros(n_cells, dtype=bool)
-    codes = np.asarray(adata_manager.get_array(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
-    return codes == state["categories"].index(unlabeled)
