@@ -77,10 +77,10 @@ def test_same_seed_same_training(adata):
 
 
 def test_early_stopping_and_default_epochs(adata):
-    from pyrovi.model.base._base_model import _max_epochs_heuristic
+    from pyrovi.model.base._base_model import max_epochs_heuristic
 
-    assert _max_epochs_heuristic(700) == 400
-    assert _max_epochs_heuristic(200_000) == 40
+    assert max_epochs_heuristic(700) == 400
+    assert max_epochs_heuristic(200_000) == 40
     SCVI.setup_anndata(adata)
     model = SCVI(adata, n_latent=2)
     model.train(max_epochs=300, early_stopping=True, progress_bar=False,

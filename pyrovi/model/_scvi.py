@@ -130,7 +130,7 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         self.module = self._module_cls(
             n_input=stats["n_vars"],
             n_batch=stats["n_batch"],
-            n_labels=stats["n_labels"],
+            n_labels=self._module_n_labels(),
             n_hidden=n_hidden,
             n_latent=n_latent,
             n_layers=n_layers,
@@ -147,8 +147,17 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             prior=prior,
             dispersion_prior=dispersion_prior,
             global_guide=global_guide,
+            **self._extra_module_kwargs(),
             **module_kwargs,
         )
+
+    def _extra_module_kwargs(self) -> dict[str, Any]:
+        """Module arguments a subclass derives from the registered data (SCANVI: its label proportions)."""
+        return {}
+
+    def _module_n_labels(self) -> int:
+        """The module's number of labels: every registered one (SCANVI leaves out its "unlabeled" category)."""
+        return self.summary_stats["n_labels"]
 
     def _check_data(self, gene_likelihood: GeneLikelihood, log_variational: bool) -> None:
         """Count likelihoods need raw counts: refuse data registered as continuous, naming the first value.
@@ -533,8 +542,15 @@ def _check_module_kwargs(model: str, module_cls: type, module_kwargs: dict[str, 
     import difflib
     import inspect
 
-    parameters = inspect.signature(module_cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    parameters: dict[str, inspect.Parameter] = {}
+    for klass in module_cls.__mro__:  # a module passing **kwargs to its base takes the base's arguments too
+        if "__init__" not in vars(klass):
+            continue
+        own = inspect.signature(klass.__init__).parameters
+        parameters.update({k: p for k, p in own.items() if p.kind is not inspect.Parameter.VAR_KEYWORD})
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    else:
         return  # the module takes any keyword itself
     for name in module_kwargs:
         if name not in parameters:

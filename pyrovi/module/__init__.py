@@ -2,8 +2,9 @@
 
 from . import distributions, nn, priors
 from ._cellassign import CellAssignModule
+from ._scanvae import SCANVAE
 from ._totalvae import TOTALVAE
 from ._vae import VAE, GeneLikelihood
 from .base import BaseModuleClass
 
-__all__ = ["BaseModuleClass", "VAE", "TOTALVAE", "CellAssignModule", "GeneLikelihood", "nn", "distributions", "priors"]
+__all__ = ["BaseModuleClass", "VAE", "SCANVAE", "TOTALVAE", "CellAssignModule", "GeneLikelihood", "nn", "distributions", "priors"]

@@ -48,7 +48,7 @@ def _assign_uuid(adata: AnnData, overwrite: bool) -> None:
     adata.uns[UNS_UUID_KEY] = uuid.uuid4().hex
 
 
-def _max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) -> int:
+def max_epochs_heuristic(n_cells: int, cap: int = 400, decay_at: int = 20_000) -> int:
     """400 epochs up to 20k cells, then fewer so that larger data sets see a similar number of steps."""
     return max(1, min(cap, round(decay_at / max(n_cells, 1) * cap)))
 
@@ -591,7 +591,7 @@ class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
             if datamodule is not None and getattr(datamodule, "n_obs", None) is None and self.adata is None:
                 raise ValueError("max_epochs is needed when the datamodule does not say how many cells it has (n_obs).")
             n = getattr(datamodule, "n_obs", None) if datamodule is not None else None
-            max_epochs = _max_epochs_heuristic(int(n) if n is not None else n_cells)
+            max_epochs = max_epochs_heuristic(int(n) if n is not None else n_cells)
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, (int, np.integer)) or max_epochs < 1:
             # Lightning reads -1 as "no limit" (training would never end) and 0 as "train nothing"
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
