@@ -15,6 +15,11 @@ and plots to a directory, and :func:`to_arviz` exports a model's posterior predi
 log-likelihood to ArviZ (``pip install 'pyrovi[arviz]'``). The array-level statistics
 (:func:`coefficient_of_variation`, :func:`zero_fraction`, :func:`pit_interval`, ...) work on plain numpy.
 
+For predicted labels, :func:`reliability_table`, :func:`expected_calibration_error` and
+:func:`calibration_summary` measure how well any classifier's probabilities (SCANVI's ``predict(soft=True)``,
+CellAssign's ``predict()``) are calibrated on cells with known labels, and :func:`plots.plot_reliability`
+draws the reliability diagram.
+
 Examples
 --------
 >>> import pyrovi.criticism
@@ -26,6 +31,7 @@ Examples
 
 from . import plots
 from ._arviz import to_arviz
+from ._calibration import calibration_summary, expected_calibration_error, reliability_table
 from ._data import HELD_OUT, IN_SAMPLE
 from ._metrics import (
     coefficient_of_variation,
@@ -51,6 +57,9 @@ __all__ = [
     "interval_coverage",
     "randomized_pit",
     "posterior_predictive_pvalue",
+    "reliability_table",
+    "expected_calibration_error",
+    "calibration_summary",
     "DEFAULT_LEVELS",
     "IN_SAMPLE",
     "HELD_OUT",

@@ -1,4 +1,5 @@
-"""Plots of a :class:`~pyrovi.criticism.PosteriorPredictiveCheck`, several models overlaid.
+"""Plots of a :class:`~pyrovi.criticism.PosteriorPredictiveCheck`, several models overlaid, and reliability
+diagrams of predicted labels (:func:`plot_reliability`, from any classifier's probabilities).
 
 Each function draws an ordinary pyplot figure, as scanpy's and matplotlib's own plots do: it is shown
 inline in a notebook, ``plt.savefig("ppc.png")`` (or ``fig.savefig``) saves it, and ``plt.close(fig)``
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ._calibration import ece_from_table, reliability_table
 from ._data import HELD_OUT, IN_SAMPLE, SPLITS
 from ._ppc import PosteriorPredictiveCheck
 
@@ -24,6 +26,10 @@ if TYPE_CHECKING:  # matplotlib is optional: only for type hints here
 
 # The rootogram's default range stops at the observed 99th percentile, and at most here.
 _MAX_DEFAULT_COUNT = 100
+
+# A reliability diagram's histogram: a bin holding every cell reaches this fraction of the axes' height.
+_HISTOGRAM_HEIGHT = 0.25
+_DIAGONAL = "pyrovi-reliability-diagonal"
 
 #: nominal levels of the calibration curve when none are given
 CURVE_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
@@ -356,4 +362,65 @@ def plot_rootogram(
     return figure
 
 
-__all__ = ["plot_cv", "plot_zero_fraction", "plot_calibration", "plot_mean_variance", "plot_rootogram"]
+def plot_reliability(
+    probabilities: Any,
+    labels: Any,
+    n_bins: int = 15,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+    label: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Reliability diagram of predicted labels: accuracy against confidence per bin, with the ECE in the legend.
+
+    Each point is a bin of :func:`~pyrovi.criticism.reliability_table`: the mean confidence (top predicted
+    probability) of its cells against the fraction of them predicted correctly. A calibrated classifier
+    follows the dotted diagonal; points below it are over-confident bins. The shaded steps along the bottom
+    show the share of cells in each bin (a bin holding every cell would reach a quarter of the height), so
+    that bins of few cells, whose accuracy is noisy, can be told apart. Call it again with the same ``ax``
+    and another ``label`` to overlay a second classifier on the same cells; each series takes the axes'
+    next colour.
+
+    Parameters
+    ----------
+    probabilities, labels, n_bins, strategy
+        As in :func:`~pyrovi.criticism.reliability_table` (cells without a true label among the columns
+        are left out, with a warning).
+    label
+        Name of the series in the legend (shown with its ECE).
+    ax
+        Axes to draw on (default: a new figure).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> probabilities = rng.dirichlet(np.ones(3), size=500)
+    >>> labels = [rng.choice(3, p=row) for row in probabilities]  # calibrated by construction
+    >>> fig = pyrovi.criticism.plots.plot_reliability(probabilities, labels, n_bins=10, label="model A")
+    >>> fig = pyrovi.criticism.plots.plot_reliability(probabilities ** 3 / (probabilities ** 3).sum(1, keepdims=True),
+    ...                                               labels, n_bins=10, label="sharpened", ax=fig.axes[0])
+    """
+    table = reliability_table(probabilities, labels, n_bins, strategy)
+    ece = ece_from_table(table)
+    figure, ax = _figure_and_axes(ax)
+    filled = table[table["count"] > 0]
+    name = f"ECE = {ece:.3f}" if label is None else f"{label} (ECE = {ece:.3f})"
+    (line,) = ax.plot(filled["confidence"], filled["accuracy"], marker="o", markersize=4, label=name)
+    share = table["count"].to_numpy() / table["count"].sum()
+    edges = np.append(table["bin_lower"].to_numpy(), table["bin_upper"].iloc[-1])
+    ax.stairs(
+        _HISTOGRAM_HEIGHT * share, edges, fill=True, alpha=0.25, color=line.get_color(),
+        transform=ax.get_xaxis_transform(),  # x in data, height in axes fractions
+    )  # fmt: skip
+    if not any(other.get_gid() == _DIAGONAL for other in ax.lines):
+        ax.plot([0, 1], [0, 1], color="0.3", linestyle=":", linewidth=1, label="perfectly calibrated", gid=_DIAGONAL)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top predicted probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(frameon=False, loc="upper left")
+    return figure
+
+
+__all__ = [
+    "plot_cv", "plot_zero_fraction", "plot_calibration", "plot_mean_variance", "plot_rootogram", "plot_reliability",
+]  # fmt: skip
