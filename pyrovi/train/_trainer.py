@@ -22,7 +22,9 @@ from .._pyro_lock import pyro_global_state, restore_pyro_global_state
 from ._callbacks import EarlyStoppingWithWarmup, EpochProgressBar, HistoryLogger, LastEpochState, PackHistory
 from ._checkpoint import SafeCheckpointIO
 from ._checkpoint_callbacks import RandomGeneratorStates, last_checkpoint_callback
-from ._trainer_checks import check_checkpoint_dir, check_trainer_arguments, no_cuda_error, normalise_trainer_kwargs
+from ._trainer_checks import (
+    check_checkpoint_dir, check_trainer_arguments, monitor_mode, no_cuda_error, normalise_trainer_kwargs,
+)
 from ._warning_filters import lightning_warnings_ignored
 
 
@@ -57,7 +59,8 @@ class Trainer(pl.Trainer):
     early_stopping_warmup_epochs
         Epochs before early stopping starts watching.
     early_stopping_mode
-        ``"min"`` (the default: the monitored loss should fall) or ``"max"``.
+        ``"min"`` (the monitored loss should fall) or ``"max"``; ``None`` (default): ``"max"`` for
+        ``validation_accuracy``, ``"min"`` for every loss.
     enable_progress_bar
         Show a progress bar (default: ``pyrovi.settings.progress_bar``); ``progress_bar`` is the same switch.
     simple_progress_bar
@@ -102,7 +105,7 @@ class Trainer(pl.Trainer):
         early_stopping_min_delta: float = 0.0,
         early_stopping_patience: int = 45,
         early_stopping_warmup_epochs: int = 0,
-        early_stopping_mode: Literal["min", "max"] = "min",
+        early_stopping_mode: Literal["min", "max"] | None = None,
         enable_progress_bar: bool | None = None,
         simple_progress_bar: bool = True,
         progress_bar_refresh_rate: int = 1,
@@ -143,8 +146,10 @@ class Trainer(pl.Trainer):
         )
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise no_cuda_error(f"accelerator={accelerator!r}")
+        if early_stopping_mode is None:
+            early_stopping_mode = monitor_mode(early_stopping_monitor)
         if early_stopping_mode not in ("min", "max"):
-            raise ValueError(f"early_stopping_mode={early_stopping_mode!r}: use 'min' or 'max'.")
+            raise ValueError(f"early_stopping_mode={early_stopping_mode!r}: use 'min' or 'max' (or None: chosen by the monitor).")
         self.history_logger = HistoryLogger()
         callbacks = list(kwargs.pop("callbacks", []) or [])
         if early_stopping:
@@ -161,7 +166,7 @@ class Trainer(pl.Trainer):
             callbacks.append(last_checkpoint_callback(checkpoint_dir))
             enable_checkpointing = True  # with this callback in place of Lightning's default one
         elif enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(monitor=checkpointing_monitor, mode="min"))
+            callbacks.append(ModelCheckpoint(monitor=checkpointing_monitor, mode=monitor_mode(checkpointing_monitor)))
         if learning_rate_monitor and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor())
         callbacks.append(PackHistory(self.history_logger))

@@ -25,12 +25,27 @@ from .._checks import check_bool, check_choice, check_int, check_number, check_p
 #: Accelerators a pyrovi model runs on ("cuda" is scvi-tools' and torch's name for "gpu").
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
-#: Epoch metrics the training plans log, which early stopping and the plateau scheduler may watch.
+#: Epoch metrics the training plans log, which early stopping and the plateau scheduler may watch (the
+#: classification ones only for modules that classify cells, see ``label_log_probs`` in TrainingPlan).
 MONITORABLE = tuple(
     f"{term}_{split}"
     for split in ("validation", "train")
     for term in ("elbo", "reconstruction_loss", "kl_local", "kl_global")
-) + ("validation_loss", "train_loss")
+) + ("validation_loss", "train_loss", "validation_accuracy", "validation_classification_loss")
+
+#: Monitored metrics that improve upwards; every other one is a loss.
+MAXIMISED = ("validation_accuracy",)
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"max"`` for a metric that improves upwards (``validation_accuracy``), ``"min"`` for the losses.
+
+    Examples
+    --------
+    >>> monitor_mode("validation_accuracy"), monitor_mode("elbo_validation")
+    ('max', 'min')
+    """
+    return "max" if monitor in MAXIMISED else "min"
 
 
 def _check_devices(devices: Any) -> None:

@@ -20,6 +20,7 @@ from .._pyro_lock import pyro_lock
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
 from ._elbo import SplitTraceMeanField_ELBO
 from ._nonfinite import SKIPPED_STEPS_METRIC, NonFiniteGuard
+from ._trainer_checks import monitor_mode
 
 # Pyro rejects non-positive scales; the first warm-up epoch therefore uses this tiny weight, which
 # for the optimiser is indistinguishable from scVI's zero.
@@ -226,6 +227,13 @@ class TrainingPlan(pl.LightningModule):
     with another Pyro ELBO only ``elbo_train`` and ``train_loss`` are logged for training, and the
     validation terms take one extra pass.
 
+    A module that classifies cells (SCANVI's) defines ``label_log_probs(*args, **kwargs)``, which returns, for
+    a minibatch's model arguments, ``log q(y | x)`` of each cell ``(n_cells, n_labels)``, the cells' integer
+    label codes and a boolean mask of the labelled ones. The plan then also logs ``validation_accuracy`` (the
+    share of labelled validation cells whose most probable label is theirs) and
+    ``validation_classification_loss`` (their mean ``-log q(y_true | x)``), in epochs whose validation set
+    holds labelled cells; early stopping on ``validation_accuracy`` maximises it.
+
     One training step is the SVI step: **loss** (:meth:`training_step` returns the minibatch's per-cell
     negative ELBO), **backward** (Lightning's ``loss.backward()``), **guard** (:meth:`on_before_optimizer_step`:
     the :class:`~pyrovi.train.NonFiniteGuard` in ``nonfinite_guard`` checks the loss and the gradients), and
@@ -330,6 +338,8 @@ class TrainingPlan(pl.LightningModule):
         self._val_sum: torch.Tensor | None = None
         self._val_cells = 0
         self._val_step = 0
+        # [labelled cells, correctly classified, summed -log q(y | x)] of the validation epoch (label_log_probs)
+        self._val_labels_sum: torch.Tensor | None = None
 
     @property
     def on_nonfinite(self) -> Literal["raise", "skip"]:
@@ -424,7 +434,7 @@ class TrainingPlan(pl.LightningModule):
             return optimizer
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
-            mode="min",
+            mode=monitor_mode(self.lr_scheduler_metric),
             factor=self.lr_factor,
             patience=self.lr_patience,
             threshold=self.lr_threshold,
@@ -515,6 +525,7 @@ class TrainingPlan(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sum = None
         self._val_cells = 0
+        self._val_labels_sum = None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch, self.n_obs_validation, 1.0)
@@ -530,12 +541,47 @@ class TrainingPlan(pl.LightningModule):
             self._val_step += 1
         if not self.splits_terms and getattr(self.module, "per_cell_terms", True):
             self._log_terms(batch, "validation")
+        if hasattr(self.module, "label_log_probs"):
+            counts = self._label_counts(batch)
+            self._val_labels_sum = counts if self._val_labels_sum is None else self._val_labels_sum + counts
 
     def on_validation_epoch_end(self) -> None:
+        self._log_label_metrics()
         if self._val_sum is None or not self._val_cells:
             return
         metrics = self._named_metrics("validation", self._val_sum / self._val_cells, self.n_obs_validation)
         self._log_epoch_metrics(metrics, prog_bar=("elbo_validation",))
+
+    def _label_counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[labelled cells, correctly classified (argmax), summed -log q(y_true | x)]`` of a minibatch, on the
+        device, from the module's ``label_log_probs`` (see :meth:`_log_label_metrics`)."""
+        args, kwargs = self.module._get_fn_args_from_batch(batch)
+        with torch.no_grad(), pyro_lock():
+            log_probs, labels, labelled = self.module.label_log_probs(*args, **kwargs)
+        labelled = labelled.reshape(-1).bool()
+        log_probs, labels = log_probs[labelled], labels.reshape(-1)[labelled].long()
+        correct = (log_probs.argmax(-1) == labels).sum()
+        nll = -log_probs.gather(-1, labels[:, None]).sum()
+        return torch.stack([labelled.sum().to(nll.dtype), correct.to(nll.dtype), nll])
+
+    def _log_label_metrics(self) -> None:
+        """``validation_accuracy`` and ``validation_classification_loss`` (per labelled cell) of the epoch.
+
+        Logged only for a module with ``label_log_probs(*args, **kwargs) -> (log_probs, labels, labelled)``
+        (``log q(y | x)`` of shape ``(n_cells, n_labels)``, the integer label codes and a boolean mask of the
+        labelled cells, for a minibatch's model arguments), and only in an epoch whose validation cells
+        include labelled ones. The counts are summed over all processes first.
+        """
+        sums, self._val_labels_sum = self._val_labels_sum, None
+        if sums is None:
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        if not float(sums[0]) > 0:  # one host read per validation epoch
+            return
+        metrics = {"validation_accuracy": sums[1] / sums[0], "validation_classification_loss": sums[2] / sums[0]}
+        self._log_epoch_metrics(metrics)
 
     # the loss, its metrics and their logging -----------------------------------------------------------
 
