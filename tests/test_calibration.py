@@ -147,6 +147,8 @@ def test_column_order_and_cell_order_of_pandas_inputs_do_not_matter():
     larger = pd.concat([labels, pd.Series(["B"], index=["other"])])
     subset = pc.calibration_summary(frame.iloc[:100], labels.iloc[:100])
     pd.testing.assert_series_equal(pc.calibration_summary(frame.iloc[:100], larger), subset)
+    # probabilities without cell names (scvi-tools' CellAssign.predict()) are matched by position
+    pd.testing.assert_series_equal(pc.calibration_summary(frame.reset_index(drop=True), labels), reference)
 
 
 def test_categorical_labels_and_torch_inputs():

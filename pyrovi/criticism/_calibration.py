@@ -97,6 +97,8 @@ def _align(probabilities: Any, labels: Any) -> Any:
         return labels
     if labels.index.is_unique and probabilities.index.isin(labels.index).all():
         return labels.loc[probabilities.index]  # e.g. adata.obs["cell_type"] with predictions for some cells
+    if probabilities.index.equals(pd.RangeIndex(len(probabilities))) and len(labels) == len(probabilities):
+        return labels.to_numpy()  # probabilities without cell names (scvi-tools' CellAssign.predict()): by position
     raise ValueError(
         "labels' index does not hold every cell of probabilities' index, so the labels cannot be matched to the "
         "cells; pass labels indexed by cell (e.g. adata.obs[labels_key]) or plain arrays in the same cell order "
@@ -226,7 +228,8 @@ def reliability_table(
         Rows must be non-negative and sum to 1 (within 1e-4).
     labels
         Each cell's true label: label names (matched to the DataFrame's columns; a Series indexed by cell is
-        matched to the DataFrame's index), or integer column codes for an array. Cells whose label is
+        matched to the DataFrame's index, or by position when the DataFrame has no cell names, only a default
+        RangeIndex), or integer column codes for an array. Cells whose label is
         missing (NaN, a code outside the columns) or is not one of the columns (e.g. ``"Unknown"``) are left
         out, with a warning that counts them.
     n_bins
