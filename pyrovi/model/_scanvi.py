@@ -18,6 +18,7 @@ from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
 from ..data import LabelsWithUnlabeledObsField
 from ..data.fields._lookup import check_key_list
+from ..dataloaders import SemiSupervisedDataSplitter
 from ..dataloaders._ann_dataloader import resolve_indices
 from ..module import SCANVAE, GeneLikelihood
 from ..module.base import GlobalGuide
@@ -71,6 +72,7 @@ class SCANVI(SCVI):
     """
 
     _module_cls = SCANVAE
+    _data_splitter_cls = SemiSupervisedDataSplitter
     # where minify_adata stores the latent posterior (scvi-tools' names)
     _LATENT_QZM_KEY = "scanvi_latent_qzm"
     _LATENT_QZV_KEY = "scanvi_latent_qzv"
@@ -315,15 +317,15 @@ class SCANVI(SCVI):
         True
         """
         if n_samples_per_label is not None:
-            check_int("n_samples_per_label", n_samples_per_label, low=1)
+            check_int("n_samples_per_label", n_samples_per_label, minimum=1)
         if max_epochs is None and self.was_pretrained:
             max_epochs = int(min(10, max(2, round(max_epochs_heuristic(self.summary_stats["n_cells"]) / 3.0))))
-        self._set_classification_weights(balanced=n_samples_per_label is not None)
+        self._set_classification_weights(n_samples_per_label)
         plan_kwargs = {"loss": TraceEnum_ELBO(max_plate_nesting=1), **(plan_kwargs or {})}
         if check_val_every_n_epoch is not None:
             trainer_kwargs["check_val_every_n_epoch"] = check_val_every_n_epoch
         splitter = dict(datasplitter_kwargs or {})
-        if n_samples_per_label is not None and _accepts_kwarg(self._data_splitter_cls, "n_samples_per_label"):
+        if n_samples_per_label is not None:
             splitter.setdefault("n_samples_per_label", n_samples_per_label)
         super().train(
             max_epochs=max_epochs, train_size=train_size, validation_size=validation_size,
@@ -331,19 +333,22 @@ class SCANVI(SCVI):
             datasplitter_kwargs=splitter, plan_kwargs=plan_kwargs, **trainer_kwargs,
         )  # fmt: skip
 
-    def _set_classification_weights(self, balanced: bool) -> None:
-        """Per-type weights of the classification term: alpha times the mean (or type-balanced mean) log-likelihood."""
+    def _set_classification_weights(self, n_samples_per_label: int | None) -> None:
+        """Per-type weights of the classification term, so that it is alpha times a mean over labelled cells.
+
+        Without ``n_samples_per_label`` the mean is over all labelled cells (weight ``N / N_labelled`` each, ``N``
+        cells in all, since the ELBO is per cell). With it, as if ``min(m, N_k)`` cells of type ``k`` were drawn
+        (scvi-tools' sampling): a cell of type ``k`` weighs ``N min(m, N_k) / (N_k sum_j min(m, N_j))``. Computed
+        from all registered cells; the stratified split keeps their proportions.
+        """
         codes = self._label_codes()
         n_types = len(self.labels_)
         counts = np.bincount(codes[codes < n_types], minlength=n_types).astype(np.float64)
-        n_labelled = counts.sum()
+        drawn = counts if n_samples_per_label is None else np.minimum(counts, n_samples_per_label)
         weights = np.zeros(n_types)
-        if n_labelled > 0:
-            if balanced:
-                present = counts > 0
-                weights[present] = len(codes) / (present.sum() * counts[present])
-            else:
-                weights[:] = len(codes) / n_labelled
+        present = counts > 0
+        if present.any():
+            weights[present] = len(codes) * drawn[present] / (counts[present] * drawn.sum())
         buffer = self.module.classification_weights
         buffer.copy_(torch.as_tensor(weights, dtype=buffer.dtype, device=buffer.device))
 
@@ -415,9 +420,3 @@ def _load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
             stacklevel=3,
         )
     module.load_state_dict(fitting, strict=False)
-
-
-def _accepts_kwarg(cls: type, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(cls.__init__).parameters
