@@ -2,7 +2,7 @@
 
 ``python -m pytest --doctest-modules pyrovi`` runs every example. Each example sees the imports a notebook
 has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist`` and the models ``SCVI``, ``TOTALVI``,
-``CellAssign``) and, when its text names them:
+``CellAssign``, ``SCANVI``) and, when its text names them:
 
 - ``adata``: a fresh copy of a small synthetic dataset (200 cells, 50 genes, batch and labels) set up for
   :class:`pyrovi.model.SCVI`, and ``manager``, its :class:`~pyrovi.data.AnnDataManager`;
@@ -12,7 +12,8 @@ has (``pyrovi``, ``np``, ``pd``, ``torch``, ``pyro``, ``dist`` and the models ``
 - ``nb_model`` / ``poisson_model``: SCVIs with negative binomial and Poisson likelihoods, and ``ppc``, a
   :class:`~pyrovi.criticism.PosteriorPredictiveCheck` of the two on ``adata``;
 - ``totalvi`` / ``citeseq``: a TOTALVI and its CITE-seq data; ``cellassign`` / ``markers``: a CellAssign
-  and its marker table.
+  and its marker table; ``scanvi_model``: a SCANVI on ``adata`` with every other cell's label hidden
+  (``cell_type``, unlabelled category ``"Unknown"``).
 
 In TOTALVI's and CellAssign's own docstrings ``model`` and ``adata`` are that model and its data, as in
 their guides.
@@ -100,6 +101,19 @@ class _DoctestObjects:
             lambda: _trained(pyrovi.model.TOTALVI, self.citeseq().copy(), self._root / "totalvi", n_hidden=16),
         )
 
+    def scanvi_dir(self) -> Path:
+        import pyrovi
+
+        def build() -> Path:
+            adata = self.scvi_adata().copy()
+            adata.obs["cell_type"] = adata.obs["labels"].astype(str)
+            adata.obs.loc[adata.obs_names[::2], "cell_type"] = "Unknown"
+            pyrovi.model.SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="Unknown",
+                                              batch_key="batch")  # fmt: skip
+            return _trained(pyrovi.model.SCANVI, adata, self._root / "scanvi", n_hidden=16)
+
+        return self._once("scanvi_dir", build)
+
     def cellassign_adata(self) -> Any:
         def build() -> Any:
             import pyrovi
@@ -151,7 +165,8 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
     namespace = request.node.dtest.globs
     used = _names_used(request.node)
     notebook = {"pyrovi": pyrovi, "np": np, "pd": pd, "torch": torch, "pyro": pyro, "dist": dist,
-                "SCVI": pyrovi.model.SCVI, "TOTALVI": pyrovi.model.TOTALVI, "CellAssign": pyrovi.model.CellAssign}
+                "SCVI": pyrovi.model.SCVI, "TOTALVI": pyrovi.model.TOTALVI, "CellAssign": pyrovi.model.CellAssign,
+                "SCANVI": pyrovi.model.SCANVI}
     for name, value in notebook.items():
         namespace.setdefault(name, value)
     # a model's own docstrings call their model and data ``model`` and ``adata``, as its guide does
@@ -185,6 +200,8 @@ def _doctest_environment(request: pytest.FixtureRequest) -> Iterator[None]:
         namespace["markers"] = objects.cellassign_adata().varm["cell_type_markers"].copy()
     if "cellassign" in used:
         namespace["cellassign"] = pyrovi.model.CellAssign.load(objects.cellassign_dir())
+    if "scanvi_model" in used:
+        namespace["scanvi_model"] = pyrovi.model.SCANVI.load(objects.scanvi_dir())
     saved_settings = {name: getattr(pyrovi.settings, name) for name in pyrovi.settings._NAMES}
     pyrovi.settings.seed = _SEED
     previous_threads = torch.get_num_threads()

@@ -29,7 +29,7 @@ def _labelled_data(n_cells=300, n_genes=60, hide=0.5, seed=0):
 # the ELBO: enumeration is exact
 
 
-def _hand_elbo(module: SCANVAE, x, labels, seed: int) -> torch.Tensor:
+def _hand_elbo(module: SCANVAE, x, labels, seed: int, kl_weight: float = 1.0) -> torch.Tensor:
     """The ELBO summed by hand with the guide's own draws (same seed, same order): z, then u for each label."""
     torch.manual_seed(seed)
     n, k = x.shape[0], module.n_types
@@ -43,11 +43,12 @@ def _hand_elbo(module: SCANVAE, x, labels, seed: int) -> torch.Tensor:
     u_loc, u_scale = module._per_label(module.encoder_z2_z1, z, ys)  # (k, n, d)
     u = dist.Normal(u_loc, u_scale).rsample()
     zp_loc, zp_scale = module._per_label(module.decoder_z1_z2, u, ys)
-    per_label = (dist.Normal(0.0, 1.0).log_prob(u).sum(-1) + dist.Normal(zp_loc, zp_scale).log_prob(z).sum(-1)
-                 - dist.Normal(u_loc, u_scale).log_prob(u).sum(-1))  # (k, n)
+    # the warm-up weight scales the terms of y and u, not those of z (as scANVI)
+    per_label = (kl_weight * (dist.Normal(0.0, 1.0).log_prob(u).sum(-1) - dist.Normal(u_loc, u_scale).log_prob(u).sum(-1))
+                 + dist.Normal(zp_loc, zp_scale).log_prob(z).sum(-1))  # (k, n)
     log_pi = torch.log_softmax(module.label_logits, -1)
-    unlabelled_terms = (q_y.T * (per_label + log_pi.unsqueeze(-1) - q_y.T.log())).sum(0)
-    labelled_terms = per_label.mean(0) + log_pi[codes.clamp(max=k - 1)]
+    unlabelled_terms = (q_y.T * (per_label + kl_weight * (log_pi.unsqueeze(-1) - q_y.T.log()))).sum(0)
+    labelled_terms = per_label.mean(0) + kl_weight * log_pi[codes.clamp(max=k - 1)]
     log_rho, _, zi_logits = module.decoder.decode_log(z)
     inputs = pyrovi.module.distributions.LikelihoodInputs(x.sum(-1, keepdim=True), log_rho.exp(),
                                                           module.log_theta.exp(), zi_logits, log_rho=log_rho)
@@ -56,8 +57,8 @@ def _hand_elbo(module: SCANVAE, x, labels, seed: int) -> torch.Tensor:
             - dist.Normal(z_loc, z_scale).log_prob(z).sum(-1)).sum()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_enumerated_elbo_equals_the_hand_summed_elbo(seed):
+@pytest.mark.parametrize(("seed", "kl_weight"), [(0, 1.0), (1, 1.0), (2, 0.3)])
+def test_enumerated_elbo_equals_the_hand_summed_elbo(seed, kl_weight):
     torch.manual_seed(100 + seed)
     module = SCANVAE(n_input=12, n_labels=3, n_latent=2, n_hidden=8, gene_likelihood="nb")
     module.eval()  # no dropout, batch normalisation by running statistics: the networks are deterministic
@@ -65,8 +66,8 @@ def test_enumerated_elbo_equals_the_hand_summed_elbo(seed):
     labels = torch.tensor([[0], [3], [2], [3], [3]])  # code 3: unlabelled
     torch.manual_seed(seed)
     loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(module.model, module.guide, x,
-                                                                              labels=labels)
-    expected = _hand_elbo(module, x, labels, seed)
+                                                                              labels=labels, kl_weight=kl_weight)
+    expected = _hand_elbo(module, x, labels, seed, kl_weight)
     torch.testing.assert_close(-loss, expected, rtol=1e-5, atol=1e-4)
 
 
@@ -78,14 +79,14 @@ def test_enumerated_elbo_equals_the_hand_summed_elbo(seed):
 def test_hidden_labels_are_recovered_and_calibrated(seed):
     adata, hidden = _labelled_data(seed=seed)
     SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category=UNKNOWN, batch_key="batch")
-    model = SCANVI(adata, n_latent=5, n_hidden=64)
-    model.train(max_epochs=40, **TRAIN)
+    model = SCANVI(adata, n_latent=5, n_hidden=32)
+    model.train(max_epochs=20, plan_kwargs={"lr": 5e-3}, **TRAIN)
     predicted = model.predict()
     accuracy = (predicted[hidden] == adata.obs["truth"].to_numpy()[hidden]).mean()
-    assert accuracy >= 0.9, accuracy
+    assert accuracy >= 0.9, accuracy  # measured 0.95-0.96
     soft = model.predict(soft=True)
     ece = pyrovi.criticism.expected_calibration_error(soft[hidden], adata.obs["truth"][hidden])
-    assert ece <= 0.1, ece
+    assert ece <= 0.08, ece  # measured 0.02-0.04
     assert "validation_accuracy" in model.history
 
 
@@ -165,3 +166,19 @@ def test_query_mapping_keeps_the_classifier_frozen():
     assert model.predict().shape == (60,)
     released = SCANVI.load_query_data(query.copy(), reference, freeze_classifier=False)
     assert any(p.requires_grad for n, p in released.module.named_parameters() if n.startswith("classifier"))
+
+
+def test_scvi_queries_priors_criticism_and_minified_predictions():
+    adata, _ = _labelled_data(n_cells=120)
+    SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category=UNKNOWN, batch_key="batch")
+    model = SCANVI(adata, n_latent=3, n_hidden=16, prior=pyrovi.priors.MixtureOfGaussians(3))
+    model.train(max_epochs=2, **TRAIN)
+    assert np.isfinite(model.get_elbo()) and np.isfinite(model.get_marginal_ll(n_mc_samples=3))
+    assert model.get_normalized_expression().shape == (120, 60)
+    assert model.differential_expression(groupby="cell_type", group1="label_0").shape[0] == 60
+    summary = pyrovi.criticism.PosteriorPredictiveCheck(adata, {"scanvi": model}, n_samples=2).summary()
+    assert len(summary) == 2
+    full = model.predict(soft=True)
+    model.minify_adata()
+    assert model.minified_data_type == "latent_posterior_parameters"
+    pd.testing.assert_frame_equal(model.predict(soft=True), full)  # from the stored posterior mean

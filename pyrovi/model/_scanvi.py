@@ -398,9 +398,12 @@ class SCANVI(SCVI):
         probs = []
         for batch in self._make_data_loader(adata, indices=indices, batch_size=batch_size, guide_only=True):
             args, kwargs = self._fn_args(batch)
-            logits = self.module.classify(args[0], self.module._batch_codes(kwargs.get("batch_index"), args[0]),
-                                          kwargs.get("cat_covs", ()), kwargs.get("cont_covs"),
-                                          use_posterior_mean=use_posterior_mean)  # fmt: skip
+            x = args[0]
+            logits = self.module.classify(
+                x, self.module._batch_codes(kwargs.get("batch_index"), x), kwargs.get("cat_covs", ()),
+                kwargs.get("cont_covs"), use_posterior_mean=use_posterior_mean,
+                latent_qzm=kwargs.get("latent_qzm"), latent_qzv=kwargs.get("latent_qzv"),
+            )  # fmt: skip
             probs.append(torch.softmax(logits, -1).cpu().numpy())
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.labels_)))
         if soft:

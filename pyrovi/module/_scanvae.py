@@ -21,6 +21,11 @@ observed label instead of the enumerated one; its :math:`K` weights :math:`1/K` 
 once, and :math:`\\log p(y) - \\log q(y) = 0`. Its label enters through a separate observed site
 ``y_observed``. (Masking the enumerated site instead would weight the :math:`K` copies by 1 each.)
 
+The KL warm-up weight (``kl_weight``) scales the terms of :math:`y`, :math:`u` and the library, as scANVI's
+KL terms; the terms of :math:`z` (:math:`\\log p(z \\mid u, y) - \\log q(z \\mid x)`) are not scaled, as scANVI counts
+them with the reconstruction. Scaling them too would leave, early in training, the label's entropy at full
+weight against down-weighted evidence, and the classifier needlessly unsure.
+
 The classifier is also trained directly on labelled cells, as in scANVI: the model adds
 :math:`\\alpha\\, w_{y_n} \\log q(y_n \\mid \\bar z_n)` per labelled cell, with :math:`\\bar z_n` the mean of
 :math:`q(z_n \\mid x_n)`, :math:`\\alpha` the ``classification_ratio`` and :math:`w` per-label weights set by
@@ -178,8 +183,12 @@ class SCANVAE(VAE):
         cat_covs: tuple[torch.Tensor, ...] = (),
         cont_covs: torch.Tensor | None = None,
         use_posterior_mean: bool = True,
+        latent_qzm: torch.Tensor | None = None,
+        latent_qzv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of :math:`q(y \\mid z)` at the posterior mean of :math:`z` (or a draw), ``(n_cells, K)``.
+
+        ``latent_qzm``/``latent_qzv`` (minified data) replace the encoder's posterior.
 
         Examples
         --------
@@ -187,7 +196,10 @@ class SCANVAE(VAE):
         >>> module.classify(torch.poisson(torch.full((2, 30), 2.0))).shape
         torch.Size([2, 3])
         """
-        loc, scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
+        if latent_qzm is not None:
+            loc, scale = stored_latent_params(latent_qzm, latent_qzv)
+        else:
+            loc, scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
         z = loc if use_posterior_mean else dist.Normal(loc, scale).rsample()
         return self.classifier(z)
 
@@ -239,14 +251,15 @@ class SCANVAE(VAE):
         theta = pyro.sample("dispersion", self._dispersion_prior()) if self._dispersion_prior_name else None
         pi = torch.softmax(self.label_logits, -1)
         with cell_plate(x.shape[0], indices, n_obs):
-            enumerated = pyro.sample("y", dist.Categorical(self._label_probs(labelled, pi.expand(x.shape[0], -1))))
-            pyro.sample("y_observed", dist.Categorical(pi).mask(labelled), obs=observed)
-            y = self._effective(labelled, observed, enumerated)
+            with poutine.scale(scale=kl_weight):
+                enumerated = pyro.sample("y", dist.Categorical(self._label_probs(labelled, pi.expand(x.shape[0], -1))))
+                pyro.sample("y_observed", dist.Categorical(pi).mask(labelled), obs=observed)
+                y = self._effective(labelled, observed, enumerated)
+                u = pyro.sample("u", p_u)
+            z_loc, z_scale = self._per_label(self.decoder_z1_z2, u, y)
+            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
             log_library = None
             with poutine.scale(scale=kl_weight):
-                u = pyro.sample("u", p_u)
-                z_loc, z_scale = self._per_label(self.decoder_z1_z2, u, y)
-                z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
                 if self.use_observed_lib_size:
                     library = observed_library(x, size_factor)
                 else:
@@ -290,17 +303,16 @@ class SCANVAE(VAE):
         if self.global_guide is not None:
             self.global_guide()
         with cell_plate(x.shape[0], indices, n_obs):
-            with poutine.scale(scale=kl_weight):
-                if latent_qzm is not None:
-                    z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
-                else:
-                    z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
-                z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            if latent_qzm is not None:
+                z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
+            else:
+                z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
+            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
             probs = torch.softmax(self.classifier(z), -1)
-            enumerated = pyro.sample("y", dist.Categorical(self._label_probs(labelled, probs)),
-                                     infer={"enumerate": "parallel"})  # fmt: skip
-            y = self._effective(labelled, observed, enumerated)
             with poutine.scale(scale=kl_weight):
+                enumerated = pyro.sample("y", dist.Categorical(self._label_probs(labelled, probs)),
+                                         infer={"enumerate": "parallel"})  # fmt: skip
+                y = self._effective(labelled, observed, enumerated)
                 u_loc, u_scale = self._per_label(self.encoder_z2_z1, z, y)
                 pyro.sample("u", dist.Normal(u_loc, u_scale).to_event(1))
                 if not self.use_observed_lib_size:
