@@ -72,6 +72,10 @@ def test_validation_accuracy_and_classification_loss_are_the_known_values():
     assert accuracy.index.tolist() == [0, 1]
     np.testing.assert_allclose(accuracy, np.mean(labelled == 0), rtol=1e-6)  # the classifier always says 0
     np.testing.assert_allclose(loss, np.mean(-np.log(np.asarray(PROBS)[labelled])), rtol=1e-5)
+    # every cell has confidence 0.5, in one bin: the calibration error is |0.5 - accuracy|; micro F1 = accuracy
+    np.testing.assert_allclose(model.history["validation_calibration_error"].iloc[:, 0], abs(0.5 - np.mean(labelled == 0)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(model.history["validation_f1_score"].iloc[:, 0], accuracy, rtol=1e-6)
     assert "validation_accuracy" not in model.history.get("elbo_validation", {})  # a separate key
 
 

@@ -105,6 +105,10 @@ class SCANVI(SCVI):
         )  # fmt: skip
         self._record_init_params(locals())
         self.was_pretrained = False
+        codes = self._label_codes()
+        #: the labelled and unlabelled cells of the model's data (scvi-tools' attribute names)
+        self._labeled_indices = np.flatnonzero(codes < len(self.labels_))
+        self._unlabeled_indices = np.flatnonzero(codes >= len(self.labels_))
 
     # ----------------------------------------------------------------------------------------------
     # setup
@@ -235,7 +239,12 @@ class SCANVI(SCVI):
         if not isinstance(scvi_model, SCVI) or isinstance(scvi_model, SCANVI):
             raise TypeError(f"scvi_model must be a trained pyrovi SCVI, got {type(scvi_model).__name__}.")
         if not scvi_model.is_trained:
-            raise ValueError("The SCVI model is not trained: train it first (scvi_model.train()).")
+            warnings.warn(
+                "The SCVI model is not trained: SCANVI starts from untrained weights. Train it first "
+                "(scvi_model.train()) to start from a fitted encoder and decoder.",
+                UserWarning,
+                stacklevel=2,
+            )
         if getattr(scvi_model, "minified_data_type", None) == "latent_posterior_parameters":
             raise ValueError(
                 "The SCVI model is minified (its counts were dropped), but SCANVI trains on counts: pass the full "

@@ -117,18 +117,15 @@ class SCANVAE(VAE):
         self.n_types = n_labels
         self.classification_ratio = float(classification_ratio)
         n_latent, n_hidden = self.n_latent, self._n_hidden(vae_kwargs)
-        options = dict(classifier_parameters or {})
-        unknown = sorted(set(options) - {"n_hidden", "n_layers", "dropout_rate"})
-        if unknown:
-            raise ValueError(f"classifier_parameters has {unknown}; it takes n_hidden, n_layers and dropout_rate.")
+        options = _classifier_options(classifier_parameters, n_hidden)
         if linear_classifier:
             self.classifier = nn.Linear(n_latent, n_labels)
         else:
             self.classifier = nn.Sequential(
-                FCLayers(n_latent, options.get("n_hidden", n_hidden), n_layers=options.get("n_layers", 1),
-                         n_hidden=options.get("n_hidden", n_hidden), dropout_rate=options.get("dropout_rate", 0.1),
-                         use_batch_norm=False, use_layer_norm=True),  # fmt: skip
-                nn.Linear(options.get("n_hidden", n_hidden), n_labels),
+                FCLayers(n_latent, options["n_hidden"], n_layers=options["n_layers"], n_hidden=options["n_hidden"],
+                         dropout_rate=options["dropout_rate"], use_batch_norm=options["use_batch_norm"],
+                         use_layer_norm=options["use_layer_norm"]),  # fmt: skip
+                nn.Linear(options["n_hidden"], n_labels),
             )
         n_layers = vae_kwargs.get("n_layers", 1)
         # q(u | z, y) and p(z | u, y): the label enters as a one-hot covariate
@@ -319,3 +316,20 @@ class SCANVAE(VAE):
                     cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
                     l_loc, l_scale = self.l_encoder(x, *cats, cont=cont)
                     pyro.sample("log_library", dist.Normal(l_loc, l_scale).to_event(1))
+
+
+def _classifier_options(given: dict[str, Any] | None, n_hidden: int) -> dict[str, Any]:
+    """The classifier network's settings (scvi-tools' ``classifier_parameters`` names), checked."""
+    options = {"n_hidden": n_hidden, "n_layers": 1, "dropout_rate": 0.1, "use_batch_norm": False,
+               "use_layer_norm": True, "logits": True}  # fmt: skip
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise ValueError(f"classifier_parameters has {unknown}; it takes {sorted(options)}.")
+    options.update(given)
+    if options["logits"] is not True:
+        raise ValueError(
+            "classifier_parameters={'logits': False} asks for a classifier returning probabilities (scvi-tools' "
+            "behaviour before 1.1); pyrovi's classifier returns logits, and predict(soft=True) gives probabilities."
+        )
+    return options

@@ -31,10 +31,11 @@ MONITORABLE = tuple(
     f"{term}_{split}"
     for split in ("validation", "train")
     for term in ("elbo", "reconstruction_loss", "kl_local", "kl_global")
-) + ("validation_loss", "train_loss", "validation_accuracy", "validation_classification_loss")
+) + ("validation_loss", "train_loss", "validation_accuracy", "validation_classification_loss",
+   "validation_f1_score", "validation_calibration_error")
 
 #: Monitored metrics that improve upwards; every other one is a loss.
-MAXIMISED = ("validation_accuracy",)
+MAXIMISED = ("validation_accuracy", "validation_f1_score")
 
 
 def monitor_mode(monitor: str) -> str:

@@ -22,6 +22,9 @@ from ._elbo import SplitTraceMeanField_ELBO
 from ._nonfinite import SKIPPED_STEPS_METRIC, NonFiniteGuard
 from ._trainer_checks import monitor_mode
 
+#: equal-width confidence bins of the validation calibration error (torchmetrics' and scvi-tools' number)
+_CALIBRATION_BINS = 15
+
 # Pyro rejects non-positive scales; the first warm-up epoch therefore uses this tiny weight, which
 # for the optimiser is indistinguishable from scVI's zero.
 _MIN_POSITIVE_KL_WEIGHT = 1e-8
@@ -231,8 +234,9 @@ class TrainingPlan(pl.LightningModule):
     a minibatch's model arguments, ``log q(y | x)`` of each cell ``(n_cells, n_labels)``, the cells' integer
     label codes and a boolean mask of the labelled ones. The plan then also logs ``validation_accuracy`` (the
     share of labelled validation cells whose most probable label is theirs) and
-    ``validation_classification_loss`` (their mean ``-log q(y_true | x)``), in epochs whose validation set
-    holds labelled cells; early stopping on ``validation_accuracy`` maximises it.
+    ``validation_classification_loss`` (their mean ``-log q(y_true | x)``), ``validation_f1_score`` (micro-averaged,
+    as scvi-tools: the accuracy) and ``validation_calibration_error`` (top-label ECE, 15 confidence bins), in
+    epochs whose validation set holds labelled cells; early stopping on ``validation_accuracy`` maximises it.
 
     One training step is the SVI step: **loss** (:meth:`training_step` returns the minibatch's per-cell
     negative ELBO), **backward** (Lightning's ``loss.backward()``), **guard** (:meth:`on_before_optimizer_step`:
@@ -560,12 +564,18 @@ class TrainingPlan(pl.LightningModule):
             log_probs, labels, labelled = self.module.label_log_probs(*args, **kwargs)
         labelled = labelled.reshape(-1).bool()
         log_probs, labels = log_probs[labelled], labels.reshape(-1)[labelled].long()
-        correct = (log_probs.argmax(-1) == labels).sum()
+        confidence, predicted = log_probs.exp().max(-1)
+        hit = (predicted == labels).to(confidence.dtype)
         nll = -log_probs.gather(-1, labels[:, None]).sum()
-        return torch.stack([labelled.sum().to(nll.dtype), correct.to(nll.dtype), nll])
+        # per confidence bin: the summed confidence minus the summed hits, for the calibration error
+        bins = (confidence * _CALIBRATION_BINS).long().clamp(max=_CALIBRATION_BINS - 1)
+        gaps = torch.zeros(_CALIBRATION_BINS, dtype=confidence.dtype, device=confidence.device)
+        gaps = gaps.index_add(0, bins, confidence - hit)
+        return torch.cat([torch.stack([labelled.sum().to(nll.dtype), hit.sum(), nll]), gaps])
 
     def _log_label_metrics(self) -> None:
-        """``validation_accuracy`` and ``validation_classification_loss`` (per labelled cell) of the epoch.
+        """``validation_accuracy``, ``validation_classification_loss`` (per labelled cell),
+        ``validation_f1_score`` and ``validation_calibration_error`` of the epoch.
 
         Logged only for a module with ``label_log_probs(*args, **kwargs) -> (log_probs, labels, labelled)``
         (``log q(y | x)`` of shape ``(n_cells, n_labels)``, the integer label codes and a boolean mask of the
@@ -580,7 +590,16 @@ class TrainingPlan(pl.LightningModule):
             sums = trainer.strategy.reduce(sums, reduce_op="sum")
         if not float(sums[0]) > 0:  # one host read per validation epoch
             return
-        metrics = {"validation_accuracy": sums[1] / sums[0], "validation_classification_loss": sums[2] / sums[0]}
+        accuracy = sums[1] / sums[0]
+        metrics = {
+            "validation_accuracy": accuracy,
+            "validation_classification_loss": sums[2] / sums[0],
+            # micro-averaged over cells, as scvi-tools logs it: for one label per cell it equals the accuracy
+            "validation_f1_score": accuracy,
+            # top-label expected calibration error over equal-width confidence bins (pyrovi.criticism's
+            # definition): sum_b |sum of confidences - sum of hits in bin b| / n
+            "validation_calibration_error": sums[3:].abs().sum() / sums[0],
+        }
         self._log_epoch_metrics(metrics)
 
     # the loss, its metrics and their logging -----------------------------------------------------------
