@@ -316,6 +316,9 @@ class SCANVI(SCVI):
             As :meth:`SCVI.train`; labelled cells are split across the sets in proportion.
         plan_kwargs
             Training-plan arguments (``lr``, ...); ``loss`` defaults to ``TraceEnum_ELBO(max_plate_nesting=1)``.
+            ``elbo_train`` in the history is the optimised objective (with the KL warm-up and the classification
+            term); ``elbo_validation`` is the ELBO itself. ``log_train_terms=True`` also logs the training ELBO's
+            parts (``reconstruction_loss_train``, ``kl_local_train``) at the cost of a second pass.
         **trainer_kwargs
             Lightning ``Trainer`` arguments.
 
