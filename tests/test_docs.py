@@ -17,6 +17,7 @@ NOTEBOOKS = [
     "custom_priors",
     "totalvi",
     "cellassign",
+    "scanvi",
     "write_your_own_model",
 ]
 PAGES = [
@@ -27,6 +28,7 @@ PAGES = [
     "guide/saving/index.html",
     "guide/errors/index.html",
     "models/scvi/index.html",
+    "models/scanvi/index.html",
     "models/totalvi/index.html",
     "models/cellassign/index.html",
     "api/model/index.html",
