@@ -127,12 +127,16 @@ class SCANVAE(VAE):
                          use_layer_norm=options["use_layer_norm"]),  # fmt: skip
                 nn.Linear(options["n_hidden"], n_labels),
             )
-        n_layers = vae_kwargs.get("n_layers", 1)
-        # q(u | z, y) and p(z | u, y): the label enters as a one-hot covariate
-        self.encoder_z2_z1 = Encoder(n_latent, n_latent, n_cat_list=[n_labels], n_layers=n_layers, n_hidden=n_hidden,
-                                     log1p_input=False)  # fmt: skip
-        self.decoder_z1_z2 = Encoder(n_latent, n_latent, n_cat_list=[n_labels], n_layers=n_layers, n_hidden=n_hidden,
-                                     log1p_input=False, dropout_rate=0.0)  # fmt: skip
+        # q(u | z, y) and p(z | u, y): the label enters as a one-hot covariate; each network normalises as the
+        # encoders or the decoder of the counts do (use_batch_norm / use_layer_norm), as in scANVI
+        batch_norm, layer_norm = vae_kwargs.get("use_batch_norm", "both"), vae_kwargs.get("use_layer_norm", "none")
+        shared = {"n_cat_list": [n_labels], "n_layers": vae_kwargs.get("n_layers", 1), "n_hidden": n_hidden,
+                  "log1p_input": False}  # fmt: skip
+        self.encoder_z2_z1 = Encoder(n_latent, n_latent, dropout_rate=vae_kwargs.get("dropout_rate", 0.1),
+                                     use_batch_norm=batch_norm in ("encoder", "both"),
+                                     use_layer_norm=layer_norm in ("encoder", "both"), **shared)  # fmt: skip
+        self.decoder_z1_z2 = Encoder(n_latent, n_latent, dropout_rate=0.0, use_batch_norm=batch_norm in ("decoder", "both"),
+                                     use_layer_norm=layer_norm in ("decoder", "both"), **shared)  # fmt: skip
         proportions = torch.full((n_labels,), 1.0 / n_labels)
         if label_proportions is not None:
             proportions = torch.as_tensor(label_proportions, dtype=torch.float32).reshape(-1)
