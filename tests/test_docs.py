@@ -18,6 +18,7 @@ NOTEBOOKS = [
     "totalvi",
     "cellassign",
     "scanvi",
+    "query_mapping",
     "write_your_own_model",
 ]
 PAGES = [
@@ -27,6 +28,8 @@ PAGES = [
     "scaling/index.html",
     "guide/saving/index.html",
     "guide/errors/index.html",
+    "guide/query_mapping/index.html",
+    "guide/minified/index.html",
     "models/scvi/index.html",
     "models/scanvi/index.html",
     "models/totalvi/index.html",
