@@ -79,3 +79,29 @@ def test_query_mapping_runs_pyrovi_alone():
 def test_query_mapping_runs_both_tools_side_by_side():
     figures = _query_mapping("pyrovi", "scvi-tools")
     assert [r["tool"] for r in figures["runs"]] == ["pyrovi", "scvi-tools"]
+
+
+def _scanvi(*tools: str, plot: Path | None = None) -> dict:
+    figures = _json_line(_run("scanvi.py", "--tools", *tools, "--epochs", "2", "--scanvi-epochs", "2",
+                              "--query-epochs", "2", "--seeds", "0", "--label-key", "louvain",
+                              *(["--plot", str(plot)] if plot else [])))  # fmt: skip
+    for experiment in ("hidden", "query"):
+        louvain = figures["mean"][experiment]["louvain"]
+        assert set(louvain["accuracy"]) == set(tools) and all(0.0 <= a <= 1.0 for a in louvain["accuracy"].values())
+        assert all(0.0 <= e <= 1.0 for e in louvain["ece"].values())
+    hidden, query = (next(r for r in figures["runs"] if r["experiment"] == e) for e in ("hidden", "query"))
+    assert hidden["n_train"] == 700 and 345 <= hidden["n_scored"] <= 355  # half of each louvain cluster hidden
+    assert query["n_train"] + query["n_scored"] == 700 and query["query_s"]["louvain"] > 0
+    assert figures["scanvi_epochs"] == {"hidden": 2, "query": 2}
+    return figures
+
+
+def test_scanvi_runs_pyrovi_alone(tmp_path):
+    _scanvi("pyrovi", plot=tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scvi") is None, reason="scvi-tools is a benchmark-only extra")
+def test_scanvi_runs_both_tools_side_by_side():
+    figures = _scanvi("pyrovi", "scvi-tools")
+    assert [r["tool"] for r in figures["runs"]] == ["pyrovi", "scvi-tools", "pyrovi", "scvi-tools"]
