@@ -16,7 +16,7 @@ from pyro.infer import TraceEnum_ELBO
 from .._checks import check_bool, check_choice, check_int
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import serialised_query
-from ..data import LabelsWithUnlabeledObsField
+from ..data import LabelsWithUnlabeledObsField, UnseenCategoryError
 from ..data.fields._lookup import check_key_list
 from ..dataloaders import SemiSupervisedDataSplitter
 from ..dataloaders._ann_dataloader import resolve_indices
@@ -25,6 +25,7 @@ from ..module.base import GlobalGuide
 from ..module.priors import LatentPrior
 from ._scvi import SCVI
 from .base._base_model import max_epochs_heuristic
+from .base._minified_data import adata_minify_type
 from .base._queries import cell_names
 
 LabelPrior = Literal["labelled", "uniform", "learned"]
@@ -166,6 +167,13 @@ class SCANVI(SCVI):
         return [labels if field.registry_key == REGISTRY_KEYS.LABELS_KEY else field for field in fields]
 
     def _module_n_labels(self) -> int:
+        if not self.labels_:
+            state = self.adata_manager.get_state(REGISTRY_KEYS.LABELS_KEY)
+            raise ValueError(
+                f"No cell is labelled: every cell of adata.obs[{state['obs_key']!r}] is {state['unlabeled_category']!r}"
+                f"{'' if state['obs_key'] else ' (labels_key is None)'}, so SCANVI has no cell type to learn. "
+                "Label some cells with their type, or train an SCVI model instead."
+            )
         return len(self.labels_)
 
     @property
@@ -245,9 +253,9 @@ class SCANVI(SCVI):
                 UserWarning,
                 stacklevel=2,
             )
-        if getattr(scvi_model, "minified_data_type", None) == "latent_posterior_parameters":
+        if adata_minify_type(scvi_model.adata if adata is None else adata) == "latent_posterior_parameters":
             raise ValueError(
-                "The SCVI model is minified (its counts were dropped), but SCANVI trains on counts: pass the full "
+                "The data are minified (their counts were dropped), but SCANVI trains on counts: pass the full "
                 "data as adata=..., or minify with minified_data_type='latent_posterior_parameters_with_counts'."
             )
         setup = dict(scvi_model.adata_manager.setup_args)
@@ -382,7 +390,8 @@ class SCANVI(SCVI):
         Parameters
         ----------
         adata
-            Data to predict (default the model's).
+            Data to predict (default the model's). Its labels column is not read: it may hold types the model
+            does not know (another annotation of a query).
         indices
             Cells to predict (default all).
         soft
@@ -404,7 +413,16 @@ class SCANVI(SCVI):
         check_bool("soft", soft)
         check_bool("use_posterior_mean", use_posterior_mean)
         adata = self.adata if adata is None else adata
-        self._validate_anndata(adata)
+        names = adata  # cell names come from the data as given
+        try:
+            self._validate_anndata(adata)
+        except UnseenCategoryError:
+            # predict reads no label: types the model does not know (a query's own annotation) need not block it
+            stripped = _without_labels_column(adata, self.adata_manager.get_state(REGISTRY_KEYS.LABELS_KEY)["obs_key"])
+            if stripped is None:
+                raise
+            adata = stripped
+            self._validate_anndata(adata)  # any other unseen category is still refused
         indices = resolve_indices(indices, adata.n_obs)
         self.module.eval()
         probs = []
@@ -419,8 +437,19 @@ class SCANVI(SCVI):
             probs.append(torch.softmax(logits, -1).cpu().numpy())
         probs = np.concatenate(probs) if probs else np.zeros((0, len(self.labels_)))
         if soft:
-            return pd.DataFrame(probs, columns=self.labels_, index=cell_names(adata, indices))
+            return pd.DataFrame(probs, columns=self.labels_, index=cell_names(names, indices))
         return np.asarray(self.labels_, dtype=object)[probs.argmax(-1)] if len(probs) else np.array([], dtype=object)
+
+
+def _without_labels_column(adata: AnnData, labels_key: str | None) -> AnnData | None:
+    """``adata`` read as if it had no labels column (its cells then unlabelled), the user's object left as is;
+    None when there is no such column to leave out, or for backed data (not rebuilt in memory)."""
+    if labels_key is None or labels_key not in adata.obs.columns or adata.isbacked:
+        return None
+    return AnnData(
+        X=adata.X, obs=adata.obs.drop(columns=[labels_key]), var=adata.var, layers=dict(adata.layers.items()),
+        obsm=dict(adata.obsm.items()), uns=dict(adata.uns),
+    )  # fmt: skip
 
 
 def _load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
