@@ -176,6 +176,9 @@ class SCANVI(SCVI):
             )
         return len(self.labels_)
 
+    def _n_labels_shown(self) -> int:
+        return len(self.labels_)
+
     @property
     def unlabeled_category_(self) -> str:
         """The value marking unlabelled cells.

@@ -881,6 +881,10 @@ class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
         return load_model(cls, dir_path, adata=adata, accelerator=accelerator, overrides=init_overrides,
                           device=device, prefix=prefix)  # fmt: skip
 
+    def _n_labels_shown(self) -> int:
+        """The number of labels a summary shows (SCANVI leaves out its "unlabeled" category)."""
+        return self.summary_stats.get("n_labels", 1)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.init_params_.items())
         stats = self.summary_stats
@@ -889,5 +893,5 @@ class BaseModelClass(ArchesMixin, PosteriorSamplingMixin, _Provides):
             f"{type(self).__name__}({params})\n"
             f"  module: {type(self.module).__name__} on {self.device}, {status}\n"
             f"  data: {stats.get('n_cells')} cells x {stats.get('n_vars')} genes, "
-            f"{stats.get('n_batch', 1)} batch(es), {stats.get('n_labels', 1)} label(s)"
+            f"{stats.get('n_batch', 1)} batch(es), {self._n_labels_shown()} label(s)"
         )
