@@ -20,8 +20,9 @@ from pyro.distributions import TransformedDistribution
 from ..._checks import check_bool, check_int
 from ..._constants import REGISTRY_KEYS
 from ..._pyro_lock import serialised_query
-from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, per_cell_log_weights, trace_pair
+from ...module.base import per_cell_elbo_terms, per_cell_log_likelihood, trace_pair
 from ._features import feature_positions
+from ._importance import log_importance_weights
 from ._minified_mixin import MinifiedModeMixin, refuse_if_minified
 
 if TYPE_CHECKING:  # the contract with the model class, seen by static checkers only (see _contracts.py)
@@ -377,24 +378,10 @@ class VAEMixin(MinifiedModeMixin, _Host):
         check_int("n_mc_samples", n_mc_samples)
         check_int("n_mc_samples_per_pass", n_mc_samples_per_pass)
 
-        per_pass = min(n_mc_samples_per_pass, n_mc_samples)
-        self.module.eval()
-        out = []
-        for batch in self._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs):
-            n_cells = next(iter(batch.values())).shape[0]
-            weights, done = [], 0
-            while done < n_mc_samples:
-                k = min(per_pass, n_mc_samples - done)
-                # k draws of each cell at once: the minibatch's rows repeated, one draw per row
-                rows = torch.arange(n_cells).repeat_interleave(k)
-                args, kwargs = self._fn_args({key: value[rows] for key, value in batch.items()} if k > 1 else batch)
-                w = per_cell_log_weights(*trace_pair(self.module.model, self.module.guide, args, kwargs))
-                weights.append(w.reshape(n_cells, k))
-                done += k
-            out.append(torch.logsumexp(torch.cat(weights, 1), 1) - math.log(n_mc_samples))
-        if not out:
-            raise ValueError("The query selects no cells; pass at least one cell (indices) or a non-empty dataloader.")
-        values = torch.cat(out).cpu().numpy()
+        weights = log_importance_weights(
+            self, adata, indices, n_mc_samples, batch_size, dataloader, data_loader_kwargs, n_mc_samples_per_pass
+        )
+        values = (torch.logsumexp(weights, 0) - math.log(n_mc_samples)).cpu().numpy()
         return _as_scalar(values) if return_mean else values
 
     # ----------------------------------------------------------------------------------------------
