@@ -20,6 +20,10 @@ For predicted labels, :func:`reliability_table`, :func:`expected_calibration_err
 CellAssign's ``predict()``) are calibrated on cells with known labels, and :func:`plots.plot_reliability`
 draws the reliability diagram.
 
+:func:`compare` ranks fitted models by the importance-sampled log predictive density of the same held-out
+cells (elpd, paired standard errors of the differences, Pareto k diagnostics; ``pip install 'pyrovi[arviz]'``),
+and :func:`plots.plot_compare` draws the table.
+
 Examples
 --------
 >>> import pyrovi.criticism
@@ -31,6 +35,7 @@ Examples
 
 from . import plots
 from ._arviz import to_arviz
+from ._compare import compare
 from ._calibration import calibration_summary, expected_calibration_error, reliability_table
 from ._data import HELD_OUT, IN_SAMPLE
 from ._metrics import (
@@ -47,6 +52,7 @@ from ._report import report
 
 __all__ = [
     "PosteriorPredictiveCheck",
+    "compare",
     "report",
     "to_arviz",
     "plots",
