@@ -25,7 +25,7 @@ from ..data import (
 from ..data.fields._lookup import check_key_list
 from ..dataloaders._ann_dataloader import resolve_indices
 from ..module import VAE, GeneLikelihood
-from ..module.nn import var_activation_name
+from ..module.nn import GuideFamily, var_activation_name
 from ..module.base import GlobalGuide, trace_pair
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
@@ -74,6 +74,14 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         latent variable with a guide, returned by :meth:`sample_posterior` as ``"dispersion"``.
     global_guide
         Guide of global latent sites: ``"normal"``, ``"delta"`` or a callable ``model -> guide``.
+    guide
+        Family of the amortized guide of each cell's latent: ``"normal"`` (mean field, scvi-tools' guide),
+        ``"lowrank"`` (a Gaussian with a low-rank plus diagonal covariance) or ``"flow"`` (a normalising
+        flow conditioned on the encoder). See "Guide families" in the SCVI docs; the richer families
+        estimate the KL term by Monte Carlo.
+    guide_kwargs
+        Options of the guide family (``{"rank": 2}`` for ``"lowrank"``; ``n_flows``, ``hidden_dims``,
+        ``n_moment_samples`` for ``"flow"``), see :class:`~pyrovi.module.VAE`.
     **module_kwargs
         Further arguments of :class:`~pyrovi.module.VAE`: ``encode_covariates``,
         ``deeply_inject_covariates``, ``batch_representation`` (``"one-hot"`` or ``"embedding"``) with
@@ -111,6 +119,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
         prior: LatentPrior | None = None,
         dispersion_prior: dist.Distribution | None = None,
         global_guide: GlobalGuide = "normal",
+        guide: GuideFamily = "normal",
+        guide_kwargs: dict[str, Any] | None = None,
         **module_kwargs: Any,
     ):
         super().__init__(adata)
@@ -147,6 +157,8 @@ class SCVI(DEMixin, VAEMixin, BaseModelClass):
             prior=prior,
             dispersion_prior=dispersion_prior,
             global_guide=global_guide,
+            guide=guide,
+            guide_kwargs=guide_kwargs,
             **self._extra_module_kwargs(),
             **module_kwargs,
         )

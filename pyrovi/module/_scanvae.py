@@ -108,6 +108,11 @@ class SCANVAE(VAE):
     ):
         if vae_kwargs.get("latent_distribution", "normal") != "normal":
             raise ValueError("SCANVAE supports latent_distribution='normal' only (z is Gaussian given u and y).")
+        if vae_kwargs.get("guide", "normal") != "normal":
+            raise ValueError(
+                f"SCANVAE supports guide='normal' only (got guide={vae_kwargs['guide']!r}): its guide of z given x is "
+                "the mean-field Normal; train SCVI with the richer guide instead."
+            )
         if isinstance(n_labels, bool) or not isinstance(n_labels, int) or n_labels < 1:
             raise ValueError(f"n_labels must be a positive integer (the number of cell types), got {n_labels!r}.")
         check_bool("linear_classifier", linear_classifier)

@@ -20,6 +20,8 @@ automatic guide (:func:`~pyrovi.module.base.make_global_guide`). The batch enter
 Guide (amortized mean field): :math:`q(u_n \\mid x_n) = \\mathcal{N}(g_\\phi(x_n))`, pushed through the
 same :math:`T` as the prior, and, for a latent library, :math:`q(\\log \\ell_n \\mid x_n)` Normal. Cells
 live in a subsampled plate, so a minibatch's ELBO estimates the full-data ELBO.
+``guide="lowrank"`` makes :math:`q(u_n \\mid x_n)` a low-rank plus diagonal Gaussian, ``guide="flow"`` the
+encoder's Normal pushed through conditional autoregressive flows (:mod:`pyrovi.module.nn`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from .base import (
     register_library_prior,
 )
 from .distributions import COUNT_LIKELIHOODS, LikelihoodInputs, gene_likelihood
-from .nn import DecoderSCVI, Encoder, VarActivation
+from .nn import DecoderSCVI, Encoder, VarActivation, check_guide_kwargs, make_guide_head
+from .nn import GuideFamily
 from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
 Dispersion = Literal["gene", "gene-batch", "gene-label", "gene-cell"]
@@ -166,6 +169,16 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
     global_guide
         Guide of the global latent sites: ``"normal"`` (AutoNormal), ``"delta"`` (MAP) or a callable
         ``model -> guide``.
+    guide
+        Family of the amortized guide of ``u``: ``"normal"`` (mean field, default), ``"lowrank"``
+        (``N(loc, W W^T + diag(var))`` with ``W`` of ``rank`` columns from the encoder, see
+        :class:`~pyrovi.module.nn.LowRankHead`) or ``"flow"`` (the encoder's Normal pushed through
+        conditional affine autoregressive transforms, :class:`~pyrovi.module.nn.FlowHead`). Their KL to the
+        prior has no closed form and is estimated by Monte Carlo (the ELBO's sampled ``log q - log p``).
+    guide_kwargs
+        Options of the guide family: ``rank`` (``"lowrank"``, default 2); ``n_flows`` (default 2),
+        ``hidden_dims`` (default ``[10 * n_latent]``) and ``n_moment_samples`` (draws of the Monte Carlo
+        posterior mean, default 1000) for ``"flow"``.
 
     Examples
     --------
@@ -213,6 +226,8 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         prior: LatentPrior | None = None,
         dispersion_prior: dist.Distribution | None = None,
         global_guide: GlobalGuide = "normal",
+        guide: GuideFamily = "normal",
+        guide_kwargs: dict | None = None,
     ):
         super().__init__()
         check_option("dispersion", dispersion, ("gene", "gene-batch", "gene-label", "gene-cell"))
@@ -299,6 +314,10 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
             **check_extra_kwargs("extra_encoder_kwargs", extra_encoder_kwargs, Encoder.__init__, reserved),
         }
         self.z_encoder = Encoder(n_input, self.n_latent_base, n_layers=n_layers, **enc_kwargs)
+        # the method `guide` is taken: the family's name is `guide_family`
+        self.guide_kwargs = check_guide_kwargs(guide, guide_kwargs, self.n_latent_base)
+        self.guide_family = guide
+        self.z_guide_head = make_guide_head(guide, n_hidden, self.n_latent_base, self.guide_kwargs)
         if not use_observed_lib_size:
             self.l_encoder = Encoder(n_input, 1, n_layers=1, **enc_kwargs)
         dec_kwargs = {
@@ -453,9 +472,13 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         with cell_plate(x.shape[0], indices, n_obs), poutine.scale(scale=kl_weight):
             if latent_qzm is not None:
                 z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
-            else:
+                q_u = dist.Normal(z_loc, z_scale).to_event(1)
+            elif self.z_guide_head is None:
                 z_loc, z_scale = self.latent_params(x, batch_index, cat_covs, cont_covs)
-            pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
+                q_u = dist.Normal(z_loc, z_scale).to_event(1)
+            else:
+                q_u = self.latent_posterior(x, batch_index, cat_covs, cont_covs)
+            pyro.sample("z", self._latent(q_u))
             if not self.use_observed_lib_size:
                 cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
                 l_loc, l_scale = self.l_encoder(x, *cats, cont=cont)
@@ -483,6 +506,30 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         batch_index = self._batch_codes(batch_index, x)
         cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
         return self.z_encoder(x, *cats, cont=cont)
+
+    def latent_posterior(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+    ) -> dist.Distribution:
+        """The guide's ``q(u | x)`` of the chosen family (before :attr:`latent_transform`), batch ``(n_cells,)``.
+
+        Examples
+        --------
+        >>> vae = VAE(n_input=20, n_latent=4, guide="lowrank", guide_kwargs={"rank": 2})
+        >>> q = vae.latent_posterior(torch.poisson(torch.full((3, 20), 2.0)))
+        >>> type(q).__name__, tuple(q.batch_shape), tuple(q.event_shape)
+        ('LowRankPosterior', (3,), (4,))
+        """
+        batch_index = self._batch_codes(batch_index, x)
+        cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
+        h = self.z_encoder.hidden(x, *cats, cont=cont)
+        loc, scale = self.z_encoder.params(h)
+        if self.z_guide_head is None:
+            return dist.Normal(loc, scale).to_event(1)
+        return self.z_guide_head.distribution(h, loc, scale)
 
     @property
     def latent_transform(self) -> dist.transforms.Transform | None:

@@ -133,6 +133,12 @@ class Encoder(nn.Module):
         self, x: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of the Normal posterior for each cell."""
-        h = self.encoder(_log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
-        scale = torch.sqrt(self.var_activation(self.log_var(h)) + self.var_eps)
-        return self.loc(h), scale
+        return self.params(self.hidden(x, *cat_codes, cont=cont))
+
+    def hidden(self, x: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer ``h`` (what richer guide heads read, see :mod:`pyrovi.module.nn`)."""
+        return self.encoder(_log1p(x) if self.log1p_input else x, *cat_codes, cont=cont)
+
+    def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of the Normal from the hidden layer ``h``."""
+        return self.loc(h), torch.sqrt(self.var_activation(self.log_var(h)) + self.var_eps)
