@@ -14,12 +14,13 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
-from .._checks import check_bool, check_int, check_number
+from .._checks import check_bool, check_choice, check_int, check_number
 from .._constants import REGISTRY_KEYS
 from .._pyro_lock import pyro_lock
 from ..module.base import BaseModuleClass, per_cell_elbo_terms, trace_pair
 from ._elbo import SplitTraceMeanField_ELBO
 from ._nonfinite import SKIPPED_STEPS_METRIC, NonFiniteGuard
+from ._renyi_elbo import CellRenyiELBO
 from ._trainer_checks import monitor_mode
 
 #: equal-width confidence bins of the validation calibration error (torchmetrics' and scvi-tools' number)
@@ -83,6 +84,43 @@ def _validate_plan_settings(**values: Any) -> None:
         )
     check_number("lr_factor", values["lr_factor"], 0.0, 1.0, low_open=True, high_open=True)  # multiplies the lr
     check_int("lr_patience", values["lr_patience"], minimum=0)
+
+
+def _objective_loss(objective: str, num_particles: int, alpha: float | None, loss: ELBO | None) -> ELBO:
+    """The Pyro ELBO class of ``objective`` with ``num_particles`` vectorised particles; ``loss`` if given."""
+    check_choice("objective", objective, ("elbo", "iwelbo", "renyi"))
+    check_int("num_particles", num_particles, minimum=1)
+    if alpha is not None:
+        check_number("alpha", alpha)
+        if objective != "renyi":
+            raise ValueError(f"alpha={alpha} is the order of objective='renyi', but objective={objective!r}; pass "
+                             "objective='renyi' too, or drop alpha.")
+    if objective == "elbo":
+        if loss is not None:
+            if num_particles != 1:
+                raise ValueError("num_particles is a setting of the objective, but an explicit loss was given; set "
+                                 "the particles on the loss itself (e.g. Trace_ELBO(num_particles=8)).")
+            return loss
+        if num_particles == 1:  # the default estimator, unchanged
+            return SplitTraceMeanField_ELBO()
+        return SplitTraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True)
+    if isinstance(loss, TraceEnum_ELBO):
+        raise ValueError(
+            f"objective={objective!r} cannot be used with this model: it sums out discrete latent variables "
+            "(TraceEnum_ELBO, as SCANVI and CellAssign train), which Pyro's RenyiELBO does not enumerate. Use "
+            "objective='elbo'."
+        )
+    if loss is not None:
+        raise ValueError(
+            f"objective={objective!r} and an explicit loss were both given; the objective chooses the loss. Pass "
+            "one of them."
+        )
+    if objective == "iwelbo":
+        return CellRenyiELBO(alpha=0.0, num_particles=num_particles)
+    alpha = 0.5 if alpha is None else alpha
+    if alpha == 1:
+        raise ValueError("objective='renyi' with alpha=1 is the ELBO: use objective='elbo' (with num_particles).")
+    return CellRenyiELBO(alpha=alpha, num_particles=num_particles)
 
 
 def _check_loss_kwargs(module: BaseModuleClass, loss_kwargs: dict[str, Any]) -> None:
@@ -175,6 +213,20 @@ class TrainingPlan(pl.LightningModule):
     loss
         A Pyro ELBO; default :class:`~pyro.infer.TraceMeanField_ELBO` (analytic KL where one exists). A
         ``TraceMeanField_ELBO`` also reports its reconstruction and KL parts (see History below).
+    objective
+        What the default loss maximises: ``"elbo"`` (default), ``"iwelbo"`` (the importance-weighted bound of
+        each cell with ``num_particles`` draws, Burda et al. 2016) or ``"renyi"`` (Rényi's α bound, Li & Turner
+        2016; ``alpha=0`` is ``"iwelbo"``, ``alpha -> 1`` the ELBO). The bounds weight each cell's draws and
+        share one draw of the global latents between the particles (a per-cell subclass of
+        :class:`pyro.infer.RenyiELBO`). They need reparameterised latents: a model that enumerates discrete
+        latents (SCANVI, CellAssign) trains with ``"elbo"`` only. Not with an explicit ``loss``.
+    num_particles
+        Draws per cell and step, vectorised (the model and guide run once, with a particle dimension left of
+        their plates). ``1`` (default) with ``"elbo"`` is the default estimator; ``K > 1`` averages ``K``
+        ELBO draws, or tightens the bound of ``"iwelbo"``/``"renyi"`` (``K = 1`` gives the ELBO there).
+    alpha
+        The order of ``objective="renyi"`` (default 0.5); any number but 1 (the ELBO: use ``"elbo"``).
+        ``alpha >= 0`` gives a lower bound on ``log p(x)``, smaller ``alpha`` a tighter one.
     optimizer
         ``"Adam"``, ``"AdamW"``, ``"Custom"`` (with ``optimizer_creator``) or a callable
         ``params -> torch.optim.Optimizer``.
@@ -228,7 +280,9 @@ class TrainingPlan(pl.LightningModule):
     (the KL of global latents, not per cell), the same with ``_validation`` and ``validation_loss``, and
     ``kl_weight``. The split of the training ELBO comes from the traces of the loss itself (no extra pass);
     with another Pyro ELBO only ``elbo_train`` and ``train_loss`` are logged for training, and the
-    validation terms take one extra pass.
+    validation terms take one extra pass. With ``objective="iwelbo"`` or ``"renyi"``, ``elbo_train``,
+    ``elbo_validation``, ``train_loss`` and ``validation_loss`` hold the negative of that bound (per cell, at
+    ``num_particles`` draws), the quantity optimised, and the reconstruction and KL terms are the ELBO's.
 
     A module that classifies cells (SCANVI's) defines ``label_log_probs(*args, **kwargs)``, which returns, for
     a minibatch's model arguments, ``log q(y | x)`` of each cell ``(n_cells, n_labels)``, the cells' integer
@@ -268,6 +322,9 @@ class TrainingPlan(pl.LightningModule):
         module: BaseModuleClass,
         *,
         loss: ELBO | None = None,
+        objective: Literal["elbo", "iwelbo", "renyi"] = "elbo",
+        num_particles: int = 1,
+        alpha: float | None = None,
         optimizer: Literal["Adam", "AdamW", "Custom"] | Callable = "Adam",
         optimizer_creator: Callable | None = None,
         lr: float = 1e-3,
@@ -305,9 +362,9 @@ class TrainingPlan(pl.LightningModule):
         )
         _check_loss_kwargs(module, loss_kwargs)
         self.module = module
-        if loss is None:
-            loss = SplitTraceMeanField_ELBO()
-        elif type(loss) is TraceMeanField_ELBO:
+        self.objective = objective
+        loss = _objective_loss(objective, num_particles, alpha, loss)
+        if type(loss) is TraceMeanField_ELBO:
             loss = SplitTraceMeanField_ELBO.from_elbo(loss)  # same estimator, and it reports its parts
         self.loss = loss
         # The ELBO module only wraps the (bound) model and guide; the parameters are the module's.
