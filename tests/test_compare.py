@@ -134,3 +134,23 @@ def test_errors(fitted):
     other_split.validation_indices = np.setdiff1d(np.arange(adata.n_obs), models["NB"].validation_indices)
     with pytest.raises(ValueError, match="share no held-out validation cells"):
         compare({"NB": models["NB"], "other split": other_split})
+
+
+def test_plot_compare(fitted):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from pyrovi.criticism.plots import plot_compare
+
+    _, models = fitted
+    pyro.set_rng_seed(0)
+    with pytest.warns(UserWarning):
+        table = compare(models, n_particles=N_PARTICLES)
+    figure = plot_compare(table)
+    ax = figure.axes[0]
+    rows = dict(zip(ax.get_yticks(), (tick.get_text() for tick in ax.get_yticklabels())))
+    assert rows[max(rows)].startswith(table.index[0])  # best model on the top row
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(table["elpd"].iloc[0])  # dashed line at the best elpd
+    with pytest.raises(ValueError, match="pass the DataFrame returned by pyrovi.criticism.compare"):
+        plot_compare(table[["rank"]])
+    plt.close(figure)

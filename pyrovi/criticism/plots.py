@@ -1,5 +1,6 @@
 """Plots of a :class:`~pyrovi.criticism.PosteriorPredictiveCheck`, several models overlaid, and reliability
-diagrams of predicted labels (:func:`plot_reliability`, from any classifier's probabilities).
+diagrams of predicted labels (:func:`plot_reliability`, from any classifier's probabilities), and the
+model comparison of :func:`~pyrovi.criticism.compare` (:func:`plot_compare`).
 
 Each function draws an ordinary pyplot figure, as scanpy's and matplotlib's own plots do: it is shown
 inline in a notebook, ``plt.savefig("ppc.png")`` (or ``fig.savefig``) saves it, and ``plt.close(fig)``
@@ -421,6 +422,49 @@ def plot_reliability(
     return figure
 
 
+def plot_compare(table: Any, ax: Axes | None = None) -> Figure:
+    """Model comparison plot of :func:`~pyrovi.criticism.compare`'s table, as ArviZ's ``plot_compare``.
+
+    One row per model, best at the top: a filled circle at its ``elpd`` with ``± se`` bars, and, for the
+    others, a hollow triangle at ``best elpd - elpd_diff`` with ``± dse`` bars (the paired standard error of
+    the difference, narrower than ``se``). A difference whose bars reach the dashed line of the best model
+    is within noise. Models with unreliable importance weights (``warning``) are marked ``(k̂!)``.
+
+    Parameters
+    ----------
+    table
+        The DataFrame returned by :func:`~pyrovi.criticism.compare`.
+    ax
+        Axes to draw on (default: a new figure).
+
+    Examples
+    --------
+    >>> table = pyrovi.criticism.compare({"NB": nb_model, "Poisson": poisson_model}, n_particles=30)
+    >>> fig = pyrovi.criticism.plots.plot_compare(table)
+    """
+    missing = sorted({"elpd", "se", "elpd_diff", "dse"} - set(getattr(table, "columns", ())))
+    if missing:
+        raise ValueError(f"table lacks the columns {missing}; pass the DataFrame returned by pyrovi.criticism.compare.")
+    table = table.sort_values("elpd", ascending=False)
+    figure, ax = _figure_and_axes(ax, figsize=(5.0, 1.0 + 0.6 * len(table)))
+    rows = np.arange(len(table))[::-1]
+    best = float(table["elpd"].iloc[0])
+    ax.axvline(best, color="0.5", linestyle="--", linewidth=1)
+    ax.errorbar(table["elpd"], rows, xerr=table["se"], fmt="o", color="black", capsize=3, label="elpd ± se")
+    others = table.iloc[1:]
+    if len(others):
+        ax.errorbar(
+            best - others["elpd_diff"], rows[1:] - 0.2, xerr=others["dse"], fmt="^", color="0.4", mfc="white",
+            capsize=3, label="difference to best ± dse",
+        )  # fmt: skip
+    flagged = table["warning"] if "warning" in table.columns else [False] * len(table)
+    ax.set_yticks(rows, [f"{name} (k̂!)" if bad else str(name) for name, bad in zip(table.index, flagged)])
+    ax.set_xlabel("elpd (importance-sampled log p(x), summed over cells; higher is better)")
+    ax.legend(frameon=False, loc="best")
+    return figure
+
+
 __all__ = [
     "plot_cv", "plot_zero_fraction", "plot_calibration", "plot_mean_variance", "plot_rootogram", "plot_reliability",
+    "plot_compare",
 ]  # fmt: skip
