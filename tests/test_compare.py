@@ -39,23 +39,23 @@ def fitted():
 
 def test_table_columns_order_and_sums(fitted):
     adata, models = fitted
-    table = compare(models, n_particles=N_PARTICLES)
+    table, per_cell = compare(models, n_particles=N_PARTICLES, pointwise=True)
     assert list(table.columns) == ["rank", "elpd", "se", "elpd_diff", "dse", "p_khat_bad", "n_cells", "warning"]
     assert list(table["rank"]) == [0, 1]
     assert table["elpd"].is_monotonic_decreasing and table["elpd_diff"].iloc[0] == 0.0
     shared = np.intersect1d(models["NB"].validation_indices, models["Poisson"].validation_indices)
     assert (table["n_cells"] == len(shared)).all()
     for name in table.index:
-        pointwise = table.attrs["pointwise"][name]
+        pointwise = per_cell["elpd_i", name].to_numpy()
         assert table.loc[name, "elpd"] == pytest.approx(pointwise.sum())
         assert table.loc[name, "se"] == pytest.approx(math.sqrt(len(pointwise) * np.var(pointwise)))
 
 
 def test_paired_se_is_the_se_of_per_cell_differences(fitted):
     _, models = fitted
-    table = compare(models, n_particles=N_PARTICLES)
+    table, per_cell = compare(models, n_particles=N_PARTICLES, pointwise=True)
     best, other = table.index
-    diff = table.attrs["pointwise"][best] - table.attrs["pointwise"][other]
+    diff = (per_cell["elpd_i", best] - per_cell["elpd_i", other]).to_numpy()
     # hand computation: n * (mean of squared deviations of the differences)
     n = len(diff)
     by_hand = math.sqrt(n * sum((d - sum(diff) / n) ** 2 for d in diff) / n)
@@ -70,10 +70,10 @@ def test_pointwise_is_get_marginal_ll(fitted):
     cells = np.arange(20)
     pyro.set_rng_seed(3)
     with pytest.warns(UserWarning):  # briefly trained guides: heavy-tailed weights
-        table = compare(models, indices=cells, n_particles=N_PARTICLES)
+        _, per_cell = compare(models, indices=cells, n_particles=N_PARTICLES, pointwise=True)
     pyro.set_rng_seed(3)  # the same draws: compare evaluates "NB" first, as get_marginal_ll draws them
     direct = models["NB"].get_marginal_ll(indices=cells, n_mc_samples=N_PARTICLES, return_mean=False)
-    np.testing.assert_allclose(table.attrs["pointwise"]["NB"], direct, rtol=1e-5)
+    np.testing.assert_allclose(per_cell["elpd_i", "NB"], direct, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

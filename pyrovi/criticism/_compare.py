@@ -22,7 +22,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.special import logsumexp
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from ..model.base._importance import log_importance_weights
 from ._data import check_models, shared_features
 
@@ -104,7 +104,8 @@ def compare(
     indices: Sequence[int] | None = None,
     n_particles: int = 100,
     batch_size: int | None = None,
-) -> pd.DataFrame:
+    pointwise: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Rank fitted models by the importance-sampled log predictive density of the same cells.
 
     Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (the estimate of
@@ -126,12 +127,15 @@ def compare(
         ``k̂`` can be fitted to the largest 20% of the draws).
     batch_size
         Minibatch size of the queries (default: the models' own).
+    pointwise
+        Also return the per-cell values.
 
     Returns
     -------
     A DataFrame with one row per model, best first (columns ``rank``, ``elpd``, ``se``, ``elpd_diff``,
-    ``dse``, ``p_khat_bad``, ``n_cells``, ``warning``), as ArviZ's ``compare``; ``table.attrs["pointwise"]``
-    and ``table.attrs["khat"]`` hold the per-cell ``log p̂(x_n)`` and ``k̂`` of each model.
+    ``dse``, ``p_khat_bad``, ``n_cells``, ``warning``), as ArviZ's ``compare``. With ``pointwise``, also a
+    DataFrame indexed by the cells' row positions with columns ``("elpd_i", model)`` (each cell's
+    ``log p̂(x_n)``) and ``("khat", model)``.
 
     Examples
     --------
@@ -143,6 +147,7 @@ def compare(
     if len(models) < 2:
         raise ValueError(f"compare needs two or more models to compare, got {len(models)}; pass {{name: model}} for each.")
     check_int("n_particles", n_particles)
+    check_bool("pointwise", pointwise)
     if n_particles < MIN_PARTICLES:
         raise ValueError(
             f"n_particles must be at least {MIN_PARTICLES} (Pareto k is fitted to the largest 20% of a cell's draws, "
@@ -151,13 +156,14 @@ def compare(
     array_stats = _require_arviz_stats()
     shared_features(models)
     cells = _shared_cells(models, adata, indices)
-    pointwise, khat = {}, {}
+    elpd_i, khat = {}, {}
     for name, model in models.items():
         w = log_importance_weights(model, adata, cells, n_particles, batch_size).double().cpu().numpy()
-        pointwise[name] = logsumexp(w, axis=0) - math.log(n_particles)
+        elpd_i[name] = logsumexp(w, axis=0) - math.log(n_particles)
         # arviz-stats smooths the weights of -ary (its input is a log-likelihood, for LOO)
-        khat[name] = np.asarray(array_stats.psislw(-w.T, axis=-1)[1], dtype=float)
-    table = _table(pointwise, khat)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a cell whose tail weights are all equal: k undefined
+            khat[name] = np.asarray(array_stats.psislw(-w.T, axis=-1)[1], dtype=float)
+    table = _table(elpd_i, khat)
     bad = {name: share for name, share in table["p_khat_bad"].items() if share > 0}
     if bad:
         listed = ", ".join(f"{name!r} ({share:.0%} of cells)" for name, share in bad.items())
@@ -167,6 +173,8 @@ def compare(
             UserWarning,
             stacklevel=2,
         )
-    table.attrs["pointwise"] = pointwise
-    table.attrs["khat"] = khat
-    return table
+    if not pointwise:
+        return table
+    columns = {("elpd_i", name): values for name, values in elpd_i.items()}
+    columns.update({("khat", name): values for name, values in khat.items()})
+    return table, pd.DataFrame(columns, index=pd.Index(cells, name="cell"))
