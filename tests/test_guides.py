@@ -86,3 +86,55 @@ def test_scanvi_refuses_a_richer_guide():
     SCANVI.setup_anndata(ad, labels_key="labels", unlabeled_category="none", batch_key="batch")
     with pytest.raises(ValueError, match="guide='normal' only"):
         SCANVI(ad, guide="lowrank")
+
+
+def _held_out_elbo_per_cell(guide: str, guide_kwargs: dict | None, seed: int) -> float:
+    """Held-out ELBO of a guide family on data whose posterior over z is correlated and curved.
+
+    The data come from a VAE's own decoder (2-d latent, 20 genes, Gaussian noise of sd 0.3 around
+    ``50 * softmax(f(z))``): the decoder is fixed at the truth, so every family fits the same posterior
+    and only the guide differs. The held-out ELBO (50 particles, fresh cells) is then higher the closer
+    ``q(z | x)`` is to the true posterior.
+    """
+    from pyro.infer import Trace_ELBO
+
+    from pyrovi.train import SplitTraceMeanField_ELBO
+
+    def make(family: str, kwargs: dict | None) -> VAE:
+        torch.manual_seed(seed)  # the same decoder for every family
+        vae = VAE(n_input=20, n_latent=2, n_hidden=32, gene_likelihood="normal", use_batch_norm="none",
+                  dropout_rate=0.0, log_variational=False, guide=family, guide_kwargs=kwargs)
+        with torch.no_grad():
+            vae.log_theta.fill_(np.log(0.3))
+        return vae
+
+    truth = make("normal", None)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = torch.randn(512, 2, generator=generator)
+        x = 50 * truth.decoder.decode_log(z)[0].exp() + 0.3 * torch.randn(512, 20, generator=generator)
+    train, test = x[:256], x[256:]
+    pyro.set_rng_seed(seed)
+    vae = make(guide, guide_kwargs)
+    vae.decoder.load_state_dict(truth.decoder.state_dict())
+    for p in [*vae.decoder.parameters(), vae.log_theta]:
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=1e-2)
+    elbo = SplitTraceMeanField_ELBO(num_particles=2)  # the training plan's default ELBO
+    for _ in range(600):
+        opt.zero_grad()
+        (elbo.differentiable_loss(vae.model, vae.guide, train) / 256).backward()
+        opt.step()
+    with torch.no_grad():
+        return -float(Trace_ELBO(num_particles=50).differentiable_loss(vae.model, vae.guide, test)) / 256
+
+
+def test_richer_guides_reach_a_higher_held_out_elbo_on_a_correlated_posterior():
+    # one seed keeps the suite fast; seed 1 gave the same ordering (normal -8.84, lowrank -8.75, flow -7.95)
+    seed = 0
+    normal = _held_out_elbo_per_cell("normal", None, seed)
+    lowrank = _held_out_elbo_per_cell("lowrank", {"rank": 1}, seed)
+    flow = _held_out_elbo_per_cell("flow", {"n_flows": 2, "hidden_dims": [32]}, seed)
+    # margins in nats per cell, well above the held-out estimate's Monte Carlo error (~0.01)
+    assert lowrank > normal + 0.05
+    assert flow > normal + 0.2
