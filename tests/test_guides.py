@@ -138,3 +138,22 @@ def test_richer_guides_reach_a_higher_held_out_elbo_on_a_correlated_posterior():
     # margins in nats per cell, well above the held-out estimate's Monte Carlo error (~0.01)
     assert lowrank > normal + 0.05
     assert flow > normal + 0.2
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "flow"])
+@pytest.mark.parametrize("latent_distribution", ["normal", "ln"])
+def test_vectorised_particles_and_logistic_normal_give_finite_gradients(guide, latent_distribution):
+    from pyro.infer import Trace_ELBO
+
+    from pyrovi.train import SplitTraceMeanField_ELBO
+
+    vae = VAE(n_input=20, n_latent=3, guide=guide, latent_distribution=latent_distribution)
+    x = torch.poisson(torch.full((6, 20), 2.0))
+    for elbo in (SplitTraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+                 Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)):
+        vae.zero_grad()
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        assert torch.isfinite(loss)
+        grads = [p.grad for p in vae.z_guide_head.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
