@@ -49,8 +49,9 @@ from .._checks import check_bool, check_number
 from .._constants import REGISTRY_KEYS
 from ._arguments import check_option
 from ._vae import VAE
-from .base import cell_plate
+from .base import cell_plate, library_prior, observed_library
 from .base._minified import stored_latent_params
+from .distributions import LikelihoodInputs, gene_likelihood
 from .nn import Encoder, FCLayers
 
 LabelPrior = Literal["uniform", "labelled", "learned"]
@@ -263,9 +264,19 @@ class SCANVAE(VAE):
                 u = pyro.sample("u", p_u)
             z_loc, z_scale = self._per_label(self.decoder_z1_z2, u, y)
             z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+            log_library = None
             with poutine.scale(scale=kl_weight):
-                library, log_library = self._library(x, size_factor, batch_index)
-            self._counts_given_z(x, z, library, log_library, theta, batch_index, labels, cat_covs, cont_covs)
+                if self.use_observed_lib_size:
+                    library = observed_library(x, size_factor)
+                else:
+                    log_library = pyro.sample("log_library", library_prior(self, batch_index))
+                    library = log_library.exp()
+            cats, cont = self._network_covariates(batch_index, cat_covs, cont_covs)
+            log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, *cats, cont=cont)
+            rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
+            theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
+            inputs = LikelihoodInputs(library, rho, theta, zi_logits, log_rho=log_rho, log_library=log_library)
+            pyro.sample("x", gene_likelihood(self.gene_likelihood, inputs).to_event(1), obs=x)
             if self.classification_ratio > 0 and self.training:
                 self._classification_term(x, batch_index, cat_covs, cont_covs, observed, labelled)
 

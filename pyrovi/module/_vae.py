@@ -432,40 +432,21 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         if self._dispersion_prior_name is not None:
             theta = pyro.sample("dispersion", self._dispersion_prior())
         with cell_plate(x.shape[0], indices, n_obs):
+            log_library = None
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", p_z)
-                library, log_library = self._library(x, size_factor, batch_index)
-            self._counts_given_z(x, z, library, log_library, theta, batch_index, labels, cat_covs, cont_covs)
-
-    def _library(
-        self, x: torch.Tensor, size_factor: torch.Tensor | None, batch_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The library: observed (``(library, None)``), or the latent ``log_library`` sampled from its prior."""
-        if self.use_observed_lib_size:
-            return observed_library(x, size_factor), None
-        log_library = pyro.sample("log_library", library_prior(self, batch_index))
-        return log_library.exp(), log_library
-
-    def _counts_given_z(
-        self,
-        x: torch.Tensor,
-        z: torch.Tensor,
-        library: torch.Tensor,
-        log_library: torch.Tensor | None,
-        theta: torch.Tensor | None,
-        batch_index: torch.Tensor,
-        labels: torch.Tensor | None,
-        cat_covs: tuple[torch.Tensor, ...],
-        cont_covs: torch.Tensor | None,
-    ) -> None:
-        """``x ~ likelihood(library * decoder(z, batch, covariates), theta)`` inside the cells plate."""
-        # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
-        cats, cont = self._network_covariates(batch_index, cat_covs, cont_covs)
-        log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, *cats, cont=cont)
-        rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
-        theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
-        inputs = LikelihoodInputs(library, rho, theta, zi_logits, log_rho=log_rho, log_library=log_library)
-        pyro.sample("x", gene_likelihood(self.gene_likelihood, inputs).to_event(1), obs=x)
+                if self.use_observed_lib_size:
+                    library = observed_library(x, size_factor)
+                else:
+                    log_library = pyro.sample("log_library", library_prior(self, batch_index))
+                    library = log_library.exp()
+            # log space: log mu = log library + log_softmax(...), exact and one pass cheaper than log(mu)
+            cats, cont = self._network_covariates(batch_index, cat_covs, cont_covs)
+            log_rho, log_theta_cell, zi_logits = self.decoder.decode_log(z, *cats, cont=cont)
+            rho = pyro.deterministic("rho", log_rho.exp(), event_dim=1)
+            theta = self._theta(theta, log_theta_cell, batch_index, labels) if self._uses_dispersion else None
+            inputs = LikelihoodInputs(library, rho, theta, zi_logits, log_rho=log_rho, log_library=log_library)
+            pyro.sample("x", gene_likelihood(self.gene_likelihood, inputs).to_event(1), obs=x)
 
     def guide(
         self,
