@@ -23,7 +23,8 @@ from anndata import AnnData
 from scipy.special import logsumexp
 
 from .._checks import check_bool, check_int
-from ..model.base._importance import log_importance_weights
+from ..model.base._importance import JOINT, log_importance_weights, model_modalities, modality_observed_sites
+from ..model.base._minified_mixin import refuse_if_minified
 from ._data import check_models, shared_features
 
 #: Pareto k above which an importance-sampling estimate is unreliable (Vehtari et al. 2024)
@@ -75,6 +76,48 @@ def _shared_cells(models: Mapping[str, Any], adata: AnnData | None, indices: Seq
     return shared
 
 
+def _pareto_k(array_stats: Any, w: np.ndarray) -> np.ndarray:
+    """``k̂`` of each cell's log-weights (columns of ``w``); ``-inf`` where its largest weights are all equal.
+
+    Equal weights mean the guide matches the posterior there (an exact estimate): there is no tail to fit, and
+    arviz-stats refuses the whole array, so such arrays are fitted cell by cell.
+    """
+    # arviz-stats smooths the weights of -ary (its input is a log-likelihood, for LOO)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        try:
+            return np.asarray(array_stats.psislw(-w.T, axis=-1)[1], dtype=float)
+        except ValueError:
+            khat = np.full(w.shape[1], -np.inf)
+            for cell in range(w.shape[1]):
+                try:
+                    khat[cell] = float(array_stats.psislw(-w[:, cell], axis=-1)[1])
+                except ValueError:  # all tail values the same
+                    pass
+            return khat
+
+
+def _check_modality(models: Mapping[str, Any], modality: str, adata: AnnData | None) -> None:
+    """Every model has ``modality``, scores the same data under it, reads counts (not minified), shares features."""
+    for name, model in models.items():
+        try:
+            modality_observed_sites(model, modality)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"models[{name!r}]: {err}") from None
+        refuse_if_minified(model, adata, "compare")
+    if modality == JOINT:
+        kinds = {name: model_modalities(model) for name, model in models.items()}
+        if len({tuple(sorted(k)) for k in kinds.values()}) > 1:
+            shared = sorted(set.intersection(*(set(k) for k in kinds.values())) - {JOINT})
+            raise ValueError(
+                f"modality='joint' scores all observed data of each model, and these models observe different data "
+                f"({kinds}): their densities are not comparable. Compare one shared modality, e.g. modality="
+                f"{shared[0]!r}." if shared else "modality='joint' needs models that observe the same data."
+            )
+    shared_features(models)
+    if modality == "protein" or (modality == JOINT and "protein" in model_modalities(next(iter(models.values())))):
+        shared_features(check_models(models, "protein"), "protein")
+
+
 def _table(pointwise: dict[str, np.ndarray], khat: dict[str, np.ndarray]) -> pd.DataFrame:
     """ArviZ's compare table from per-cell log predictive densities and Pareto k of each model."""
     n = len(next(iter(pointwise.values())))
@@ -105,12 +148,14 @@ def compare(
     n_particles: int = 100,
     batch_size: int | None = None,
     pointwise: bool = False,
+    modality: str = "joint",
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Rank fitted models by the importance-sampled log predictive density of the same cells.
 
-    Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (the estimate of
-    ``get_marginal_ll``, all observed sites jointly: TOTALVI's RNA and proteins), summed over cells into the
-    ``elpd``; differences to the best model come with the standard error of the paired per-cell differences.
+    Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (by default the estimate of
+    ``get_marginal_ll``: all observed data jointly, e.g. TOTALVI's RNA and proteins; ``modality`` picks one),
+    summed over cells into the ``elpd``; differences to the best model come with the standard error of the
+    paired per-cell differences.
     A Pareto shape ``k̂ > 0.7`` of a cell's importance weights flags an unreliable estimate (a warning names the
     models and the share of such cells). See the guide's "Comparing models" section for the maths.
 
@@ -129,6 +174,11 @@ def compare(
         Minibatch size of the queries (default: the models' own).
     pointwise
         Also return the per-cell values.
+    modality
+        Which observed data are the evidence ``x`` scored by every model: ``"joint"`` (all of them: the models
+        must observe the same data), ``"rna"`` (the counts: any model; TOTALVI's proteins and SCANVI's labels
+        are marginalised), ``"protein"`` (TOTALVI's proteins, the RNA marginalised) or ``"labels"`` (SCANVI's
+        observed labels). The guide stays the proposal, conditioned on all the data.
 
     Returns
     -------
@@ -142,6 +192,13 @@ def compare(
     >>> table = pyrovi.criticism.compare({"NB": nb_model, "Poisson": poisson_model}, n_particles=30)
     >>> list(table.columns)
     ['rank', 'elpd', 'se', 'elpd_diff', 'dse', 'p_khat_bad', 'n_cells', 'warning']
+
+    TOTALVI's proteins alone (its RNA marginalised), here of one model against itself:
+
+    >>> proteins = pyrovi.criticism.compare({"A": totalvi, "B": totalvi}, indices=range(10), n_particles=25,
+    ...                                     modality="protein")
+    >>> proteins["n_cells"].tolist()
+    [10, 10]
     """
     models = check_models(models)
     if len(models) < 2:
@@ -154,15 +211,14 @@ def compare(
             f"at least 5 of them), got {n_particles}."
         )
     array_stats = _require_arviz_stats()
-    shared_features(models)
+    _check_modality(models, modality, adata)
     cells = _shared_cells(models, adata, indices)
     elpd_i, khat = {}, {}
     for name, model in models.items():
-        w = log_importance_weights(model, adata, cells, n_particles, batch_size).double().cpu().numpy()
+        w = log_importance_weights(model, adata, cells, n_particles, batch_size, modality=modality)
+        w = w.double().cpu().numpy()
         elpd_i[name] = logsumexp(w, axis=0) - math.log(n_particles)
-        # arviz-stats smooths the weights of -ary (its input is a log-likelihood, for LOO)
-        with np.errstate(divide="ignore", invalid="ignore"):  # a cell whose tail weights are all equal: k undefined
-            khat[name] = np.asarray(array_stats.psislw(-w.T, axis=-1)[1], dtype=float)
+        khat[name] = _pareto_k(array_stats, w)
     table = _table(elpd_i, khat)
     bad = {name: share for name, share in table["p_khat_bad"].items() if share > 0}
     if bad:
