@@ -34,6 +34,7 @@ from ..data.fields._lookup import check_key_list
 from ..data.fields._mudata import is_mudata
 from ..module import TOTALVAE
 from ..module.base import GlobalGuide
+from ..module.nn import GuideFamily
 from ..module.priors import LatentPrior
 from ._library import library_log_prior
 from ._protein_background import protein_background_prior, protein_batch_mask
@@ -84,6 +85,14 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         Prior of ``z`` (a :class:`~pyrovi.priors.LatentPrior`) and guide of global sites.
     objective
         ``"elbo"`` (default) or ``"scvi-tools"``; see :class:`~pyrovi.module.TOTALVAE`.
+    guide
+        Family of the amortized guide of each cell's latent: ``"normal"`` (mean field, scvi-tools' guide),
+        ``"lowrank"`` (a Gaussian with a low-rank plus diagonal covariance) or ``"flow"`` (a normalising
+        flow conditioned on the encoder of the joint counts). See "Guide families" in the SCVI docs; the
+        richer families estimate the KL term of ``z`` by Monte Carlo.
+    guide_kwargs
+        Options of the guide family (``{"rank": 2}`` for ``"lowrank"``; ``n_flows``, ``hidden_dims``,
+        ``n_moment_samples`` for ``"flow"``), see :class:`~pyrovi.module.VAE`.
     **module_kwargs
         Further arguments of :class:`~pyrovi.module.TOTALVAE`: ``encode_covariates`` (default True),
         ``use_batch_norm``, ``use_layer_norm`` (``"encoder"``, ``"decoder"``, ``"both"``, ``"none"``),
@@ -126,6 +135,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
         prior: LatentPrior | None = None,
         global_guide: GlobalGuide = "normal",
         objective: Literal["elbo", "scvi-tools"] = "elbo",
+        guide: GuideFamily = "normal",
+        guide_kwargs: dict[str, Any] | None = None,
         **module_kwargs: Any,
     ):
         super().__init__(adata)
@@ -178,6 +189,8 @@ class TOTALVI(DEMixin, VAEMixin, BaseModelClass):
             prior=prior,
             global_guide=global_guide,
             objective=objective,
+            guide=guide,
+            guide_kwargs=guide_kwargs,
             **module_kwargs,
         )
 

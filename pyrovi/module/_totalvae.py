@@ -22,7 +22,9 @@ With ``latent_distribution="ln"``, :math:`z_n = T(u_n)` lies on the simplex, :ma
 
 Guide: :math:`q(z_n \\mid x_n, y_n, s_n)` and :math:`q(\\log \\ell_n \\mid x_n, y_n)` (latent library) from
 an encoder of the concatenated log counts; :math:`q(\\log \\beta_n \\mid z_n, s_n)` from a network of the
-guide applied to the sampled :math:`z_n`.
+guide applied to the sampled :math:`z_n`. The guide of :math:`u_n` is mean-field Normal by default;
+``guide="lowrank"`` or ``"flow"`` makes it a low-rank Gaussian or a conditional flow, as for
+:class:`~pyrovi.module.VAE` (:mod:`pyrovi.module.nn`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from .base import (
     register_library_prior,
 )
 from .distributions import LikelihoodInputs, gene_likelihood, negative_binomial
-from .nn import Encoder, FCLayers
+from .nn import Encoder, FCLayers, GuideFamily, check_guide_kwargs, encoder_posterior, make_guide_head
 from .priors import LatentPrior, StandardNormal, check_latent_prior
 
 #: the positive map of the network output that gives the scale of q(log beta | z, s)
@@ -137,6 +139,10 @@ class TOTALVAE(BaseModuleClass):
         protein background). ``"scvi-tools"``: scvi-tools' objective, in which the library KL is not
         warmed up and the protein log-likelihood is scaled by the warm-up weight together with the KL
         terms of ``z`` and the background; after warm-up both objectives are the same ELBO.
+    guide, guide_kwargs
+        Family of the amortized guide of ``u`` (``"normal"``, ``"lowrank"`` or ``"flow"``) and its options,
+        as for :class:`~pyrovi.module.VAE`: the extra head reads the last hidden layer of the encoder of the
+        joint counts. The KL of ``z`` is then estimated by Monte Carlo.
 
     Examples
     --------
@@ -184,6 +190,8 @@ class TOTALVAE(BaseModuleClass):
         prior: LatentPrior | None = None,
         global_guide: GlobalGuide = "normal",
         objective: Objective = "elbo",
+        guide: GuideFamily = "normal",
+        guide_kwargs: dict | None = None,
     ):
         super().__init__()
         check_sizes(n_hidden=n_hidden, n_latent=n_latent, n_layers_encoder=n_layers_encoder,
@@ -211,6 +219,9 @@ class TOTALVAE(BaseModuleClass):
         self.activation_function_bg = activation_bg
         self.latent_distribution = latent_distribution
         self.n_latent_base = n_latent - 1 if latent_distribution == "ln" else n_latent
+        # the method `guide` is taken: the family's name is `guide_family`
+        self.guide_kwargs = check_guide_kwargs(guide, guide_kwargs, self.n_latent_base)
+        self.guide_family = guide
         self.encode_covariates = encode_covariates
         self.n_input_genes, self.n_input_proteins = n_input_genes, n_input_proteins
         self.n_input = n_input_genes + n_input_proteins  # the encoder's input width
@@ -256,6 +267,7 @@ class TOTALVAE(BaseModuleClass):
             ),
         }
         self.z_encoder = Encoder(self.n_input, self.n_latent_base, n_layers=n_layers_encoder, **enc_kwargs)
+        self.z_guide_head = make_guide_head(guide, n_hidden, self.n_latent_base, self.guide_kwargs)
         if not use_observed_lib_size:
             self.l_encoder = Encoder(self.n_input, 1, n_layers=1, **enc_kwargs)
 
@@ -386,9 +398,13 @@ class TOTALVAE(BaseModuleClass):
             with poutine.scale(scale=kl_weight):
                 if latent_qzm is not None:  # minified data: the stored posterior of u
                     z_loc, z_scale = stored_latent_params(latent_qzm, latent_qzv)
-                else:
+                    q_u = dist.Normal(z_loc, z_scale).to_event(1)
+                elif self.z_guide_head is None:
                     z_loc, z_scale = self.z_encoder(xy, *enc_cats, cont=enc_cont)
-                z = pyro.sample("z", self._latent(dist.Normal(z_loc, z_scale).to_event(1)))
+                    q_u = dist.Normal(z_loc, z_scale).to_event(1)
+                else:
+                    q_u = encoder_posterior(self.z_encoder, self.z_guide_head, xy, *enc_cats, cont=enc_cont)
+                z = pyro.sample("z", self._latent(q_u))
                 h = self.background_encoder(z, batch_index, *cat_covs, cont=cont_covs)
                 scale = _BACKGROUND_SCALE_ACTIVATIONS[self.activation_function_bg](self.background_log_scale(h)) + 1e-4
                 # the same mask as the model's site: a masked pair has a KL over measured proteins only
@@ -422,11 +438,44 @@ class TOTALVAE(BaseModuleClass):
         >>> tuple(loc.shape), bool((scale > 0).all())
         ((3, 4), True)
         """
+        xy, enc_cats, enc_cont = self._encoder_inputs(x, y, batch_index, cat_covs, cont_covs)
+        return self.z_encoder(xy, *enc_cats, cont=enc_cont)
+
+    def latent_posterior(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: tuple[torch.Tensor, ...] = (),
+        cont_covs: torch.Tensor | None = None,
+    ) -> dist.Distribution:
+        """The guide's ``q(u | x, y)`` of the chosen family (before :attr:`latent_transform`), batch ``(n_cells,)``.
+
+        Examples
+        --------
+        >>> module = TOTALVAE(n_input_genes=20, n_input_proteins=5, n_latent=4, guide="flow")
+        >>> rna, proteins = torch.poisson(torch.full((3, 20), 2.0)), torch.poisson(torch.full((3, 5), 20.0))
+        >>> q = module.latent_posterior(rna, proteins)
+        >>> type(q).__name__, tuple(q.batch_shape), tuple(q.event_shape)
+        ('FlowPosterior', (3,), (4,))
+        """
+        xy, enc_cats, enc_cont = self._encoder_inputs(x, y, batch_index, cat_covs, cont_covs)
+        return encoder_posterior(self.z_encoder, self.z_guide_head, xy, *enc_cats, cont=enc_cont)
+
+    def _encoder_inputs(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        cat_covs: tuple[torch.Tensor, ...],
+        cont_covs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The z encoder's inputs: the joint counts (missing proteins hidden) and the covariates it reads."""
         batch_index = self._batch_codes(batch_index, x)
         xy = torch.cat([x, y * self.protein_batch_mask[batch_index]], -1)
         if not self.encode_covariates:
-            return self.z_encoder(xy)
-        return self.z_encoder(xy, batch_index, *cat_covs, cont=cont_covs)
+            return xy, (), None
+        return xy, (batch_index, *cat_covs), cont_covs
 
     @property
     def latent_transform(self) -> dist.transforms.Transform | None:

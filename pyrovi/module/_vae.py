@@ -54,7 +54,7 @@ from .base import (
     register_library_prior,
 )
 from .distributions import COUNT_LIKELIHOODS, LikelihoodInputs, gene_likelihood
-from .nn import DecoderSCVI, Encoder, VarActivation, check_guide_kwargs, make_guide_head
+from .nn import DecoderSCVI, Encoder, VarActivation, check_guide_kwargs, encoder_posterior, make_guide_head
 from .nn import GuideFamily
 from .priors import LatentPrior, StandardNormal, check_latent_prior, distribution_to_config
 
@@ -525,11 +525,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
         """
         batch_index = self._batch_codes(batch_index, x)
         cats, cont = self._encoder_covariates(batch_index, cat_covs, cont_covs)
-        h = self.z_encoder.hidden(x, *cats, cont=cont)
-        loc, scale = self.z_encoder.params(h)
-        if self.z_guide_head is None:
-            return dist.Normal(loc, scale).to_event(1)
-        return self.z_guide_head.distribution(h, loc, scale)
+        return encoder_posterior(self.z_encoder, self.z_guide_head, x, *cats, cont=cont)
 
     @property
     def latent_transform(self) -> dist.transforms.Transform | None:

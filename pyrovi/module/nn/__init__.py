@@ -12,6 +12,7 @@ from ._guide_heads import (
     LowRankHead,
     LowRankPosterior,
     check_guide_kwargs,
+    encoder_posterior,
     make_guide_head,
 )
 

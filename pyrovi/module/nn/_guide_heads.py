@@ -16,6 +16,8 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from ._encoder import Encoder
+
 #: the guide families of the VAE models' latent ``u``
 GuideFamily = Literal["normal", "lowrank", "flow"]
 GUIDE_FAMILIES = ("normal", "lowrank", "flow")
@@ -234,3 +236,25 @@ def make_guide_head(guide: str, n_hidden: int, n_latent: int, guide_kwargs: Mapp
     if guide == "flow":
         return FlowHead(n_hidden, n_latent, **guide_kwargs)
     return None
+
+
+def encoder_posterior(
+    encoder: Encoder, head: nn.Module | None, x: torch.Tensor, *cat_codes: torch.Tensor, cont: torch.Tensor | None = None
+) -> dist.Distribution:
+    """``q(u | x)`` of a guide family: the encoder's hidden layer read by its Normal heads and the family's head.
+
+    Shared by the VAE models: ``head`` is what :func:`make_guide_head` built (``None``: the mean-field
+    ``Normal(loc, scale).to_event(1)``); ``x``, ``cat_codes`` and ``cont`` are the encoder's inputs.
+
+    Examples
+    --------
+    >>> enc = Encoder(n_input=20, n_output=3, n_hidden=16)
+    >>> q = encoder_posterior(enc, make_guide_head("lowrank", 16, 3, {"rank": 1}), torch.ones(4, 20))
+    >>> type(q).__name__, tuple(q.batch_shape), tuple(q.event_shape)
+    ('LowRankPosterior', (4,), (3,))
+    """
+    h = encoder.hidden(x, *cat_codes, cont=cont)
+    loc, scale = encoder.params(h)
+    if head is None:
+        return dist.Normal(loc, scale).to_event(1)
+    return head.distribution(h, loc, scale)
