@@ -37,6 +37,7 @@ cells' ELBO.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 import pyro
@@ -94,6 +95,25 @@ class SCANVAE(VAE):
     """
 
     local_latent_sites = ("z", "u", "log_library")
+    modality_sites = MappingProxyType({"rna": ("x",), "labels": ("y_observed",)})
+
+    def marginal_args(self, modality: str, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """Without the label among the evidence, every cell is read as unlabelled: its label is summed out.
+
+        The observed label conditions ``u`` and ``z``; leaving its term out of the weights would give
+        ``p(x | y)`` for labelled cells, not the marginal ``p(x)`` that models without labels estimate.
+
+        Examples
+        --------
+        >>> module = SCANVAE(n_input=30, n_labels=3)
+        >>> _, kwargs = module.marginal_args("rna", (torch.ones(2, 30),), {"labels": torch.tensor([[1], [3]])})
+        >>> kwargs["labels"].tolist()  # 3: unlabelled
+        [[3], [3]]
+        """
+        labels = kwargs.get("labels")
+        if modality in ("joint", "labels") or labels is None:
+            return args, kwargs
+        return args, {**kwargs, "labels": torch.full_like(labels, self.n_types)}
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ guide applied to the sampled :math:`z_n`. The guide of :math:`u_n` is mean-field
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -152,6 +153,7 @@ class TOTALVAE(BaseModuleClass):
     """
 
     local_latent_sites = ("z", "log_library", "log_protein_background")
+    modality_sites = MappingProxyType({"rna": ("x",), "protein": ("y",)})
     #: guide sites redrawn under a query's transform_batch: q(log beta | z, batch) depends on the batch,
     #: so decoding "as if from batch b" needs the background of batch b (scvi-tools recomputes it too)
     transform_batch_guide_sites = ("log_protein_background",)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -192,6 +193,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
     """
 
     local_latent_sites = ("z", "log_library")
+    modality_sites = MappingProxyType({"rna": ("x",)})
     # the encoders take sparse counts (their first layer sums weight columns of the stored values: embedding_bag)
     sparse_guide_inputs = (REGISTRY_KEYS.X_KEY,)
 

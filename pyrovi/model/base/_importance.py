@@ -4,6 +4,11 @@ One draw ``z_k ~ q(z | x)`` of a cell gives the log-weight ``log p(x, z_k) - log
 (:func:`~pyrovi.module.base.per_cell_log_weights`). :meth:`VAEMixin.get_marginal_ll` reduces the draws to
 ``logsumexp_k - log K``; model comparison (:func:`pyrovi.criticism.compare`) also needs the draws themselves,
 for Pareto-smoothed importance sampling diagnostics, so both read them here.
+
+A ``modality`` restricts the evidence to some observed sites (TOTALVI's RNA or proteins): the weights keep
+every latent site's ``log p - log q`` and only that modality's ``log p(x_m | z)``, with the same guide as
+proposal, and so estimate the marginal likelihood ``p(x_m)`` of that modality alone. ``"joint"`` (the
+default, and what ``get_marginal_ll`` estimates) counts every observed site.
 """
 
 from __future__ import annotations
@@ -21,6 +26,42 @@ from ...module.base import per_cell_log_weights, trace_pair
 from ._minified_mixin import refuse_if_minified
 
 
+#: the modality of every observed site together, which every model has
+JOINT = "joint"
+
+
+def model_modalities(model: Any) -> list[str]:
+    """The modalities whose marginal likelihood ``model`` can estimate: ``"joint"``, then its module's own.
+
+    Examples
+    --------
+    >>> from pyrovi.model.base._importance import model_modalities
+    >>> model_modalities(model)  # an SCVI
+    ['joint', 'rna']
+    """
+    return [JOINT, *getattr(model.module, "modality_sites", {})]
+
+
+def modality_observed_sites(model: Any, modality: str) -> tuple[str, ...] | None:
+    """The observed sites the weights of ``modality`` score (``None``: all, for ``"joint"``); clear errors.
+
+    Examples
+    --------
+    >>> from pyrovi.model.base._importance import modality_observed_sites
+    >>> modality_observed_sites(model, "rna"), modality_observed_sites(model, "joint")
+    (('x',), None)
+    """
+    modalities = model_modalities(model)
+    if not isinstance(modality, str):
+        raise TypeError(f"modality must be a string, one of {modalities}, got {type(modality).__name__} {modality!r}.")
+    if modality not in modalities:
+        raise ValueError(
+            f"{type(model).__name__} has no modality {modality!r}; its modalities are {modalities} ('joint': all "
+            "observed data together). Pass one of them, e.g. modality='joint'."
+        )
+    return None if modality == JOINT else tuple(model.module.modality_sites[modality])
+
+
 def log_importance_weights(
     model: Any,
     adata: AnnData | None = None,
@@ -30,20 +71,25 @@ def log_importance_weights(
     dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
     data_loader_kwargs: dict[str, Any] | None = None,
     n_samples_per_pass: int = 1,
+    modality: str = JOINT,
 ) -> torch.Tensor:
     """Log importance weights ``log p(x, z_k) - log q(z_k | x)``, shape ``(n_samples, n_cells)``.
 
     Parameters
     ----------
     model
-        A fitted model with a :class:`VAEMixin` (SCVI, TOTALVI, SCANVI, ...): its cells' observed sites all
-        count, jointly (TOTALVI: RNA and protein).
+        A fitted model with a :class:`VAEMixin` (SCVI, TOTALVI, SCANVI, ...).
     adata, indices, batch_size, dataloader, data_loader_kwargs
         Cells to evaluate, as for :meth:`VAEMixin.get_marginal_ll`.
     n_samples
         Draws ``K`` per cell.
     n_samples_per_pass
         Draws traced at once (each minibatch's cells repeated this many times).
+    modality
+        The observed data that count as evidence ``x``: ``"joint"`` (all of them: TOTALVI's RNA and proteins,
+        SCANVI's counts and the labels of labelled cells), or one of the module's ``modality_sites``:
+        ``"rna"`` (every model), ``"protein"`` (TOTALVI), ``"labels"`` (SCANVI). The other observed data are
+        marginalised: a leaf's term is left out, SCANVI's labels are hidden (every cell read as unlabelled).
 
     Examples
     --------
@@ -54,20 +100,28 @@ def log_importance_weights(
     """
     check_int("n_samples", n_samples)
     check_int("n_samples_per_pass", n_samples_per_pass)
+    observed = modality_observed_sites(model, modality)
     with pyro_lock(), torch.inference_mode():
         refuse_if_training_elsewhere(model)
         if dataloader is None:
             refuse_if_minified(model, adata, "get_marginal_ll")
         saved = pyro_global_state()
         try:
-            return _draws(model, model._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs),
-                          n_samples, min(n_samples_per_pass, n_samples))
+            batches = model._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
+            return _draws(model, batches, n_samples, min(n_samples_per_pass, n_samples), modality, observed)
         except BaseException:
             restore_pyro_global_state(saved)
             raise
 
 
-def _draws(model: Any, batches: Iterable[dict[str, torch.Tensor]], n_samples: int, per_pass: int) -> torch.Tensor:
+def _draws(
+    model: Any,
+    batches: Iterable[dict[str, torch.Tensor]],
+    n_samples: int,
+    per_pass: int,
+    modality: str,
+    observed: tuple[str, ...] | None,
+) -> torch.Tensor:
     model.module.eval()
     out = []
     for batch in batches:
@@ -78,7 +132,8 @@ def _draws(model: Any, batches: Iterable[dict[str, torch.Tensor]], n_samples: in
             # k draws of each cell at once: the minibatch's rows repeated, one draw per row
             rows = torch.arange(n_cells).repeat_interleave(k)
             args, kwargs = model._fn_args({key: value[rows] for key, value in batch.items()} if k > 1 else batch)
-            w = per_cell_log_weights(*trace_pair(model.module.model, model.module.guide, args, kwargs))
+            args, kwargs = model.module.marginal_args(modality, args, kwargs)
+            w = per_cell_log_weights(*trace_pair(model.module.model, model.module.guide, args, kwargs), observed)
             weights.append(w.reshape(n_cells, k))
             done += k
         out.append(torch.cat(weights, 1))

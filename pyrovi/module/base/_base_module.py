@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -62,6 +63,25 @@ class BaseModuleClass(PyroModule):
     #: Registry keys the guide accepts as torch sparse CSR tensors (2-D, no sample dimensions). Queries
     #: that run the guide alone (e.g. the latent representation) then skip densifying those minibatches.
     sparse_guide_inputs: tuple[str, ...] = ()
+    #: The observed sites of each modality (e.g. ``{"rna": ("x",), "protein": ("y",)}``): the sites an
+    #: importance-sampled marginal likelihood of that modality scores (see :meth:`marginal_args`). The
+    #: modality ``"joint"``, every observed site together, is always there and not listed.
+    modality_sites: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+    def marginal_args(self, modality: str, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """The arguments of :meth:`model` and :meth:`guide` under which ``modality`` is the only evidence.
+
+        An observed site that is a leaf of the model (TOTALVI's proteins given ``z``) is marginalised by leaving
+        its term out of the weights, so by default the arguments are unchanged. A module whose observed site
+        conditions other latents (SCANVI's label) overrides this to hide that site's values.
+
+        Examples
+        --------
+        >>> vae = pyrovi.module.VAE(n_input=5)
+        >>> vae.marginal_args("rna", (torch.ones(2, 5),), {})[1]
+        {}
+        """
+        return args, kwargs
 
     def model(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

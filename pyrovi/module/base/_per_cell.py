@@ -10,6 +10,7 @@ outside the cell plate (global latents) are not per-cell quantities and are left
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Callable
 
 import torch
@@ -113,10 +114,15 @@ def per_cell_log_likelihood(model_trace: poutine.Trace, name: str) -> torch.Tens
     return _per_cell(site["fn"].log_prob(site["value"]), site, cell_plate_dim(site))
 
 
-def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
+def per_cell_log_weights(
+    model_trace: poutine.Trace, guide_trace: poutine.Trace, observed: Collection[str] | None = None
+) -> torch.Tensor:
     """``log p(x, z) - log q(z | x)`` per cell for one draw ``z ~ q``: the importance weight of the draw.
 
     Averaging ``exp`` of these over draws estimates the marginal likelihood ``p(x)`` of each cell.
+    ``observed`` names the observed sites ``x`` that count (default: all of them); every latent site's
+    ``log p - log q`` counts whatever it is. Leaving an observed site out marginalises it when it is a leaf of
+    the model (the weights then estimate the marginal likelihood of the others, with the same proposal).
 
     Examples
     --------
@@ -128,11 +134,26 @@ def per_cell_log_weights(model_trace: poutine.Trace, guide_trace: poutine.Trace)
     >>> log_px = torch.logsumexp(w, 0) - math.log(100)  # the importance-sampled log p(x) of each cell
     >>> log_px.shape
     torch.Size([8])
+    >>> traces = trace_pair(vae.model, vae.guide, (x,), {"indices": idx})
+    >>> latent_only = per_cell_log_weights(*traces, observed=())  # log p(z) - log q(z | x)
+    >>> bool(torch.allclose(per_cell_log_weights(*traces) - latent_only, per_cell_log_likelihood(traces[0], "x")))
+    True
     """
+    if observed is not None:
+        observed = {observed} if isinstance(observed, str) else set(observed)
+        for name in observed:
+            site = model_trace.nodes.get(name)
+            if site is None or site["type"] != "sample" or not site["is_observed"] or cell_plate_dim(site) is None:
+                raise ValueError(
+                    f"{name!r} is not an observed site inside the {CELL_PLATE!r} plate of this model trace; pass "
+                    "the names of its observed per-cell sites (or None for all of them)."
+                )
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
+        for name, site in trace.nodes.items():
             if site["type"] != "sample" or (dim := cell_plate_dim(site)) is None:
+                continue
+            if observed is not None and site["is_observed"] and name not in observed:
                 continue
             total = total + sign * _per_cell(site["fn"].log_prob(site["value"]), site, dim)
     return total
