@@ -105,3 +105,18 @@ def test_scanvi_runs_pyrovi_alone(tmp_path):
 def test_scanvi_runs_both_tools_side_by_side():
     figures = _scanvi("pyrovi", "scvi-tools")
     assert [r["tool"] for r in figures["runs"]] == ["pyrovi", "scvi-tools", "pyrovi", "scvi-tools"]
+
+
+def test_compare_models_runs_a_small_grid(tmp_path):
+    out = tmp_path / "results.json"
+    stdout = _run("compare_models.py", "--data", "sim:200x40", "--likelihoods", "nb", "poisson", "--guides",
+                  "normal", "flow", "--objectives", "elbo", "iwelbo", "--num-particles", "2", "--seeds", "0", "1",
+                  "--epochs", "2", "--n-particles", "25", "--json", str(out))  # fmt: skip
+    results = json.loads(out.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == results
+    assert [r["seed"] for r in results] == [0, 1]
+    for result in results:
+        assert len(result["table"]) == 8 and result["n_cells"] == 40  # train_size 0.8 of 200 cells held out
+        assert result["baseline"] == "nb/normal/elbo" and result["gains"]["nb/normal/elbo"]["gain_per_cell"] == 0
+        assert all(seconds > 0 for seconds in result["seconds_per_epoch"].values())
+    assert "against nb/normal/elbo" in stdout
