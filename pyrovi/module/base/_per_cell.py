@@ -76,23 +76,41 @@ def per_cell_elbo_terms(
     torch.Size([8])
     """
     reconstruction, kl = 0.0, 0.0
+    guide_order = _latent_order(guide_trace)
+    model_parents: list[str] = []  # latent sites the model drew before this one: what its prior may read
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or (dim := cell_plate_dim(site)) is None:
+        if site["type"] != "sample":
             continue
-        fn = site["fn"]
+        dim = cell_plate_dim(site)
         if site["is_observed"]:
-            reconstruction = reconstruction + _per_cell(fn.log_prob(site["value"]), site, dim)
+            if dim is not None:
+                reconstruction = reconstruction + _per_cell(site["fn"].log_prob(site["value"]), site, dim)
             continue
-        guide_fn = guide_trace.nodes[name]["fn"]
-        try:
-            kl_site = kl_divergence(guide_fn, fn)
-        except NotImplementedError:
-            value = site["value"]
-            kl_site = guide_fn.log_prob(value) - fn.log_prob(value)
-        kl = kl + _per_cell(kl_site, site, dim)
+        # KL(q(z) || p(z | parents)) is E_q[log q - log p] only if the guide drew every parent before z; a
+        # parent drawn from z in the guide (SCANVI's u and y, drawn from q(. | z)) is not independent of z
+        analytic = all(guide_order.get(parent, -1) < guide_order.get(name, -1) for parent in model_parents)
+        model_parents.append(name)
+        if dim is not None:
+            kl = kl + _per_cell(_kl_site(site, guide_trace.nodes[name]["fn"], analytic), site, dim)
     reconstruction = torch.as_tensor(reconstruction)
     kl = torch.as_tensor(kl, device=reconstruction.device)
     return {"reconstruction": reconstruction, "kl_local": kl, "elbo": reconstruction - kl}
+
+
+def _latent_order(trace: poutine.Trace) -> dict[str, int]:
+    """Position of each latent sample site in the order ``trace`` drew them."""
+    latent = (name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"])
+    return {name: position for position, name in enumerate(latent)}
+
+
+def _kl_site(site: dict[str, Any], guide_fn: Any, analytic: bool) -> torch.Tensor:
+    """``KL(q || p)`` of one latent site: closed form where allowed and known, else ``log q - log p`` at the draw."""
+    if analytic:
+        try:
+            return kl_divergence(guide_fn, site["fn"])
+        except NotImplementedError:
+            pass
+    return guide_fn.log_prob(site["value"]) - site["fn"].log_prob(site["value"])
 
 
 def per_cell_log_likelihood(model_trace: poutine.Trace, name: str) -> torch.Tensor:
