@@ -30,6 +30,7 @@ class _FactorAnalysis(BaseModuleClass):
     """Linear-Gaussian decoder with fixed weights; the guide is the exact posterior, inflated and shifted."""
 
     local_latent_sites = ("z",)
+    proposal_sites = ("z",)
 
     def __init__(self, loadings: torch.Tensor, bias: torch.Tensor, inflate: float = 1.0, shift: float = 0.0):
         super().__init__()
@@ -149,3 +150,29 @@ def test_pareto_k_flags_a_proposal_narrower_than_the_posterior(truth):
         table = pyrovi.criticism.compare({"wide": wide, "narrow": narrow}, indices=np.arange(100), n_particles=200)
     assert table.loc["narrow", "p_khat_bad"] > 0.5
     assert table.loc["wide", "p_khat_bad"] < 0.1
+
+
+def test_a_refined_proposal_recovers_the_exact_log_px_from_a_poor_guide(truth):
+    adata, loadings, bias, exact = truth
+    model = _FactorAnalysisModel(adata, loadings, bias, inflate=1.3, shift=1.5)
+    pyro.set_rng_seed(4)
+    cells = np.arange(100)
+    guide = log_importance_weights(model, indices=cells, n_samples=100, proposal="guide")
+    refined = log_importance_weights(model, indices=cells, n_samples=100, proposal="refined")
+    gap_guide = float(np.mean(exact[cells] - _estimate(guide, 100)))
+    gap_refined = float(np.mean(exact[cells] - _estimate(refined, 100)))
+    # the shifted guide misses the posterior by ~7 posterior sds: its estimate is tens of nats low; the refined
+    # Gaussian (optimised per cell, then widened) lands on the posterior, so 100 draws are within Monte Carlo noise
+    assert gap_guide > 10, gap_guide
+    assert abs(gap_refined) < 0.05, gap_refined
+    assert np.max(np.abs(exact[cells] - _estimate(refined, 100))) < 0.3
+
+
+def test_a_module_without_proposal_sites_cannot_refine(truth):
+    adata, loadings, bias, _ = truth
+    model = _FactorAnalysisModel(adata, loadings, bias)
+    model.module.proposal_sites = ()
+    with pytest.raises(ValueError, match="declares none; set proposal_sites"):
+        log_importance_weights(model, indices=[0, 1], n_samples=2, proposal="refined")
+    with pytest.raises(ValueError, match="proposal must be one of"):
+        log_importance_weights(model, indices=[0, 1], n_samples=2, proposal="posterior")

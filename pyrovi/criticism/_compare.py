@@ -149,11 +149,12 @@ def compare(
     batch_size: int | None = None,
     pointwise: bool = False,
     modality: str = "joint",
+    proposal: str = "guide",
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Rank fitted models by the importance-sampled log predictive density of the same cells.
 
-    Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (by default the estimate of
-    ``get_marginal_ll``: all observed data jointly, e.g. TOTALVI's RNA and proteins; ``modality`` picks one),
+    Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (or ``proposal="refined"``: the
+    guide refined for each cell), by default the estimate of ``get_marginal_ll``: all observed data jointly, e.g. TOTALVI's RNA and proteins; ``modality`` picks one),
     summed over cells into the ``elpd``; differences to the best model come with the standard error of the
     paired per-cell differences.
     A Pareto shape ``k̂ > 0.7`` of a cell's importance weights flags an unreliable estimate (a warning names the
@@ -179,6 +180,12 @@ def compare(
         must observe the same data), ``"rna"`` (the counts: any model; TOTALVI's proteins and SCANVI's labels
         are marginalised), ``"protein"`` (TOTALVI's proteins, the RNA marginalised) or ``"labels"`` (SCANVI's
         observed labels). The guide stays the proposal, conditioned on all the data.
+    proposal
+        ``"guide"``: the amortized guide ``q(z | x_n)``, as ``get_marginal_ll``. ``"refined"``: for each cell,
+        the guide's Gaussian latents (``z``, a latent library size) re-optimised for that cell's ELBO with the
+        model fixed, then widened 1.5 times (:func:`~pyrovi.module.base.refine_proposal`); any proposal that
+        depends on the cell's data only is valid, and this one closes most of the gap an amortized encoder
+        leaves on held-out cells, so fewer cells have ``k̂ > 0.7`` (about five times the cost).
 
     Returns
     -------
@@ -215,7 +222,7 @@ def compare(
     cells = _shared_cells(models, adata, indices)
     elpd_i, khat = {}, {}
     for name, model in models.items():
-        w = log_importance_weights(model, adata, cells, n_particles, batch_size, modality=modality)
+        w = log_importance_weights(model, adata, cells, n_particles, batch_size, modality=modality, proposal=proposal)
         w = w.double().cpu().numpy()
         elpd_i[name] = logsumexp(w, axis=0) - math.log(n_particles)
         khat[name] = _pareto_k(array_stats, w)
@@ -225,7 +232,9 @@ def compare(
         listed = ", ".join(f"{name!r} ({share:.0%} of cells)" for name, share in bad.items())
         warnings.warn(
             f"Pareto k > {KHAT_BAD} for {listed}: their importance-sampled log p(x) is unreliable there (the guide is a "
-            "poor proposal for those cells); raise n_particles, or train the model longer or with a richer guide.",
+            "poor proposal for those cells); "
+            + ("use proposal='refined' (the guide refined for each cell), " if proposal == "guide" else "")
+            + "raise n_particles, or train the model longer or with a richer guide.",
             UserWarning,
             stacklevel=2,
         )

@@ -96,6 +96,7 @@ class SCANVAE(VAE):
 
     local_latent_sites = ("z", "u", "log_library")
     modality_sites = MappingProxyType({"rna": ("x",), "labels": ("y_observed",)})
+    proposal_sites = ("z", "log_library")
 
     def marginal_args(self, modality: str, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """Without the label among the evidence, every cell is read as unlabelled: its label is summed out.

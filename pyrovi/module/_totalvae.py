@@ -154,6 +154,7 @@ class TOTALVAE(BaseModuleClass):
 
     local_latent_sites = ("z", "log_library", "log_protein_background")
     modality_sites = MappingProxyType({"rna": ("x",), "protein": ("y",)})
+    proposal_sites = ("z", "log_library")
     #: guide sites redrawn under a query's transform_batch: q(log beta | z, batch) depends on the batch,
     #: so decoding "as if from batch b" needs the background of batch b (scvi-tools recomputes it too)
     transform_batch_guide_sites = ("log_protein_background",)

@@ -194,6 +194,7 @@ class VAE(EmbeddingModuleMixin, BaseModuleClass):
 
     local_latent_sites = ("z", "log_library")
     modality_sites = MappingProxyType({"rna": ("x",)})
+    proposal_sites = ("z", "log_library")
     # the encoders take sparse counts (their first layer sums weight columns of the stored values: embedding_bag)
     sparse_guide_inputs = (REGISTRY_KEYS.X_KEY,)
 

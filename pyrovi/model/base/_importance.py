@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ..._checks import check_int
+from ..._checks import check_choice, check_int
 from ..._pyro_lock import pyro_global_state, pyro_lock, refuse_if_training_elsewhere, restore_pyro_global_state
-from ...module.base import per_cell_log_weights, trace_pair
+from ...module.base import per_cell_log_weights, refine_proposal, refined_guide, trace_pair
 from ._minified_mixin import refuse_if_minified
 
 
 #: the modality of every observed site together, which every model has
 JOINT = "joint"
+#: the importance-sampling proposals: the amortized guide, or the guide refined cell by cell
+PROPOSALS = ("guide", "refined")
 
 
 def model_modalities(model: Any) -> list[str]:
@@ -72,6 +74,7 @@ def log_importance_weights(
     data_loader_kwargs: dict[str, Any] | None = None,
     n_samples_per_pass: int = 1,
     modality: str = JOINT,
+    proposal: str = "guide",
 ) -> torch.Tensor:
     """Log importance weights ``log p(x, z_k) - log q(z_k | x)``, shape ``(n_samples, n_cells)``.
 
@@ -90,6 +93,10 @@ def log_importance_weights(
         SCANVI's counts and the labels of labelled cells), or one of the module's ``modality_sites``:
         ``"rna"`` (every model), ``"protein"`` (TOTALVI), ``"labels"`` (SCANVI). The other observed data are
         marginalised: a leaf's term is left out, SCANVI's labels are hidden (every cell read as unlabelled).
+    proposal
+        ``"guide"``: the amortized guide ``q(z | x)`` (what ``get_marginal_ll`` uses); ``"refined"``: for each
+        cell, the guide's Gaussian sites optimised for that cell and widened
+        (:func:`~pyrovi.module.base.refine_proposal`), a better proposal for cells the encoder fits poorly.
 
     Examples
     --------
@@ -101,14 +108,24 @@ def log_importance_weights(
     check_int("n_samples", n_samples)
     check_int("n_samples_per_pass", n_samples_per_pass)
     observed = modality_observed_sites(model, modality)
-    with pyro_lock(), torch.inference_mode():
+    check_choice("proposal", proposal, PROPOSALS)
+    sites = tuple(getattr(model.module, "proposal_sites", ()))
+    if proposal == "refined" and not sites:
+        raise ValueError(
+            f"proposal='refined' needs the module's proposal_sites (the per-cell latents whose guide reads the data "
+            f"only), and {type(model.module).__name__} declares none; set proposal_sites on the module class, or "
+            "use proposal='guide'."
+        )
+    refine = sites if proposal == "refined" else ()
+    # refining needs gradients, which inference mode forbids even for the minibatches it creates
+    with pyro_lock(), torch.inference_mode(not refine), torch.no_grad():
         refuse_if_training_elsewhere(model)
         if dataloader is None:
             refuse_if_minified(model, adata, "get_marginal_ll")
         saved = pyro_global_state()
         try:
             batches = model._query_batches(adata, indices, batch_size, dataloader, data_loader_kwargs)
-            return _draws(model, batches, n_samples, min(n_samples_per_pass, n_samples), modality, observed)
+            return _draws(model, batches, n_samples, min(n_samples_per_pass, n_samples), modality, observed, refine)
         except BaseException:
             restore_pyro_global_state(saved)
             raise
@@ -121,19 +138,27 @@ def _draws(
     per_pass: int,
     modality: str,
     observed: tuple[str, ...] | None,
+    refine: tuple[str, ...] = (),
 ) -> torch.Tensor:
-    model.module.eval()
+    module = model.module
+    module.eval()
     out = []
     for batch in batches:
         n_cells = next(iter(batch.values())).shape[0]
+        guide, refined = module.guide, None
+        if refine:
+            args, kwargs = module.marginal_args(modality, *model._fn_args(batch))
+            refined = refine_proposal(module.model, module.guide, args, kwargs, refine)
         weights, done = [], 0
         while done < n_samples:
             k = min(per_pass, n_samples - done)
             # k draws of each cell at once: the minibatch's rows repeated, one draw per row
             rows = torch.arange(n_cells).repeat_interleave(k)
             args, kwargs = model._fn_args({key: value[rows] for key, value in batch.items()} if k > 1 else batch)
-            args, kwargs = model.module.marginal_args(modality, args, kwargs)
-            w = per_cell_log_weights(*trace_pair(model.module.model, model.module.guide, args, kwargs), observed)
+            args, kwargs = module.marginal_args(modality, args, kwargs)
+            if refined is not None:
+                guide = refined_guide(module.guide, refined, rows if k > 1 else None)
+            w = per_cell_log_weights(*trace_pair(module.model, guide, args, kwargs), observed)
             weights.append(w.reshape(n_cells, k))
             done += k
         out.append(torch.cat(weights, 1))

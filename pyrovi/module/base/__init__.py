@@ -6,6 +6,7 @@ from ._embedding_mixin import EmbeddingModuleMixin
 from ._freeze import QueryFreezing, freeze_for_query
 from ._global_guide import GlobalGuide, check_global_guide, make_global_guide, materialise_guide
 from ._library import library_prior, observed_library, register_library_prior
+from ._refined_proposal import refine_proposal, refined_guide
 from ._surgery import graft_reference
 from ._per_cell import (
     CELL_PLATE,

@@ -67,6 +67,10 @@ class BaseModuleClass(PyroModule):
     #: importance-sampled marginal likelihood of that modality scores (see :meth:`marginal_args`). The
     #: modality ``"joint"``, every observed site together, is always there and not listed.
     modality_sites: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+    #: Per-cell latent sites whose guide reads the cell's data only (no other latent's draw): a refined
+    #: importance-sampling proposal (``compare(..., proposal="refined")``) may replace their distribution by a
+    #: Gaussian optimised for the cell (:func:`~pyrovi.module.base.refine_proposal`).
+    proposal_sites: tuple[str, ...] = ()
 
     def marginal_args(self, modality: str, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """The arguments of :meth:`model` and :meth:`guide` under which ``modality`` is the only evidence.
