@@ -5,7 +5,8 @@ mean field, lowrank, flow) and ``--objectives`` (elbo; iwelbo with ``--num-parti
 SCVI model (n_latent 10, otherwise the library's defaults) on the same cells with the same split
 (``train_size`` 0.8, set by ``pyrovi.settings.seed = seed`` before each fit, so every model holds out the same
 cells), then all of them are ranked by :func:`pyrovi.criticism.compare` on the held-out cells
-(``--n-particles`` importance draws per cell, guide as proposal).
+(``--n-particles`` importance draws per cell), once with the guide as proposal and once with the guide refined
+for each cell (``proposal="refined"``: fewer cells with unreliable weights).
 
 Printed per seed: the compare table (elpd, se, elpd_diff, dse = the SE of the paired per-cell differences to
 the best model, share of cells with Pareto k > 0.7) and each model's training seconds per epoch. Then a summary
@@ -23,6 +24,8 @@ Usage::
 
     python benchmarks/compare_models.py                                  # bundled PBMC, seeds 0 1 2
     python benchmarks/compare_models.py --seeds 0 --epochs 50            # a quick look
+    python benchmarks/compare_models.py --seeds 1 --json s1.json         # one process per seed, then
+    python benchmarks/compare_models.py --summarise s0.json s1.json s2.json
     python benchmarks/compare_models.py --data atlas.h5ad --layer counts --likelihoods nb poisson \\
         --guides normal flow --objectives elbo
 """
@@ -52,8 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=float, default=0.8)
     parser.add_argument("--n-latent", type=int, default=10)
     parser.add_argument("--n-particles", type=int, default=100, help="importance draws per held-out cell")
+    parser.add_argument("--proposals", nargs="+", default=["guide", "refined"],
+                        help="importance-sampling proposals of compare: the guide, and the guide refined per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--summarise", nargs="+", default=None, metavar="JSON",
+                        help="print the tables and summary of earlier runs' --json files (e.g. one per seed) and exit")
     return parser.parse_args(argv)
 
 
@@ -95,38 +102,47 @@ def name_of(config: tuple[str, str, str]) -> str:
     return "/".join(config)
 
 
-def run_seed(adata, args: argparse.Namespace, seed: int) -> dict:
-    """All configurations of one seed, compared on their shared held-out cells."""
+def run_seed(adata, args: argparse.Namespace, seed: int) -> list[dict]:
+    """All configurations of one seed, compared on their shared held-out cells under each proposal."""
+    configs = list(itertools.product(args.likelihoods, args.guides, args.objectives))
+    models, seconds = {}, {}
+    for config in configs:
+        models[name_of(config)], seconds[name_of(config)] = fit(adata, args, seed, *config)
+    return [ranked(models, seconds, args, seed, proposal) for proposal in args.proposals]
+
+
+def ranked(models: dict, seconds: dict, args: argparse.Namespace, seed: int, proposal: str) -> dict:
+    """``compare``'s table of ``models`` under ``proposal`` and each model's gain over the baseline."""
     import warnings
 
     import numpy as np
 
     import pyrovi
 
-    configs = list(itertools.product(args.likelihoods, args.guides, args.objectives))
-    models, seconds = {}, {}
-    for config in configs:
-        models[name_of(config)], seconds[name_of(config)] = fit(adata, args, seed, *config)
     pyrovi.settings.seed = seed
+    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table, pointwise = pyrovi.criticism.compare(models, n_particles=args.n_particles, pointwise=True)
+        table, pointwise = pyrovi.criticism.compare(models, n_particles=args.n_particles, pointwise=True,
+                                                    proposal=proposal)
+    elapsed = time.perf_counter() - start
     for warning in caught:
-        print(f"  warning: {warning.message}")
+        print(f"  warning ({proposal} proposal): {warning.message}")
     elpd_i = pointwise["elpd_i"]
     base = name_of(BASELINE) if name_of(BASELINE) in elpd_i else elpd_i.columns[0]
     gains = {}
     for name in elpd_i.columns:
         diff = (elpd_i[name] - elpd_i[base]).to_numpy()
-        n = len(diff)
-        se = float(np.sqrt(n * diff.var()))
+        se = float(np.sqrt(len(diff) * diff.var()))
         gains[name] = {"gain_per_cell": float(diff.mean()), "z": float(diff.sum() / se) if se > 0 else 0.0}
-    return {"seed": seed, "baseline": base, "table": table.reset_index().to_dict("records"),
-            "seconds_per_epoch": seconds, "gains": gains, "n_cells": int(table["n_cells"].iloc[0])}
+    return {"seed": seed, "proposal": proposal, "baseline": base, "table": table.reset_index().to_dict("records"),
+            "seconds_per_epoch": seconds, "gains": gains, "n_cells": int(table["n_cells"].iloc[0]),
+            "compare_s": elapsed}
 
 
 def print_seed(result: dict) -> None:
-    print(f"\nseed {result['seed']}: {result['n_cells']} held-out cells")
+    print(f"\nseed {result['seed']}, {result['proposal']} proposal: {result['n_cells']} held-out cells "
+          f"(compare took {result['compare_s']:.0f} s)")
     print(f"{'model':24s} {'elpd':>10s} {'se':>7s} {'diff':>8s} {'dse':>6s} {'k>0.7':>6s} {'s/epoch':>8s}")
     for row in result["table"]:
         print(f"{row['model']:24s} {row['elpd']:10.1f} {row['se']:7.1f} {row['elpd_diff']:8.1f} {row['dse']:6.1f} "
@@ -134,10 +150,15 @@ def print_seed(result: dict) -> None:
 
 
 def print_summary(results: list[dict]) -> None:
+    for proposal in dict.fromkeys(r["proposal"] for r in results):
+        print_proposal_summary([r for r in results if r["proposal"] == proposal])
+
+
+def print_proposal_summary(results: list[dict]) -> None:
     import numpy as np
 
     base = results[0]["baseline"]
-    print(f"\nagainst {base}: gain in nats per held-out cell (z = gain / paired SE), cost per epoch as a ratio")
+    print(f"\n{results[0]['proposal']} proposal, against {base}: gain in nats per held-out cell (z = gain / paired SE), cost per epoch as a ratio")
     names = [row["model"] for row in sorted(results[0]["table"], key=lambda row: row["model"])]
     header = " ".join(f"{'seed ' + str(r['seed']):>15s}" for r in results)
     print(f"{'model':24s} {header} {'mean':>7s} {'|z|>2':>6s} {'cost':>6s} {'k>0.7':>6s}")
@@ -153,9 +174,19 @@ def print_summary(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.summarise:
+        results = []
+        for path in args.summarise:
+            with open(path) as handle:
+                results.extend(json.load(handle))
+        for result in results:
+            print_seed(result)
+        print_summary(results)
+        return results
     import torch
 
     import pyrovi
+    import pyrovi.criticism  # imported before hours of fitting, not after
 
     torch.set_num_threads(args.threads)
     adata = load_data(args)
@@ -168,8 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"torch {torch.__version__}, pyrovi {pyrovi.__version__}, {torch.get_num_threads()} thread(s)")
     results = []
     for seed in args.seeds:
-        results.append(run_seed(adata, args, seed))
-        print_seed(results[-1])
+        for result in run_seed(adata, args, seed):
+            results.append(result)
+            print_seed(result)
     print_summary(results)
     print(json.dumps(results))
     if args.json:

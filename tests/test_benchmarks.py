@@ -114,9 +114,9 @@ def test_compare_models_runs_a_small_grid(tmp_path):
                   "--epochs", "2", "--n-particles", "25", "--json", str(out))  # fmt: skip
     results = json.loads(out.read_text())
     assert json.loads(stdout.strip().splitlines()[-1]) == results
-    assert [r["seed"] for r in results] == [0, 1]
+    assert [(r["seed"], r["proposal"]) for r in results] == [(0, "guide"), (0, "refined"), (1, "guide"), (1, "refined")]
     for result in results:
         assert len(result["table"]) == 8 and result["n_cells"] == 40  # train_size 0.8 of 200 cells held out
         assert result["baseline"] == "nb/normal/elbo" and result["gains"]["nb/normal/elbo"]["gain_per_cell"] == 0
         assert all(seconds > 0 for seconds in result["seconds_per_epoch"].values())
-    assert "against nb/normal/elbo" in stdout
+    assert "guide proposal, against nb/normal/elbo" in stdout and "refined proposal, against" in stdout
