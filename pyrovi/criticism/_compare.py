@@ -153,10 +153,11 @@ def compare(
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Rank fitted models by the importance-sampled log predictive density of the same cells.
 
-    Each model's ``log p(x_n)`` is estimated per cell with its guide as proposal (or ``proposal="refined"``: the
-    guide refined for each cell), by default the estimate of ``get_marginal_ll``: all observed data jointly, e.g. TOTALVI's RNA and proteins; ``modality`` picks one),
-    summed over cells into the ``elpd``; differences to the best model come with the standard error of the
-    paired per-cell differences.
+    Each model's ``log p(x_n)`` is estimated per cell by importance sampling, with its guide as proposal (or,
+    with ``proposal="refined"``, the guide refined for each cell). By default all observed data count jointly
+    (TOTALVI's RNA and proteins), the estimate of ``get_marginal_ll``; ``modality`` picks one. The per-cell
+    estimates are summed over cells into the ``elpd``; differences to the best model come with the standard
+    error of the paired per-cell differences.
     A Pareto shape ``k̂ > 0.7`` of a cell's importance weights flags an unreliable estimate (a warning names the
     models and the share of such cells). See the guide's "Comparing models" section for the maths.
 
